@@ -1,0 +1,134 @@
+"""The ``conceptscope`` console script.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them together. ``demo`` chains the precompute stages into ``data/demo.db``
+and serves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from app.models import ModelLoadError
+
+# (command words, module, help). Stages run by ``demo``, in order, are listed in DEMO_STAGES.
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("serve",), "app.web.serve", "serve an index database in the browser"),
+    (("precompute", "activations"), "precompute.activations", "top-k activations per neuron"),
+    (("precompute", "featurevis"), "precompute.featurevis", "feature visualizations"),
+    (("precompute", "words"), "precompute.words", "rendered-word responses per neuron"),
+    (("precompute", "labels"), "precompute.labels", "automatic labels and multimodality"),
+    (("labels", "import"), "precompute.labels_io", "import labels from a CSV/TSV file"),
+    (("labels", "set"), "precompute.labels_io", "set a manual label"),
+    (("train-demo",), "precompute.train_demo", "train the bundled demo CLIP"),
+    (("eval-demo",), "precompute.eval_demo", "evaluate the demo CLIP on held-out renderings"),
+]
+
+DEMO_DB = Path("data/demo.db")
+DEMO_STAGES: list[list[str]] = [
+    ["precompute", "activations", "--model", "demo", "--dataset", "demo:2000"],
+    ["precompute", "featurevis"],
+    ["precompute", "words"],
+    ["precompute", "labels"],
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser, with a sub-parser per available command."""
+    parser = argparse.ArgumentParser(prog="conceptscope", description=__doc__)
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+
+    demo = top.add_parser("demo", help="build data/demo.db if missing, then serve it")
+    demo.add_argument("--db", default=str(DEMO_DB), help="database file (default: %(default)s)")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--rebuild", action="store_true", help="run every stage again (resumes)")
+    demo.add_argument("--no-serve", action="store_true", help="build only")
+    demo.set_defaults(handler=run_demo)
+
+    for words, module_name, help_text in COMMANDS:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        module = importlib.import_module(module_name)
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_text)
+        else:
+            if words[0] not in groups:
+                group = top.add_parser(words[0], help=f"{words[0]} commands")
+                groups[words[0]] = group.add_subparsers(dest="subcommand", required=True)
+            sub = groups[words[0]].add_parser(words[1], help=help_text)
+        add = getattr(module, f"add_{words[-1].replace('-', '_')}_arguments", None)
+        (add or module.add_arguments)(sub)
+        runner = getattr(module, f"run_{words[-1].replace('-', '_')}", None)
+        sub.set_defaults(handler=runner or module.run)
+    return parser
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Build the demo database stage by stage (each stage resumes / is a no-op when done)."""
+    db = Path(args.db)
+    if args.rebuild or not db.exists() or not _demo_complete(db):
+        parser = build_parser()
+        available = {tuple(words) for words, module, _ in COMMANDS if _has(module)}
+        for stage in DEMO_STAGES:
+            if tuple(stage[:2]) not in available:
+                continue
+            print(f"== conceptscope {' '.join(stage[:2])}", flush=True)
+            stage_args = parser.parse_args([*stage, "--db", str(db)])
+            code = stage_args.handler(stage_args)
+            if code:
+                return code
+        _mark_demo_complete(db)
+    if args.no_serve:
+        return 0
+    serve_args = build_parser().parse_args(
+        ["serve", "--db", str(db), "--host", args.host, "--port", str(args.port)]
+    )
+    return serve_args.handler(serve_args)
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _demo_marker(db: Path) -> Path:
+    return db.with_name(db.name + ".complete")
+
+
+def _demo_complete(db: Path) -> bool:
+    marker = _demo_marker(db)
+    stages = "\n".join(" ".join(s[:2]) for s in DEMO_STAGES if _stage_available(s))
+    return marker.exists() and marker.read_text() == stages
+
+
+def _mark_demo_complete(db: Path) -> None:
+    stages = "\n".join(" ".join(s[:2]) for s in DEMO_STAGES if _stage_available(s))
+    _demo_marker(db).write_text(stages)
+
+
+def _stage_available(stage: list[str]) -> bool:
+    return any(tuple(w) == tuple(stage[:2]) and _has(m) for w, m, _ in COMMANDS)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``conceptscope`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ModelLoadError as exc:
+        print(f"conceptscope: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("conceptscope: interrupted (progress is saved; run the same command to resume)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
