@@ -205,3 +205,24 @@ class Run(Base):
     state: Mapped[bytes | None] = mapped_column(LargeBinary)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+
+
+class ConceptProfile(Base):
+    """Per layer: each unit's mean response to images of each concept and to the concept's word.
+
+    Written by ``precompute labels`` (multimodality scores, conditional-probability plots).
+    ``source`` says where the image concepts come from: ``ground-truth`` (demo world metadata)
+    or ``zero-shot`` (pseudo-labels of the dataset images). ``image_tags`` maps a sampled image
+    id (as a string) to its concept tags, e.g. ``["red", "circle"]`` or ``["red (text)"]``.
+    """
+
+    __tablename__ = "concept_profiles"
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"), primary_key=True)
+    source: Mapped[str] = mapped_column(String(40))
+    concepts: Mapped[list[Any]] = mapped_column(default=list)
+    image_counts: Mapped[list[Any]] = mapped_column(default=list)
+    image_means: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (concepts, units), NaN = none
+    word_values: Mapped[bytes] = mapped_column(LargeBinary)  # float32 (concepts, units)
+    word_blobs: Mapped[list[Any]] = mapped_column(default=list)  # sha256 of one rendering per concept
+    image_tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
