@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 IMAGE_SIZE = 96
@@ -142,7 +143,9 @@ def shape_outline(shape: str, cx: float, cy: float, r: float, angle: float) -> l
         s = 0.8
         pts = [(-s, -s), (s, -s), (s, s), (-s, s)]
     elif shape == "triangle":
-        pts = [(math.cos(a), math.sin(a) + 0.15) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))]
+        pts = [
+            (math.cos(a), math.sin(a) + 0.15) for a in (-math.pi / 2 + k * 2 * math.pi / 3 for k in range(3))
+        ]
     elif shape == "star":
         pts = []
         for k in range(10):
@@ -186,7 +189,13 @@ def _background(rng: random.Random, modality: str) -> dict[str, Any]:
     tint = tuple(rng.uniform(-12, 12) for _ in range(3))
     base = tuple(_clip(level + t) for t in tint)
     kind = rng.choice(("flat", "flat", "gradient", "noise"))
-    return {"rgb": base, "kind": kind, "delta": rng.uniform(-50, 50), "axis": rng.random() < 0.5}
+    return {
+        "rgb": base,
+        "kind": kind,
+        "delta": rng.uniform(-50, 50),
+        "axis": rng.random() < 0.5,
+        "noise_seed": rng.getrandbits(32),
+    }
 
 
 def _pick_ink(rng: random.Random, bg: RGB, avoid: RGB | None = None) -> tuple[str, RGB]:
@@ -211,21 +220,27 @@ def _colour_rgb(rng: random.Random, colour: str) -> RGB:
 def _object_bg(rng: random.Random, modality: str, fill: RGB) -> dict[str, Any]:
     for _ in range(20):
         bg = _background(rng, modality)
-        if abs(_luma(bg["rgb"]) - _luma(fill)) > 35 or max(
-            abs(a - b) for a, b in zip(bg["rgb"], fill, strict=True)
-        ) > 90:
+        if (
+            abs(_luma(bg["rgb"]) - _luma(fill)) > 35
+            or max(abs(a - b) for a, b in zip(bg["rgb"], fill, strict=True)) > 90
+        ):
             return bg
     return _background(rng, modality)
 
 
-def _caption(rng: random.Random, modality: str, colour: str | None, shape: str | None,
-             word: str | None) -> tuple[str, str]:
+def _a(word: str | None) -> str:
+    return "an" if word and word[0] in "aeiou" else "a"
+
+
+def _caption(
+    rng: random.Random, modality: str, colour: str | None, shape: str | None, word: str | None
+) -> tuple[str, str]:
     """A caption (and its template name) for the given ground truth."""
     if modality == "object":
         tpl = rng.choice(["photo", "photo", "a", "bare", "colour_only", "shape_only"])
         text = {
-            "photo": f"a photo of a {colour} {shape}",
-            "a": f"a {colour} {shape}",
+            "photo": f"a photo of {_a(colour)} {colour} {shape}",
+            "a": f"{_a(colour)} {colour} {shape}",
             "bare": f"{colour} {shape}",
             "colour_only": f"something {colour}",
             "shape_only": f"a photo of a {shape}",
@@ -233,8 +248,8 @@ def _caption(rng: random.Random, modality: str, colour: str | None, shape: str |
     elif modality == "drawing":
         tpl = rng.choice(["drawing", "drawing", "sketch", "shape_only"])
         text = {
-            "drawing": f"a drawing of a {colour} {shape}",
-            "sketch": f"a sketch of a {colour} {shape}",
+            "drawing": f"a drawing of {_a(colour)} {colour} {shape}",
+            "sketch": f"a sketch of {_a(colour)} {colour} {shape}",
             "shape_only": f"a drawing of a {shape}",
         }[tpl]
     elif modality == "text":
@@ -249,10 +264,10 @@ def _caption(rng: random.Random, modality: str, colour: str | None, shape: str |
     elif modality == "labelled_object":
         tpl = rng.choice(["labelled", "labelled", "with_word", "word_only", "object_only"])
         text = {
-            "labelled": f"a {colour} {shape} labelled {word}",
-            "with_word": f"a {colour} {shape} with the word {word}",
+            "labelled": f"{_a(colour)} {colour} {shape} labelled {word}",
+            "with_word": f"{_a(colour)} {colour} {shape} with the word {word}",
             "word_only": f"the word {word}",
-            "object_only": f"a photo of a {colour} {shape}",
+            "object_only": f"a photo of {_a(colour)} {colour} {shape}",
         }[tpl]
     else:
         raise ValueError(f"unknown modality {modality!r}")
@@ -342,8 +357,9 @@ def _paint_background(bg: dict[str, Any], size: int) -> Image.Image:
         other = Image.new("RGB", (size, size), tuple(_clip(c + bg["delta"]) for c in bg["rgb"]))
         img = Image.composite(other, img, grad)
     elif bg["kind"] == "noise":
-        noise = Image.effect_noise((size, size), 12).convert("RGB")
-        img = ImageChops.add(img, noise, 1.0, -128)
+        gen = np.random.default_rng(bg["noise_seed"])
+        noise = np.clip(gen.normal(128, 12, (size, size)), 0, 255).astype(np.uint8)
+        img = ImageChops.add(img, Image.fromarray(noise, "L").convert("RGB"), 1.0, -128)
     return img
 
 
@@ -430,6 +446,8 @@ def draw(p: dict[str, Any], seed: int, index: int) -> Image.Image:
                 )  # fmt: skip
             img.paste(Image.new("RGB", (tw, th), ink), (tx, ty), tmask)
             p["ink"], p["word_px"], p["text_box"] = ink_name, used, (tx, ty, tx + tw, ty + th)
+            p["ink_rgb"], p["on_label"], p["text_rotation"] = ink, on_label, 0.0
+        p["fill_rgb"], p["rotation"] = fill, angle
         p["shape_box"] = (cx - r, cy - r, cx + r, cy + r)
     elif modality == "text":
         bg = _background(rng, modality)
@@ -445,19 +463,25 @@ def draw(p: dict[str, Any], seed: int, index: int) -> Image.Image:
         tw, th = tmask.size
         tx = rng.randint(0, max(0, n - tw))
         ty = rng.randint(0, max(0, n - th))
+        rot = 0.0
         if rng.random() < 0.3:
-            big = tmask.rotate(rng.uniform(-12, 12), expand=True, resample=Image.Resampling.BICUBIC)
+            rot = rng.uniform(-12, 12)
+            big = tmask.rotate(rot, expand=True, resample=Image.Resampling.BICUBIC)
             if big.width <= n and big.height <= n:
                 tmask, (tw, th) = big, big.size
                 tx = rng.randint(0, n - tw)
                 ty = rng.randint(0, n - th)
+            else:
+                rot = 0.0
         img.paste(Image.new("RGB", (tw, th), ink), (tx, ty), tmask)
         p["ink"], p["word_px"], p["text_box"] = ink_name, used, (tx, ty, tx + tw, ty + th)
+        p["ink_rgb"], p["text_rotation"], p["bg_rgb"] = ink, rot, bg["rgb"]
     else:
         raise ValueError(f"unknown modality {modality!r}")
-    blur = rng.random()
-    if blur < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0 if modality != "object" else 1.5)))
+    p["blur"] = 0.0
+    if rng.random() < 0.3:
+        p["blur"] = rng.uniform(0.3, 1.0 if modality != "object" else 1.5)
+        img = img.filter(ImageFilter.GaussianBlur(p["blur"]))
     return img
 
 
