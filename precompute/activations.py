@@ -1,0 +1,599 @@
+"""``conceptscope precompute activations``: top-k dataset examples and statistics per neuron.
+
+One pass over a dataset (:mod:`precompute.datasets`) with hooks on the model's indexed layers.
+For every neuron (layer, unit) it keeps, on the model's device and merged batch by batch with
+tensor ops, the top-k images by spatial max with their spatial heatmaps; running sums for the
+mean/std/max; and the values of a seeded random sample of images (for histograms).
+
+Resumable and deterministic: batches are fixed position ranges, ties are broken by dataset
+position, and the whole pass state is checkpointed in the ``runs`` row every few batches. A
+killed run continues from its last checkpoint and ends with the same database as an
+uninterrupted run; a finished run is a no-op. Only images that end up in some top-k list or in
+the sample are stored (row + content-addressed thumbnail of exactly the pixels the model saw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from sqlalchemy import delete, insert, select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from app.config import DEFAULT_DATA_DIR, best_device, db_url_from_arg
+from app.db import make_engine, put_blob, session_factory, to_bytes
+from app.db.schema import (
+    ActivationSample,
+    Direction,
+    Image,
+    Layer,
+    Model,
+    Neuron,
+    Run,
+    TopExample,
+    utcnow,
+)
+from app.models import LayerInfo, LoadedModel, ModelSpec, load_model
+from app.neurons.capture import run_visual, spatial_maps
+from app.neurons.directions import unit_directions
+from precompute.datasets import Batch, Dataset, DatasetError, open_dataset, prepare, split_preprocess
+
+STAGE = "activations"
+DEFAULT_TOP_K = 64
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_SAMPLE = 1000
+SAMPLE_SEED = 0
+CHECKPOINT_BATCHES = 8
+CHECKPOINT_SECONDS = 60.0
+THUMB_MAX_SIDE = 320
+THUMB_QUALITY = 90
+MAX_CHECKPOINT_THUMB_BYTES = 256 * 1024 * 1024
+
+
+@dataclass
+class ActivationsReport:
+    """What a call to :func:`run_activations` did."""
+
+    model: str
+    dataset: str
+    status: str  # done | already-done | interrupted
+    n_items: int
+    n_indexed: int  # images read and run through the model (whole run, not just this call)
+    skipped: list[tuple[str, str]]  # (key, error) of unreadable images
+    batches_run: int  # batches processed by this call
+    elapsed_s: float  # this call
+    run_id: int = 0
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+@dataclass
+class LayerState:
+    """Streaming per-layer state, kept on the model's device."""
+
+    top_values: torch.Tensor  # (U, K) float32, sorted by (value desc, position asc)
+    top_positions: torch.Tensor  # (U, K) int64, -1 = empty slot
+    top_maps: torch.Tensor  # (U, K, H, W) float16
+    total: torch.Tensor  # (U,) float64 sum of spatial maxima
+    total_sq: torch.Tensor  # (U,) float64
+    maximum: torch.Tensor  # (U,) float32
+    sample: torch.Tensor  # (S + 1, U) float32; the last row is a scratch slot
+
+    @classmethod
+    def empty(cls, layer: LayerInfo, k: int, n_sample: int, device: torch.device) -> LayerState:
+        u, (h, w) = layer.n_units, layer.grid
+        return cls(
+            top_values=torch.full((u, k), float("-inf"), device=device),
+            top_positions=torch.full((u, k), -1, dtype=torch.int64, device=device),
+            top_maps=torch.zeros((u, k, h, w), dtype=torch.float16, device=device),
+            total=torch.zeros(u, dtype=torch.float64, device=device),
+            total_sq=torch.zeros(u, dtype=torch.float64, device=device),
+            maximum=torch.full((u,), float("-inf"), device=device),
+            sample=torch.zeros((n_sample + 1, u), device=device),
+        )
+
+    FIELDS = ("top_values", "top_positions", "top_maps", "total", "total_sq", "maximum", "sample")
+
+    def merge(self, maps: torch.Tensor, positions: torch.Tensor, sample_slots: torch.Tensor) -> None:
+        """Fold a batch of spatial maps ``(B, U, H, W)`` at dataset ``positions`` into the state."""
+        b, u, h, w = maps.shape
+        k = self.top_values.shape[1]
+        values = maps.amax(dim=(2, 3))  # (B, U)
+        self.total += values.sum(0, dtype=torch.float64)
+        self.total_sq += values.double().square().sum(0)
+        self.maximum = torch.maximum(self.maximum, values.amax(0))
+        self.sample.index_copy_(0, sample_slots, values)
+        # Current top-k first (older positions), then the batch in position order: a stable sort
+        # by value keeps ties ordered by dataset position.
+        candidates = torch.cat([self.top_values, torch.nan_to_num(values.T, nan=float("-inf"))], 1)
+        order = torch.sort(candidates, dim=1, descending=True, stable=True).indices[:, :k]
+        self.top_values = candidates.gather(1, order)
+        self.top_positions = torch.cat([self.top_positions, positions.expand(u, b)], 1).gather(1, order)
+        batch_maps = maps.transpose(0, 1).reshape(u, b, h * w).clamp(-65504, 65504).half()
+        all_maps = torch.cat([self.top_maps.reshape(u, k, h * w), batch_maps], 1)
+        self.top_maps = all_maps.gather(1, order[..., None].expand(u, k, h * w)).reshape(u, k, h, w)
+
+
+@dataclass
+class Thumb:
+    """A stored image's row data and thumbnail (JPEG of the model's view)."""
+
+    key: str
+    caption: str | None
+    meta: dict[str, Any]
+    width: int
+    height: int
+    jpeg: bytes
+    thumb_size: tuple[int, int]
+
+
+@dataclass
+class PassState:
+    """Everything needed to continue a pass: checkpointed into ``runs.state``."""
+
+    layers: dict[str, LayerState]
+    sample_positions: torch.Tensor  # (S,) int64 sorted, on device
+    sample_seen: torch.Tensor  # (S + 1,) bool, on device
+    position: int = 0  # next dataset position to process (a batch boundary)
+    batch_size: int = DEFAULT_BATCH_SIZE
+    n_indexed: int = 0
+    batches_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    thumbs: dict[int, Thumb] = field(default_factory=dict)
+
+    def slots(self, positions: torch.Tensor) -> torch.Tensor:
+        """Sample row of each position; rows of positions outside the sample → scratch row."""
+        n_sample = self.sample_positions.numel()
+        if n_sample == 0:
+            return torch.zeros_like(positions)
+        idx = torch.searchsorted(self.sample_positions, positions).clamp(max=n_sample - 1)
+        hit = self.sample_positions[idx] == positions
+        return torch.where(hit, idx, torch.full_like(idx, n_sample))
+
+    def kept_positions(self) -> set[int]:
+        """Positions currently in some top-k list or in the sample (those need thumbnails)."""
+        kept: set[int] = set()
+        for state in self.layers.values():
+            kept.update(torch.unique(state.top_positions).tolist())
+        seen = self.sample_seen[:-1]
+        kept.update(self.sample_positions[seen].tolist())
+        kept.discard(-1)
+        return kept
+
+    # -- serialisation (safetensors: tensors + JSON metadata; no pickle) --------------------
+
+    def to_bytes(self) -> bytes:
+        from safetensors.torch import save
+
+        tensors: dict[str, torch.Tensor] = {
+            "sample_positions": self.sample_positions.cpu(),
+            "sample_seen": self.sample_seen.cpu(),
+        }
+        for name, state in self.layers.items():
+            for f in LayerState.FIELDS:
+                tensors[f"{name}/{f}"] = getattr(state, f).contiguous().cpu()
+        keep = sorted(self.kept_positions() & set(self.thumbs))
+        thumbs_meta: list[dict[str, Any]] = []
+        chunks, offset = [], 0
+        if sum(len(self.thumbs[p].jpeg) for p in keep) <= MAX_CHECKPOINT_THUMB_BYTES:
+            for p in keep:
+                t = self.thumbs[p]
+                thumbs_meta.append(
+                    {"position": p, "key": t.key, "caption": t.caption, "meta": t.meta,
+                     "width": t.width, "height": t.height, "thumb_size": list(t.thumb_size),
+                     "offset": offset, "length": len(t.jpeg)}
+                )
+                chunks.append(t.jpeg)
+                offset += len(t.jpeg)
+        tensors["thumb_bytes"] = torch.frombuffer(bytearray(b"".join(chunks) or b"\0"), dtype=torch.uint8)
+        meta = {
+            "position": self.position, "batch_size": self.batch_size, "n_indexed": self.n_indexed,
+            "batches_done": self.batches_done, "skipped": self.skipped, "thumbs": thumbs_meta,
+        }
+        return save(tensors, metadata={"state": json.dumps(meta)})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, layer_names: list[str], device: torch.device) -> PassState:
+        from safetensors.torch import load
+
+        tensors = load(data)
+        meta = json.loads(_safetensors_metadata(data)["state"])
+        layers = {
+            name: LayerState(**{f: tensors[f"{name}/{f}"].to(device) for f in LayerState.FIELDS})
+            for name in layer_names
+        }
+        blob = tensors["thumb_bytes"].numpy().tobytes()
+        thumbs = {
+            t["position"]: Thumb(t["key"], t["caption"], t["meta"], t["width"], t["height"],
+                                 blob[t["offset"] : t["offset"] + t["length"]], tuple(t["thumb_size"]))
+            for t in meta["thumbs"]
+        }
+        return cls(
+            layers=layers,
+            sample_positions=tensors["sample_positions"].to(device),
+            sample_seen=tensors["sample_seen"].to(device),
+            position=meta["position"],
+            batch_size=meta["batch_size"],
+            n_indexed=meta["n_indexed"],
+            batches_done=meta["batches_done"],
+            skipped=[tuple(s) for s in meta["skipped"]],
+            thumbs=thumbs,
+        )
+
+
+def _safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a serialized safetensors buffer (header: u64 length + JSON)."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]).get("__metadata__", {})
+
+
+def make_thumb(item_key: str, caption: str | None, meta: dict[str, Any], original: PILImage.Image,
+               view: PILImage.Image) -> Thumb:
+    """JPEG thumbnail of the model's view of an image (what heatmaps are aligned to)."""
+    if max(view.size) > THUMB_MAX_SIDE:
+        view = view.copy()
+        view.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), PILImage.Resampling.BICUBIC)
+    buffer = io.BytesIO()
+    view.convert("RGB").save(buffer, format="JPEG", quality=THUMB_QUALITY)
+    return Thumb(item_key, caption, meta, original.width, original.height, buffer.getvalue(), view.size)
+
+
+def weights_fingerprint(loaded: LoadedModel) -> str:
+    """SHA-256 over the vision tower's parameters (detects new weights under the same slug)."""
+    digest = hashlib.sha256()
+    for name, tensor in loaded.visual.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_params(loaded: LoadedModel, dataset: Dataset, top_k: int, sample_size: int) -> dict[str, Any]:
+    """The inputs that determine the result (batch size and device are performance knobs)."""
+    return {
+        "model": loaded.spec.slug,
+        "weights": weights_fingerprint(loaded),
+        "dataset": dataset.spec,
+        "dataset_fingerprint": dataset.fingerprint(),
+        "n_items": len(dataset),
+        "layers": [layer.name for layer in loaded.layers],
+        "top_k": top_k,
+        "sample_size": sample_size,
+        "sample_seed": SAMPLE_SEED,
+    }
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def upsert_model(session: Session, loaded: LoadedModel) -> Model:
+    """The ``models`` row of ``loaded`` (created or refreshed)."""
+    import open_clip
+
+    spec = loaded.spec
+    model = session.scalar(select(Model).where(Model.slug == spec.slug))
+    if model is None:
+        model = Model(slug=spec.slug)
+        session.add(model)
+    model.name = spec.name
+    model.pretrained = spec.pretrained
+    model.embed_dim = loaded.embed_dim
+    model.image_size = loaded.image_size
+    model.config = {"open_clip": open_clip.get_model_config(spec.name) or {}}
+    session.flush()
+    return model
+
+
+def run_activations(
+    spec: ModelSpec | LoadedModel,
+    dataset: str | Dataset,
+    db_url: str,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    sample_size: int = DEFAULT_SAMPLE,
+    device: str = "cpu",
+    workers: int = 2,
+    checkpoint_batches: int = CHECKPOINT_BATCHES,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    stop_after_batches: int | None = None,
+    progress: bool = True,
+) -> ActivationsReport:
+    """Index ``dataset`` with ``spec`` into the database at ``db_url`` (resuming if possible).
+
+    ``stop_after_batches`` ends the call after that many batches *without* a final checkpoint,
+    exactly like a run killed there (tests use it to exercise resumption).
+    """
+    started = time.perf_counter()
+    if top_k < 1 or batch_size < 1 or sample_size < 0:
+        raise ValueError("top_k and batch_size must be >= 1 and sample_size >= 0")
+    if device == "auto":
+        device = best_device()
+    loaded = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
+    data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+    engine = make_engine(db_url)
+    sessions = session_factory(engine)
+    params = run_params(loaded, data, top_k, sample_size)
+    digest = params_hash(params)
+    layer_names = [layer.name for layer in loaded.layers]
+
+    with sessions.begin() as session:
+        model = upsert_model(session, loaded)
+        run = session.scalar(
+            select(Run).where(Run.model_id == model.id, Run.stage == STAGE, Run.params_hash == digest)
+        )
+        if run is None:
+            run = Run(model_id=model.id, stage=STAGE, params=params, params_hash=digest,
+                      status="running", progress={"position": 0, "n_items": len(data)})
+            session.add(run)
+            session.flush()
+        run_id, status, saved = run.id, run.status, run.state
+
+    def report(status: str, state: PassState | None, batches: int) -> ActivationsReport:
+        if state is None:
+            with sessions() as session:
+                progress_info = session.get(Run, run_id).progress or {}
+            n_indexed = int(progress_info.get("n_indexed", 0))
+            skipped = [tuple(s) for s in progress_info.get("skipped", [])]
+        else:
+            n_indexed, skipped = state.n_indexed, list(state.skipped)
+        return ActivationsReport(loaded.spec.slug, data.spec, status, len(data), n_indexed, skipped,
+                                 batches, time.perf_counter() - started, run_id)
+
+    if status == "done":
+        engine.dispose()
+        return report("already-done", None, 0)
+
+    dev = loaded.device
+    if saved:
+        state = PassState.from_bytes(saved, layer_names, dev)
+    else:
+        n_sample = min(sample_size, len(data))
+        chosen = sorted(random.Random(SAMPLE_SEED).sample(range(len(data)), n_sample))
+        state = PassState(
+            layers={layer.name: LayerState.empty(layer, top_k, n_sample, dev) for layer in loaded.layers},
+            sample_positions=torch.tensor(chosen, dtype=torch.int64, device=dev),
+            sample_seen=torch.zeros(n_sample + 1, dtype=torch.bool, device=dev),
+            batch_size=batch_size,
+        )
+    if state.batch_size != batch_size and progress:
+        print(f"resuming with the checkpoint's batch size {state.batch_size} (asked: {batch_size})",
+              file=sys.stderr)
+
+    batches = 0
+    last_checkpoint = time.monotonic()
+    bar = tqdm(total=len(data), initial=state.position, unit="img", desc=f"activations {loaded.spec.slug}",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        from precompute.datasets import iter_batches
+
+        for batch in iter_batches(data, loaded.preprocess, state.batch_size, start=state.position,
+                                  workers=workers):
+            process_batch(loaded, state, batch)
+            batches += 1
+            bar.update(batch.stop - batch.start)
+            bar.set_postfix(skipped=len(state.skipped), refresh=False)
+            if stop_after_batches is not None and batches >= stop_after_batches:
+                engine.dispose()
+                return report("interrupted", state, batches)
+            due = state.batches_done % checkpoint_batches == 0
+            late = time.monotonic() - last_checkpoint > checkpoint_seconds
+            if state.position < len(data) and (due or late):
+                save_checkpoint(sessions, run_id, state, len(data))
+                last_checkpoint = time.monotonic()
+    finally:
+        bar.close()
+
+    finalize(sessions, run_id, loaded, data, state)
+    engine.dispose()
+    return report("done", state, batches)
+
+
+def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
+    """Run one batch through the model and merge it into ``state`` (all on the device)."""
+    for item in batch.errors:
+        state.skipped.append((item.key, item.error or "unreadable"))
+    if batch.pixels is not None:
+        dev = loaded.device
+        positions = torch.tensor(batch.positions, dtype=torch.int64, device=dev)
+        slots = state.slots(positions)
+        with torch.inference_mode():
+            raw = run_visual(loaded.visual, batch.pixels.to(dev, non_blocking=True), loaded.layers)
+            for layer in loaded.layers:
+                state.layers[layer.name].merge(spatial_maps(raw[layer.name], layer).float(), positions, slots)
+            state.sample_seen[slots] = True
+            kept = slots < state.sample_positions.numel()
+            for layer_state in state.layers.values():
+                kept |= torch.isin(positions, layer_state.top_positions)
+        for prepared, keep in zip(batch.prepared, kept.tolist(), strict=True):
+            if keep:
+                item = prepared.item
+                state.thumbs[item.position] = make_thumb(item.key, item.caption, item.meta, item.image,
+                                                         prepared.view)
+        state.n_indexed += len(batch.prepared)
+    state.position = batch.stop
+    state.batches_done += 1
+
+
+def save_checkpoint(sessions: Any, run_id: int, state: PassState, n_items: int) -> None:
+    """Persist the pass state (and prune thumbnails no longer needed)."""
+    kept = state.kept_positions()
+    state.thumbs = {p: t for p, t in state.thumbs.items() if p in kept}
+    data = state.to_bytes()
+    with sessions.begin() as session:
+        run = session.get(Run, run_id)
+        run.state = data
+        run.progress = {"position": state.position, "n_items": n_items, "n_indexed": state.n_indexed,
+                        "n_skipped": len(state.skipped)}
+
+
+def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, state: PassState) -> None:
+    """Write layers, neurons, images, thumbnails, top examples, samples and directions; mark done."""
+    kept = sorted(state.kept_positions())
+    view, _ = split_preprocess(loaded.preprocess)
+    thumbs: dict[int, Thumb] = {}
+    missing = [p for p in kept if p not in state.thumbs]
+    for p in kept:
+        if p in state.thumbs:
+            thumbs[p] = state.thumbs[p]
+    for p in missing:  # e.g. resumed from a checkpoint too large to hold thumbnails
+        prepared = prepare(data, p, view, lambda img: img)
+        item = prepared.item
+        if prepared.view is None:
+            raise DatasetError(f"{item.key} was readable during the pass but not now: {item.error}")
+        thumbs[p] = make_thumb(item.key, item.caption, item.meta, item.image, prepared.view)
+
+    with sessions.begin() as session:
+        run = session.get(Run, run_id)
+        model = session.get(Model, run.model_id)
+        image_ids = store_images(session, data.spec, thumbs)
+        for position_index, layer in enumerate(loaded.layers):
+            row = store_layer(session, model, layer, position_index)
+            layer_state = state.layers[layer.name]
+            store_neurons(session, row, layer, layer_state, state.n_indexed, image_ids)
+            seen = state.sample_seen[:-1].cpu()
+            sample_positions = state.sample_positions.cpu()[seen].tolist()
+            values = layer_state.sample[:-1].cpu()[seen].numpy()
+            session.execute(delete(ActivationSample).where(ActivationSample.layer_id == row.id))
+            session.add(ActivationSample(
+                layer_id=row.id, image_ids=[image_ids[p] for p in sample_positions],
+                n_images=len(sample_positions), n_units=layer.n_units, values=to_bytes(values, "float16"),
+            ))
+            if layer.is_last:
+                directions = unit_directions(loaded.visual, layer).numpy()
+                session.execute(delete(Direction).where(Direction.layer_id == row.id))
+                session.add(Direction(layer_id=row.id, n_units=directions.shape[0],
+                                      embed_dim=directions.shape[1], values=to_bytes(directions, "float32")))
+        run.status = "done"
+        run.state = None
+        run.finished_at = utcnow()
+        run.progress = {"position": state.position, "n_items": len(data), "n_indexed": state.n_indexed,
+                        "n_skipped": len(state.skipped), "skipped": [list(s) for s in state.skipped],
+                        "n_images_stored": len(image_ids)}
+
+
+def store_images(session: Session, dataset: str, thumbs: dict[int, Thumb]) -> dict[int, int]:
+    """Upsert image rows + thumbnail blobs in position order; return position → image id."""
+    existing = {img.key: img for img in session.scalars(select(Image).where(Image.dataset == dataset))}
+    ids: dict[int, int] = {}
+    for position in sorted(thumbs):
+        t = thumbs[position]
+        digest = put_blob(session, t.jpeg, "image/jpeg", *t.thumb_size)
+        img = existing.get(t.key)
+        if img is None:
+            img = Image(dataset=dataset, key=t.key)
+            session.add(img)
+        img.position = position
+        img.caption = t.caption
+        img.meta = t.meta
+        img.thumb_sha256 = digest
+        img.width = t.width
+        img.height = t.height
+    session.flush()
+    by_key = {img.key: img.id for img in session.scalars(select(Image).where(Image.dataset == dataset))}
+    for position, t in thumbs.items():
+        ids[position] = by_key[t.key]
+    return ids
+
+
+def store_layer(session: Session, model: Model, layer: LayerInfo, position: int) -> Layer:
+    row = session.scalar(select(Layer).where(Layer.model_id == model.id, Layer.name == layer.name))
+    if row is None:
+        row = Layer(model_id=model.id, name=layer.name)
+        session.add(row)
+    row.hook, row.kind, row.position, row.n_units = layer.hook, layer.kind, position, layer.n_units
+    row.grid_h, row.grid_w = layer.grid
+    row.is_last = layer.is_last
+    session.flush()
+    return row
+
+
+def store_neurons(session: Session, row: Layer, layer: LayerInfo, state: LayerState, n: int,
+                  image_ids: dict[int, int]) -> None:
+    """Neuron stats and top examples of one layer (replacing earlier ones)."""
+    total, total_sq = state.total.cpu().numpy(), state.total_sq.cpu().numpy()
+    count = max(n, 1)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    maximum = state.maximum.cpu().numpy()
+    existing = {nr.unit: nr for nr in session.scalars(select(Neuron).where(Neuron.layer_id == row.id))}
+    for unit in range(layer.n_units):
+        neuron = existing.get(unit)
+        if neuron is None:
+            neuron = Neuron(layer_id=row.id, unit=unit)
+            session.add(neuron)
+        neuron.mean = float(mean[unit]) if n else 0.0
+        neuron.std = float(std[unit]) if n else 0.0
+        neuron.max = float(maximum[unit]) if n else 0.0
+    session.flush()
+    neuron_ids = dict(session.execute(select(Neuron.unit, Neuron.id).where(Neuron.layer_id == row.id)).all())
+    session.execute(delete(TopExample).where(TopExample.neuron_id.in_(list(neuron_ids.values()))))
+    values = state.top_values.cpu().numpy()
+    positions = state.top_positions.cpu().numpy()
+    maps = state.top_maps.cpu().numpy().astype("<f2")
+    rows = []
+    for unit in range(layer.n_units):
+        for rank in range(values.shape[1]):
+            position = int(positions[unit, rank])
+            if position < 0:
+                break
+            rows.append({"neuron_id": neuron_ids[unit], "rank": rank, "image_id": image_ids[position],
+                         "value": float(values[unit, rank]), "heatmap": maps[unit, rank].tobytes()})
+    if rows:
+        session.execute(insert(TopExample), rows)
+
+
+# --- CLI -------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="demo", help="demo, or an open_clip name (RN50x4, ViT-B-32)")
+    parser.add_argument("--pretrained", default=None,
+                        help="open_clip pretrained tag (e.g. openai) or a local checkpoint path")
+    parser.add_argument("--dataset", default="demo:2000",
+                        help="image folder, .csv/.jsonl list of paths, or demo:N (default: %(default)s)")
+    parser.add_argument("--db", default=str(DEFAULT_DATA_DIR / "demo.db"), help="database file or URL")
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="examples kept per neuron")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
+                        help="images in the stored random sample (histograms)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--workers", type=int, default=2, help="decoding threads")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = ModelSpec.parse(args.model, args.pretrained)
+    try:
+        result = run_activations(
+            spec, args.dataset, db_url_from_arg(args.db), top_k=args.top_k, batch_size=args.batch_size,
+            sample_size=args.sample, device=args.device, workers=args.workers, progress=not args.no_progress,
+        )
+    except (DatasetError, ValueError) as exc:
+        print(f"conceptscope: error: {exc}", file=sys.stderr)
+        return 2
+    if result.status == "already-done":
+        print(f"{result.model} on {result.dataset}: already indexed (nothing to do)")
+    else:
+        print(f"{result.model} on {result.dataset}: indexed {result.n_indexed} of {result.n_items} images "
+              f"in {result.elapsed_s:.1f}s")
+    if result.skipped:
+        print(f"skipped {result.n_skipped} unreadable image(s):")
+        for key, error in result.skipped[:50]:
+            print(f"  {key}: {error}")
+        if result.n_skipped > 50:
+            print(f"  ... and {result.n_skipped - 50} more (see the runs table)")
+    return 0

@@ -1,0 +1,335 @@
+"""Dataset sources for precompute: image folders, CSV/JSONL lists of paths, and ``demo:N``.
+
+A dataset is an indexable, ordered list of items (deterministic order, known length), so a run
+can resume at a position and re-read any image by its position later. :func:`open_dataset`
+parses a spec:
+
+* a folder: every ``.jpg .jpeg .png .webp .gif .bmp`` below it (recursive), sorted by path;
+* a ``.csv`` (columns ``path`` and optional ``caption``; header required) or ``.jsonl`` file
+  (objects with ``path`` and optional ``caption``), paths relative to the file;
+* ``demo:N``: the first N held-out renderings of :mod:`precompute.demo_world`.
+
+Loading an item never raises: an unreadable or corrupt image comes back as an :class:`Item`
+with ``error`` set. Images are converted to RGB with their EXIF orientation applied.
+:func:`iter_batches` decodes and preprocesses in a thread pool ahead of the consumer, so
+decoding overlaps with the model.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageFile, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
+DEMO_PREFIX = "demo:"
+
+# Truncated files must fail loudly (reported as corrupt), not decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class DatasetError(ValueError):
+    """A dataset spec that cannot be opened (missing folder, bad list file, ...)."""
+
+
+@dataclass
+class Item:
+    """One dataset item: an RGB image, or an ``error`` saying why it could not be read."""
+
+    position: int
+    key: str
+    image: Image.Image | None
+    caption: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+class Dataset:
+    """An ordered, indexable image source. Subclasses implement :meth:`load`."""
+
+    spec: str  # canonical spec (stored with every image row)
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def key(self, position: int) -> str:
+        raise NotImplementedError
+
+    def load(self, position: int) -> Item:
+        """The item at ``position``; never raises for a bad image (``Item.error`` is set)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A hash of the spec and every key (detects a dataset that changed between runs)."""
+        digest = hashlib.sha256(self.spec.encode())
+        for i in range(len(self)):
+            digest.update(b"\0" + self.key(i).encode())
+        return digest.hexdigest()
+
+
+class FileListDataset(Dataset):
+    """Images at paths (folder contents or a list file), with optional captions."""
+
+    def __init__(self, spec: str, root: Path, entries: list[tuple[str, str | None]]):
+        self.spec = spec
+        self.root = root
+        self.entries = entries
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def key(self, position: int) -> str:
+        return self.entries[position][0]
+
+    def load(self, position: int) -> Item:
+        key, caption = self.entries[position]
+        try:
+            image = read_image(self.root / key)
+        except Exception as exc:  # noqa: BLE001 - any decoder error means "unreadable"
+            return Item(position, key, None, caption, error=_describe(exc))
+        return Item(position, key, image, caption)
+
+
+class DemoDataset(Dataset):
+    """``demo:N``: held-out renderings of the demo world, with their ground truth as meta."""
+
+    def __init__(self, n: int):
+        try:
+            from precompute import demo_world
+        except ImportError as exc:
+            raise DatasetError(f"demo datasets need precompute.demo_world, which failed: {exc}") from exc
+        self.world = demo_world
+        self.n = n
+        self.spec = f"{DEMO_PREFIX}{n}"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def key(self, position: int) -> str:
+        return f"heldout/{position}"
+
+    def load(self, position: int) -> Item:
+        key = self.key(position)
+        try:
+            sample = self.world.render(self.world.HELDOUT_SEED, position)
+        except Exception as exc:  # noqa: BLE001
+            return Item(position, key, None, error=_describe(exc))
+        return Item(position, key, sample.image.convert("RGB"), sample.caption, _jsonable(sample.truth))
+
+
+def open_dataset(spec: str) -> Dataset:
+    """Parse a dataset spec (folder, ``.csv``/``.jsonl`` list, or ``demo:N``)."""
+    spec = str(spec).strip()
+    if spec.startswith(DEMO_PREFIX):
+        text = spec.removeprefix(DEMO_PREFIX)
+        if not text.isdigit() or int(text) <= 0:
+            raise DatasetError(f"bad demo dataset {spec!r}: expected demo:N with N > 0, e.g. demo:2000")
+        return DemoDataset(int(text))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        root = path.resolve()
+        files = sorted(
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        if not files:
+            raise DatasetError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) found under {root}")
+        return FileListDataset(str(root), root, [(f, None) for f in files])
+    if path.is_file() and path.suffix.lower() in (".csv", ".jsonl"):
+        path = path.resolve()
+        entries = _read_csv(path) if path.suffix.lower() == ".csv" else _read_jsonl(path)
+        if not entries:
+            raise DatasetError(f"{path} lists no images")
+        return FileListDataset(str(path), path.parent, entries)
+    if path.exists():
+        raise DatasetError(f"{spec}: expected a folder of images, a .csv or .jsonl file, or demo:N")
+    raise DatasetError(f"dataset not found: {spec} (a folder, a .csv/.jsonl file, or demo:N)")
+
+
+def _read_csv(path: Path) -> list[tuple[str, str | None]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise DatasetError(f"{path}: a header row with a 'path' column is required")
+        return [(_rel(row["path"]), row.get("caption") or None) for row in reader if row.get("path")]
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, str | None]]:
+    entries = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+            entries.append((_rel(str(obj["path"])), obj.get("caption")))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise DatasetError(f"{path}:{n}: expected an object with a 'path' ({exc})") from exc
+    return entries
+
+
+def _rel(text: str) -> str:
+    return Path(text.strip()).as_posix()
+
+
+def read_image(path: Path) -> Image.Image:
+    """Decode ``path`` fully into an RGB image with its EXIF orientation applied."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Greyscale, palette, RGBA (composited on white), CMYK, ... → RGB."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L")
+    return img.convert("RGB")
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+# --- preprocessing and batching --------------------------------------------------------------
+
+
+def split_preprocess(
+    preprocess: Callable[[Image.Image], torch.Tensor],
+) -> tuple[Callable[[Image.Image], Image.Image], Callable[[Image.Image], torch.Tensor]]:
+    """Split an open_clip/torchvision ``Compose`` into (PIL → model-view PIL, PIL → tensor).
+
+    The first part (resize + centre crop) gives exactly the pixels the model sees, which makes
+    a thumbnail that heatmaps overlay without any offset. Unknown transforms: (identity, all).
+    """
+    transforms = getattr(preprocess, "transforms", None)
+    if not transforms:
+        return (lambda img: img), preprocess
+    cut = next(
+        (i for i, t in enumerate(transforms) if "totensor" in type(t).__name__.lower()), None
+    )
+    if cut is None:
+        return (lambda img: img), preprocess
+    geometric, tensorize = transforms[:cut], transforms[cut:]
+
+    def view(img: Image.Image) -> Image.Image:
+        for t in geometric:
+            img = t(img)
+        return img
+
+    def to_tensor(img: Image.Image) -> torch.Tensor:
+        out: Any = img
+        for t in tensorize:
+            out = t(out)
+        return out
+
+    return view, to_tensor
+
+
+@dataclass
+class Prepared:
+    """A loaded item ready for the model: the model-view image and its tensor (or an error)."""
+
+    item: Item
+    view: Image.Image | None = None
+    pixels: torch.Tensor | None = None
+
+
+@dataclass
+class Batch:
+    """A contiguous range of dataset positions; ``items`` holds the readable ones."""
+
+    start: int
+    stop: int
+    prepared: list[Prepared]  # readable items, in position order
+    errors: list[Item]  # unreadable items
+    pixels: torch.Tensor | None  # (len(prepared), 3, S, S), None when nothing was readable
+
+    @property
+    def positions(self) -> list[int]:
+        return [p.item.position for p in self.prepared]
+
+
+def prepare(dataset: Dataset, position: int, view: Callable, to_tensor: Callable) -> Prepared:
+    """Load item ``position`` and preprocess it (errors are kept, never raised)."""
+    item = dataset.load(position)
+    if item.image is None:
+        return Prepared(item)
+    try:
+        seen = view(item.image)
+        return Prepared(item, seen, to_tensor(seen))
+    except Exception as exc:  # noqa: BLE001
+        item.error = _describe(exc)
+        item.image = None
+        return Prepared(item)
+
+
+def iter_batches(
+    dataset: Dataset,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    batch_size: int,
+    *,
+    start: int = 0,
+    workers: int = 2,
+    prefetch_batches: int = 2,
+) -> Iterator[Batch]:
+    """Batches of ``batch_size`` consecutive positions from ``start``, decoded ahead in threads.
+
+    Batch boundaries depend only on ``start`` and ``batch_size`` (resuming at a batch boundary
+    reproduces the same batches). Decoding (Pillow) and tensor ops release the GIL, so a thread
+    pool overlaps with the model without the start-up cost of worker processes.
+    """
+    view, to_tensor = split_preprocess(preprocess)
+    n = len(dataset)
+    pending: deque[Future[Prepared]] = deque()
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        next_pos = start
+        lookahead = batch_size * (prefetch_batches + 1)
+
+        def fill() -> None:
+            nonlocal next_pos
+            while next_pos < n and len(pending) < lookahead:
+                pending.append(pool.submit(prepare, dataset, next_pos, view, to_tensor))
+                next_pos += 1
+
+        batch_start = start
+        try:
+            while batch_start < n:
+                fill()
+                stop = min(batch_start + batch_size, n)
+                results = [pending.popleft().result() for _ in range(stop - batch_start)]
+                fill()
+                good = [r for r in results if r.pixels is not None]
+                errors = [r.item for r in results if r.pixels is None]
+                pixels = torch.stack([r.pixels for r in good]) if good else None
+                yield Batch(batch_start, stop, good, errors, pixels)
+                batch_start = stop
+        finally:  # the consumer stopped early: drop the work queued ahead
+            for future in pending:
+                future.cancel()
