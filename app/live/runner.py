@@ -1,0 +1,416 @@
+"""The live model runner: one model in memory, a bounded queue, micro-batching, one model thread.
+
+Requests (``analyze`` an image, ``encode_texts``, or ``submit`` any function of the model) are
+queued from the event loop; a batcher task groups compatible jobs (up to ``max_batch``, waiting
+up to ``max_wait_ms`` for more while the server is under load) and runs each group on a single
+dedicated model thread, so the event loop never blocks on model work and the model is never used
+by two threads at once. A full queue raises :class:`Busy` (the web layer answers 503 with
+``Retry-After``); a request that waits longer than its timeout raises :class:`LiveTimeout`.
+
+Usage::
+
+    runner = LiveRunner.from_settings(settings)   # reads the model of the served DB
+    await runner.start()                          # loads, warms up, starts the batcher
+    acts = await runner.analyze(pil_image)        # -> ImageActivations
+    emb = await runner.encode_texts(["a red circle"])
+    img = await runner.submit(render_fn, unit, steps=64)  # render_fn(loaded, unit, steps=64)
+    await runner.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+
+from app.models import LoadedModel, ModelLoadError, ModelSpec, load_model
+from app.neurons import analysis
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+    from app.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+IMAGE, TEXT, CALL = "image", "text", "call"
+
+
+class LiveError(RuntimeError):
+    """Base class of the runner's errors (each carries a message fit for an HTTP answer)."""
+
+
+class Busy(LiveError):
+    """The queue is full; retry after ``retry_after`` seconds (HTTP 503 + ``Retry-After``)."""
+
+    def __init__(self, retry_after: int, queued: int) -> None:
+        super().__init__(
+            f"The live model is busy ({queued} requests queued); retry in {retry_after} s."
+        )
+        self.retry_after = retry_after
+        self.queued = queued
+
+
+class LiveTimeout(LiveError):
+    """A request waited or ran longer than its timeout (HTTP 503 or 504)."""
+
+
+class NotRunning(LiveError):
+    """The runner is not started, is stopping, or failed to load its model (HTTP 503)."""
+
+
+@dataclass(eq=False)
+class _Job:
+    kind: str
+    future: asyncio.Future[Any]
+    payload: Any  # image tensor (3, S, S) | list[str] | (fn, args, kwargs)
+    top_k: int = analysis.DEFAULT_TOP_K
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class RunnerStats:
+    """Counters for /-/health style pages and the benchmark."""
+
+    batches: int = 0
+    jobs: int = 0
+    largest_batch: int = 0
+    rejected: int = 0
+    timeouts: int = 0
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "jobs": self.jobs,
+            "largest_batch": self.largest_batch,
+            "rejected": self.rejected,
+            "timeouts": self.timeouts,
+            "mean_batch": round(self.jobs / self.batches, 3) if self.batches else 0.0,
+        }
+
+
+def model_spec_from_db(db_url: str, slug: str | None = None) -> tuple[ModelSpec, str]:
+    """The :class:`ModelSpec` and slug of the served DB's model (``slug``, else the first one)."""
+    from sqlalchemy import select
+
+    from app.db import make_engine
+    from app.db.schema import Model
+
+    engine = make_engine(db_url, create=False)
+    try:
+        with engine.connect() as conn:
+            query = select(Model.name, Model.pretrained, Model.slug).order_by(Model.id)
+            if slug is not None:
+                query = query.where(Model.slug == slug)
+            row = conn.execute(query).first()
+    finally:
+        engine.dispose()
+    if row is None:
+        what = f"model {slug!r}" if slug else "any model"
+        raise ModelLoadError(f"the database {db_url} has no {what}; run `conceptscope precompute` first")
+    return ModelSpec(row.name, row.pretrained), row.slug
+
+
+class LiveRunner:
+    """One model held in memory behind a bounded, micro-batching queue (see module docstring)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec | None = None,
+        *,
+        loaded: LoadedModel | None = None,
+        device: str = "cpu",
+        slug: str | None = None,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        queue_size: int = 64,
+        timeout_s: float = 30.0,
+        warmup: bool = True,
+    ) -> None:
+        if spec is None and loaded is None:
+            raise ValueError("LiveRunner needs a ModelSpec or a LoadedModel")
+        self.spec = spec if spec is not None else loaded.spec  # type: ignore[union-attr]
+        self.slug = slug or self.spec.slug
+        self.device = device
+        self.max_batch = max(1, int(max_batch))
+        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        self.queue_size = max(1, int(queue_size))
+        self.timeout_s = float(timeout_s)
+        self.warmup = warmup
+        self.stats = RunnerStats()
+        self._loaded = loaded
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._backlog: collections.deque[_Job] = collections.deque()
+        self._executor: ThreadPoolExecutor | None = None
+        self._batcher: asyncio.Task[None] | None = None
+        self._model_thread: threading.Thread | None = None
+        self._under_load = False
+        self._batch_seconds = 0.05  # running estimate of one batch's duration (for Retry-After)
+        self._logit_scale = 100.0
+        self.error: str | None = None
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, slug: str | None = None, device: str | None = None
+    ) -> LiveRunner:
+        """A runner for the model of the DB at ``settings.db_url`` on the best device."""
+        spec, db_slug = model_spec_from_db(settings.db_url, slug)
+        return cls(
+            spec,
+            slug=db_slug,
+            device=device or settings.resolved_device(),
+            max_batch=settings.live_max_batch,
+            max_wait_ms=settings.live_max_wait_ms,
+            queue_size=settings.live_queue_size,
+            timeout_s=settings.live_timeout_s,
+        )
+
+    # ------------------------------------------------------------------------------ lifecycle
+
+    @property
+    def running(self) -> bool:
+        return self._batcher is not None and not self._batcher.done()
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The loaded model (only touch it from the model thread, e.g. via :meth:`submit`)."""
+        if self._loaded is None:
+            raise NotRunning(self.error or "the live model is not loaded yet")
+        return self._loaded
+
+    @property
+    def logit_scale(self) -> float:
+        return self._logit_scale
+
+    @property
+    def queued(self) -> int:
+        return (self._queue.qsize() if self._queue is not None else 0) + len(self._backlog)
+
+    async def start(self) -> None:
+        """Load the model (in the model thread), warm it up and start the batcher."""
+        if self.running:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-model")
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._executor, self._load_and_warm)
+        except Exception as exc:
+            self.error = f"could not load the live model {self.spec.name}: {exc}"
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._batcher = asyncio.create_task(self._batch_loop(), name="live-batcher")
+
+    async def stop(self) -> None:
+        """Stop the batcher; queued requests fail with :class:`NotRunning`."""
+        if self._batcher is not None:
+            self._batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._batcher
+            self._batcher = None
+        for job in self._drain_all():
+            if not job.future.done():
+                job.future.set_exception(NotRunning("the live model is shutting down"))
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __aenter__(self) -> LiveRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _load_and_warm(self) -> None:
+        self._model_thread = threading.current_thread()
+        if self._loaded is None:
+            log.info("loading live model %s on %s", self.spec, self.device)
+            self._loaded = load_model(self.spec, self.device)
+        loaded = self._loaded
+        self._logit_scale = analysis.logit_scale(loaded)
+        if not self.warmup:
+            return
+        size = loaded.image_size
+        started = time.perf_counter()
+        for batch in sorted({1, self.max_batch}):
+            blank = torch.zeros(batch, 3, size, size)
+            analysis.analyze_batch(loaded, blank, top_k=1)
+        analysis.encode_texts(loaded, ["a photo"])
+        if loaded.device.type == "cuda":
+            torch.cuda.synchronize(loaded.device)
+        log.info("live model warm in %.2f s", time.perf_counter() - started)
+
+    # -------------------------------------------------------------------------------- requests
+
+    def preprocess(self, image: PILImage.Image) -> torch.Tensor:
+        """The model's preprocessing of one RGB image → ``(3, S, S)`` float tensor (thread-safe)."""
+        return self.loaded.preprocess(image)
+
+    async def analyze(
+        self,
+        image: PILImage.Image | torch.Tensor,
+        *,
+        top_k: int = analysis.DEFAULT_TOP_K,
+        timeout: float | None = None,
+    ) -> analysis.ImageActivations:
+        """Every neuron's value on ``image``, the top ``top_k`` per layer with heatmaps, and the
+        image embedding. ``image``: an RGB PIL image or an already preprocessed tensor."""
+        self._check_running()
+        if not isinstance(image, torch.Tensor):
+            image = await asyncio.to_thread(self.preprocess, image)
+        return await self._enqueue(IMAGE, image, top_k=top_k, timeout=timeout)
+
+    async def encode_texts(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:
+        """L2-normalised text embeddings ``(len(texts), embed_dim)``."""
+        if not texts:
+            return np.zeros((0, self.loaded.embed_dim), dtype=np.float32)
+        return await self._enqueue(TEXT, list(texts), timeout=timeout)
+
+    async def submit(
+        self, fn: Callable[..., T], *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> T:
+        """Run ``fn(loaded_model, *args, **kwargs)`` on the model thread, queued with the other
+        requests (same back-pressure and timeout; ``timeout=None`` uses the runner's). Use it for
+        any other model work, e.g. on-demand feature visualizations. Autograd is enabled."""
+        return await self._enqueue(CALL, (fn, args, kwargs), timeout=timeout)
+
+    def _check_running(self) -> None:
+        if not self.running:
+            raise NotRunning(self.error or "the live model is not running")
+
+    async def _enqueue(self, kind: str, payload: Any, *, top_k: int = 0, timeout: float | None) -> Any:
+        self._check_running()
+        assert self._queue is not None
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        job = _Job(kind, future, payload, top_k=top_k)
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            self.stats.rejected += 1
+            raise Busy(self.retry_after(), self.queued) from None
+        limit = self.timeout_s if timeout is None else timeout
+        try:
+            async with asyncio.timeout(limit):
+                return await future
+        except TimeoutError:
+            self.stats.timeouts += 1
+            raise LiveTimeout(f"the live model did not answer within {limit:g} s") from None
+
+    def retry_after(self) -> int:
+        """Seconds a rejected client should wait: the time to work through the queue (≥ 1)."""
+        batches = math.ceil((self.queued + 1) / self.max_batch)
+        return max(1, math.ceil(batches * self._batch_seconds))
+
+    # --------------------------------------------------------------------------------- batching
+
+    def _next_nowait(self) -> _Job | None:
+        if self._backlog:
+            return self._backlog.popleft()
+        assert self._queue is not None
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    def _drain_all(self) -> list[_Job]:
+        jobs = list(self._backlog)
+        self._backlog.clear()
+        while self._queue is not None:
+            try:
+                jobs.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return jobs
+
+    async def _collect(self) -> list[_Job]:
+        """The next batch: one job, plus compatible jobs that are queued or arrive within
+        ``max_wait`` (the wait only applies under load, so a lone request is not delayed)."""
+        assert self._queue is not None
+        first = self._next_nowait() or await self._queue.get()
+        while first.future.done():  # cancelled (timed out) while queued
+            first = self._next_nowait() or await self._queue.get()
+        batch = [first]
+        if first.kind == CALL:
+            return batch
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.max_wait_s if self._under_load else 0.0)
+        skipped: list[_Job] = []
+        while len(batch) < self.max_batch:
+            job = self._next_nowait()
+            if job is None:
+                if loop.time() >= deadline:
+                    break
+                await asyncio.sleep(min(0.0005, max(0.0, deadline - loop.time())))
+                continue
+            if job.future.done():
+                continue
+            if job.kind == first.kind:
+                batch.append(job)
+            else:
+                skipped.append(job)
+        self._backlog.extendleft(reversed(skipped))
+        return batch
+
+    async def _batch_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            self._under_load = len(batch) > 1 or self.queued > 0
+            started = time.perf_counter()
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, batch)
+            except Exception as exc:  # the whole batch failed: tell every waiter
+                log.exception("live batch of %d %s jobs failed", len(batch), batch[0].kind)
+                results = [exc] * len(batch)
+            elapsed = time.perf_counter() - started
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+            self.stats.batches += 1
+            self.stats.jobs += len(batch)
+            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+            self.stats.batch_sizes[len(batch)] += 1
+            for job, result in zip(batch, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+
+    def _run_batch(self, batch: list[_Job]) -> list[Any]:
+        """Runs on the model thread. Returns one result (or exception) per job."""
+        loaded = self.loaded
+        kind = batch[0].kind
+        if kind == IMAGE:
+            images = torch.stack([job.payload for job in batch])
+            return list(analysis.analyze_batch(loaded, images, top_k=[job.top_k for job in batch]))
+        if kind == TEXT:
+            texts = [text for job in batch for text in job.payload]
+            embeddings = analysis.encode_texts(loaded, texts)
+            out, start = [], 0
+            for job in batch:
+                out.append(embeddings[start : start + len(job.payload)])
+                start += len(job.payload)
+            return out
+        results: list[Any] = []
+        for job in batch:
+            fn, args, kwargs = job.payload
+            try:
+                results.append(fn(loaded, *args, **kwargs))
+            except Exception as exc:
+                results.append(exc)
+        return results

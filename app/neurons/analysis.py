@@ -1,0 +1,198 @@
+"""One preprocessed image batch → per layer the neurons that fire, with values and heatmaps.
+
+Shared by the precompute stages and the live endpoint so both compute a neuron's value the same
+way: the spatial maps of :func:`app.neurons.capture.layer_maps` (pre-ReLU residual sums for
+ResNet blocks, post-GELU MLP units for ViT), and the value of a neuron on an image is the
+maximum of its map. Also: percentiles against a neuron's dataset distribution (the
+``activation_samples`` table) and zero-shot class probabilities.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from app.neurons.capture import capture, spatial_maps
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from app.models import LayerInfo, LoadedModel
+
+DEFAULT_TOP_K = 12
+MAX_CLASS_NAMES = 50
+MAX_CLASS_NAME_CHARS = 100
+
+
+def spatial_max(maps: torch.Tensor) -> torch.Tensor:
+    """Neuron values ``(B, units)`` from spatial maps ``(B, units, H, W)``: max over positions."""
+    return maps.flatten(2).amax(dim=2)
+
+
+@dataclass
+class NeuronHit:
+    """A neuron that fired on an image: its unit, value (spatial max) and heatmap (its map)."""
+
+    unit: int
+    value: float
+    heatmap: np.ndarray  # float32 (H, W)
+
+
+@dataclass
+class ImageActivations:
+    """What the model did with one image: every neuron's value, the top hits, the embedding."""
+
+    values: dict[str, np.ndarray]  # layer -> float32 (units,)
+    top: dict[str, list[NeuronHit]]  # layer -> hits, highest value first
+    embedding: np.ndarray | None = None  # float32 (embed_dim,), L2-normalised
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def forward_with_maps(
+    loaded: LoadedModel,
+    images: torch.Tensor,
+    layers: Sequence[LayerInfo] | None = None,
+    *,
+    with_embedding: bool = True,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+    """Spatial maps of ``layers`` for a preprocessed batch, and (optionally) the normalised image
+    embeddings from the same forward pass. Without the embedding the pass stops at the last layer.
+    """
+    from app.neurons.capture import layer_maps
+
+    layers = list(layers if layers is not None else loaded.layers)
+    images = images.to(loaded.device)
+    if not with_embedding:
+        return layer_maps(loaded, images, layers), None
+    with torch.inference_mode(), capture(loaded.visual, layers) as store:
+        embedding = loaded.model.encode_image(images)
+        raw = dict(store)
+    embedding = torch.nn.functional.normalize(embedding.float(), dim=-1)
+    return {layer.name: spatial_maps(raw[layer.name], layer) for layer in layers}, embedding
+
+
+def analyze_batch(
+    loaded: LoadedModel,
+    images: torch.Tensor,
+    top_k: int | Sequence[int] = DEFAULT_TOP_K,
+    layers: Sequence[LayerInfo] | None = None,
+    *,
+    with_embedding: bool = True,
+) -> list[ImageActivations]:
+    """Run a preprocessed batch ``(B, 3, S, S)``; per image every neuron's value, the ``top_k``
+    neurons of each layer with their heatmaps (``top_k`` may differ per image), the embedding."""
+    layers = list(layers if layers is not None else loaded.layers)
+    batch = images.shape[0]
+    ks = [int(top_k)] * batch if isinstance(top_k, int) else [int(k) for k in top_k]
+    maps, embedding = forward_with_maps(loaded, images, layers, with_embedding=with_embedding)
+    results = [ImageActivations({}, {}) for _ in range(batch)]
+    for layer in layers:
+        layer_maps_ = maps[layer.name].float()
+        values = spatial_max(layer_maps_)
+        k_max = min(max(ks), values.shape[1])
+        top_values, top_units = values.topk(k_max, dim=1)
+        values_np = values.cpu().numpy()
+        units_np = top_units.cpu().numpy()
+        top_np = top_values.cpu().numpy()
+        for i, result in enumerate(results):
+            k = min(ks[i], k_max)
+            heatmaps = layer_maps_[i, top_units[i, :k]].cpu().numpy()
+            result.values[layer.name] = values_np[i]
+            result.top[layer.name] = [
+                NeuronHit(int(units_np[i, j]), float(top_np[i, j]), heatmaps[j]) for j in range(k)
+            ]
+    if embedding is not None:
+        emb = embedding.cpu().numpy()
+        for i, result in enumerate(results):
+            result.embedding = emb[i]
+    return results
+
+
+def encode_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
+    """L2-normalised text embeddings ``(len(texts), embed_dim)`` (float32)."""
+    tokens = loaded.tokenizer(list(texts)).to(loaded.device)
+    with torch.inference_mode():
+        features = loaded.model.encode_text(tokens)
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
+
+
+def logit_scale(loaded: LoadedModel) -> float:
+    """The model's learned softmax temperature (``exp(logit_scale)``, capped at 100)."""
+    scale = getattr(loaded.model, "logit_scale", None)
+    if scale is None:
+        return 100.0
+    return float(min(100.0, math.exp(float(scale.detach().cpu()))))
+
+
+def zero_shot(image_embedding: np.ndarray, text_embeddings: np.ndarray, scale: float) -> np.ndarray:
+    """Class probabilities: softmax of ``scale`` × cosine similarities (CLIP's zero-shot recipe)."""
+    logits = scale * (text_embeddings @ image_embedding)
+    logits = logits - logits.max()
+    probs = np.exp(logits)
+    return probs / probs.sum()
+
+
+def parse_class_names(text: str | None) -> list[str]:
+    """Comma-separated class names → a clean list (trimmed, no blanks, no duplicates, capped)."""
+    if not text:
+        return []
+    names: list[str] = []
+    for part in text.split(","):
+        name = " ".join(part.split())[:MAX_CLASS_NAME_CHARS]
+        if name and name.lower() not in {n.lower() for n in names}:
+            names.append(name)
+    return names[:MAX_CLASS_NAMES]
+
+
+class Percentiles:
+    """Percentile of a value within each neuron's dataset distribution (``activation_samples``).
+
+    Holds, per layer, the sample matrix sorted along the image axis; the percentile of ``v`` for
+    a unit is the share of sampled dataset images on which that unit's value is ``<= v``.
+    """
+
+    def __init__(self, sorted_samples: dict[str, np.ndarray]) -> None:
+        self.sorted = sorted_samples  # layer -> float32 (n_images, n_units), sorted along axis 0
+
+    @classmethod
+    def from_arrays(cls, samples: dict[str, np.ndarray]) -> Percentiles:
+        return cls({name: np.sort(np.asarray(a, dtype=np.float32), axis=0) for name, a in samples.items()})
+
+    @classmethod
+    def from_db(cls, session: Session, model_id: int) -> Percentiles:
+        """Load the activation samples of every layer of model ``model_id`` (empty when absent)."""
+        from sqlalchemy import select
+
+        from app.db import from_bytes
+        from app.db.schema import ActivationSample, Layer
+
+        rows = session.execute(
+            select(Layer.name, ActivationSample)
+            .join(ActivationSample, ActivationSample.layer_id == Layer.id)
+            .where(Layer.model_id == model_id)
+        ).all()
+        samples = {
+            name: from_bytes(s.values, "float16", (s.n_images, s.n_units)) for name, s in rows if s.n_images
+        }
+        return cls.from_arrays(samples)
+
+    def has(self, layer: str) -> bool:
+        return layer in self.sorted and self.sorted[layer].shape[0] > 0
+
+    def of(self, layer: str, unit: int, value: float) -> float | None:
+        """Percentile (0–100) of ``value`` for ``unit`` of ``layer``; ``None`` without samples."""
+        if not self.has(layer):
+            return None
+        column = self.sorted[layer][:, unit]
+        # values are stored as float16: compare in float16 precision so a dataset image's own
+        # value counts as "<=" itself
+        v = float(np.float16(value)) if np.isfinite(value) else value
+        return 100.0 * float(np.searchsorted(column, v, side="right")) / column.shape[0]
+
+    def sample_size(self, layer: str) -> int:
+        return int(self.sorted[layer].shape[0]) if self.has(layer) else 0
