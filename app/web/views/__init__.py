@@ -1,0 +1,41 @@
+"""The page modules. Each exposes ``router`` (a FastAPI ``APIRouter``).
+
+To add a page type: write ``app/web/views/<name>.py`` with a ``router`` and add one line to
+``VIEW_MODULES``. Nav entries in ``NAV`` show up once a route serves their path.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from fastapi import APIRouter
+
+VIEW_MODULES: list[str] = [
+    "app.web.views.meta",
+    "app.web.views.static",
+    "app.web.views.blobs",
+    "app.web.views.home",
+    "app.web.views.model",
+    "app.web.views.layer",
+    "app.web.views.neuron",
+    # live endpoint (issue 4): "app.web.views.search", "app.web.views.analyze",
+    # labels and probes (issue 6): "app.web.views.typographic",
+]
+
+#: (label, path) of the header's navigation.
+NAV: list[tuple[str, str]] = [
+    ("Models", "/"),
+    ("Search", "/search"),
+    ("Analyze an image", "/analyze"),
+    ("Typographic lab", "/typographic"),
+]
+
+
+def routers() -> list[APIRouter]:
+    return [importlib.import_module(name).router for name in VIEW_MODULES]
+
+
+def nav_items(routers: list[APIRouter]) -> list[tuple[str, str]]:
+    """The ``NAV`` entries whose path one of ``routers`` serves."""
+    paths = {getattr(route, "path", None) for router in routers for route in router.routes}
+    return [(label, path) for label, path in NAV if path in paths]

@@ -1,0 +1,138 @@
+"""``create_app``: the FastAPI application over one index database.
+
+``app.state`` holds ``settings``, ``engine`` / ``sessions`` (read-only), ``write_engine`` /
+``write_sessions`` (may write only the tables the web owns: analyses and their image blobs),
+``templates``, ``urls``, ``live_runner`` (or ``None``) and ``nav``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.config import STATIC_DIR, TEMPLATES_DIR, Settings
+from app.db import make_engine, session_factory
+from app.db.schema import Analysis
+from app.web import views
+from app.web.errors import install_error_handlers
+from app.web.templating import install_template_helpers
+from app.web.urls import Urls
+
+log = logging.getLogger("conceptscope.web")
+
+#: Tables the web process may write; everything else is read-only to it.
+WEB_OWNED_TABLES = frozenset({"analyses", "blobs"})
+
+
+class ReadOnlyViolation(RuntimeError):
+    """The web process tried to write a table it does not own."""
+
+
+def sqlite_path(db_url: str) -> Path | None:
+    """The file behind an ``sqlite:///`` URL (``None`` for in-memory or other databases)."""
+    if not db_url.startswith("sqlite:///"):
+        return None
+    path = db_url.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+def _read_only_connection(engine: Engine) -> None:
+    """Every connection of ``engine`` refuses writes at the database level."""
+    dialect = engine.dialect.name
+
+    @event.listens_for(engine, "connect")
+    def _set_read_only(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if dialect == "sqlite":
+            cursor.execute("PRAGMA query_only = ON")
+        elif dialect == "postgresql":
+            cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cursor.close()
+
+
+def _guard_owned_tables(factory: sessionmaker[Session]) -> None:
+    @event.listens_for(factory, "before_flush")
+    def _check(session: Session, _context: Any, _instances: Any) -> None:
+        for obj in (*session.new, *session.dirty, *session.deleted):
+            table = getattr(getattr(obj, "__table__", None), "name", None)
+            if table not in WEB_OWNED_TABLES:
+                raise ReadOnlyViolation(f"the web app may not write table {table!r}")
+
+
+def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session], Engine, sessionmaker[Session]]:
+    """Read-only and web-writable engines/session factories for ``settings.db_url``."""
+    path = sqlite_path(settings.db_url)
+    if path is not None and not path.exists():
+        raise FileNotFoundError(
+            f"no index database at {path}; build one with "
+            "`conceptscope precompute activations --db PATH ...` or run `conceptscope demo`"
+        )
+    write_engine = make_engine(settings.db_url, create=False)
+    try:
+        Analysis.__table__.create(write_engine, checkfirst=True)
+    except Exception as exc:  # e.g. a read-only file: pages still work, analyses are not stored
+        log.warning("cannot create the analyses table (%s); analyses will not be stored", exc)
+    write_sessions = session_factory(write_engine)
+    _guard_owned_tables(write_sessions)
+    engine = make_engine(settings.db_url, create=False)
+    _read_only_connection(engine)
+    return engine, session_factory(engine), write_engine, write_sessions
+
+
+def create_app(settings: Settings, *, live_runner: Any = None) -> FastAPI:
+    """The web app over ``settings.db_url``; ``live_runner`` serves the live pages (optional).
+
+    A runner with ``start()``/``stop()`` (sync or async) is started and stopped with the app.
+    """
+    engine, sessions, write_engine, write_sessions = open_database(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await _maybe_call(live_runner, "start")
+        try:
+            yield
+        finally:
+            await _maybe_call(live_runner, "stop")
+            engine.dispose()
+            write_engine.dispose()
+
+    app = FastAPI(
+        title="Conceptscope",
+        lifespan=lifespan,
+        docs_url="/-/docs",
+        redoc_url=None,
+        openapi_url="/-/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessions = sessions
+    app.state.write_engine = write_engine
+    app.state.write_sessions = write_sessions
+    app.state.live_runner = live_runner
+    app.state.urls = Urls(STATIC_DIR)
+    app.state.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    install_error_handlers(app)
+    routers = views.routers()
+    for router in routers:
+        app.include_router(router)
+    app.state.nav = views.nav_items(routers)
+    install_template_helpers(app)
+    return app
+
+
+async def _maybe_call(obj: Any, method: str) -> None:
+    func = getattr(obj, method, None) if obj is not None else None
+    if func is None:
+        return
+    result = func()
+    if inspect.isawaitable(result):
+        await result

@@ -1,0 +1,45 @@
+"""Resolve path parameters to DB rows, or raise a 404 that says what is missing."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.orm import Session
+
+from app.db import queries
+from app.db.schema import Layer, Model, Neuron
+from app.web.errors import NotFound
+
+_UNIT = re.compile(r"\d{1,9}")
+
+
+def find_model(session: Session, slug: str) -> Model:
+    model = queries.get_model(session, slug)
+    if model is None:
+        raise NotFound(f"No model {slug!r} in this index.")
+    return model
+
+
+def find_layer(session: Session, model: Model, name: str) -> Layer:
+    layer = queries.get_layer(session, model, name)
+    if layer is None:
+        raise NotFound(f"Model {model.slug!r} has no indexed layer {name!r}.")
+    return layer
+
+
+def parse_unit(text: str) -> int:
+    """A unit number from the URL: decimal digits only (``abc``, ``-1``, ``1e3`` are 404s)."""
+    if not _UNIT.fullmatch(text):
+        raise NotFound(f"{text!r} is not a neuron number (expected 0, 1, 2, ...).")
+    return int(text)
+
+
+def find_neuron(session: Session, model: Model, layer: Layer, text: str) -> Neuron:
+    unit = parse_unit(text)
+    if unit >= layer.n_units:
+        last = layer.n_units - 1
+        raise NotFound(f"Layer {layer.name!r} of {model.slug!r} has units 0–{last}; there is no unit {unit}.")
+    neuron = queries.get_neuron(session, layer, unit)
+    if neuron is None:
+        raise NotFound(f"Unit {unit} of layer {layer.name!r} has not been indexed (yet).")
+    return neuron

@@ -1,0 +1,62 @@
+"""``conceptscope serve``: serve an index database in the browser (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import sys
+from typing import Any
+
+from app.config import Settings, db_url_from_arg
+
+log = logging.getLogger("conceptscope.web")
+
+LIVE_RUNNER_MODULE = "app.live.runner"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", required=True, help="index database: a file path or an SQLAlchemy URL")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--device", default=None, help="live model device: cpu, cuda, cuda:1 (default: auto)")
+    parser.add_argument("--no-live", action="store_true", help="do not load a live model (browse only)")
+    parser.add_argument("--no-store", action="store_true", help="do not store live analyses")
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+
+
+def build_live_runner(settings: Settings) -> Any:
+    """The live runner of ``app.live.runner.build_runner(settings)``, or ``None`` if unavailable."""
+    if not settings.load_live_model or importlib.util.find_spec(LIVE_RUNNER_MODULE) is None:
+        return None
+    module = importlib.import_module(LIVE_RUNNER_MODULE)
+    build = getattr(module, "build_runner", None)
+    return build(settings) if build is not None else None
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    settings = Settings.from_env().with_(db_url=db_url_from_arg(args.db), device=args.device)
+    if getattr(args, "no_live", False):
+        settings = settings.with_(load_live_model=False)
+    if getattr(args, "no_store", False):
+        settings = settings.with_(store_analyses=False)
+    return settings
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.web.app import create_app
+
+    settings = settings_from_args(args)
+    try:
+        app = create_app(settings, live_runner=build_live_runner(settings))
+    except FileNotFoundError as exc:
+        print(f"conceptscope serve: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Conceptscope: serving {settings.db_url} on http://{args.host}:{args.port}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
+    return 0

@@ -1,0 +1,77 @@
+"""Meta pages under ``/-/``: health and versions."""
+
+from __future__ import annotations
+
+import platform
+import sqlite3
+from importlib import metadata
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from sqlalchemy import text
+
+from app.db import queries
+from app.web.deps import ReadSession
+from app.web.formats import SafeJSONResponse, respond
+
+router = APIRouter()
+
+PACKAGES = ("conceptscope", "torch", "open_clip_torch", "fastapi", "starlette", "uvicorn", "sqlalchemy",
+            "jinja2", "pillow", "numpy")
+
+
+def live_status(runner: object) -> str:
+    """``not loaded`` without a runner; else the runner's own ``status`` (default ``ready``)."""
+    if runner is None:
+        return "not loaded"
+    status = getattr(runner, "status", "ready")
+    return str(status() if callable(status) else status)
+
+
+@router.get("/-/health")
+@router.get("/-/health.json", include_in_schema=False)
+def health(request: Request, session: ReadSession) -> Response:
+    """Liveness and what is served: ``{"ok": true, "models": [...], "live": ...}``."""
+    try:
+        session.execute(text("SELECT 1"))
+        models = [m.slug for m in queries.list_models(session)]
+        db_ok = True
+    except Exception as exc:  # the DB is unreadable: say so, with 503
+        return SafeJSONResponse({"ok": False, "db": f"error: {exc}"}, status_code=503)
+    return SafeJSONResponse({"ok": db_ok, "db": "ok", "models": models,
+                             "live": live_status(request.app.state.live_runner)})
+
+
+def _version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def versions_data(request: Request) -> dict[str, object]:
+    urls = request.app.state.urls
+    htmx = urls.static_dir / "vendor" / "htmx" / "VERSION"
+    return {
+        "python": platform.python_version(),
+        "sqlite": sqlite3.sqlite_version,
+        "packages": {name: _version(name) for name in PACKAGES},
+        "htmx": htmx.read_text().split()[1] if htmx.exists() else None,
+        "database": request.app.state.engine.dialect.name,
+        "live": live_status(request.app.state.live_runner),
+    }
+
+
+@router.get("/-/versions")
+def versions(request: Request) -> Response:
+    """Versions of Python, SQLite and the main packages (``/-/versions.json`` for JSON)."""
+    urls = request.app.state.urls
+    return respond(request, "versions.html", versions_data(request), fmt=None,
+                   json_url=urls.versions("json"), html_url=urls.versions())
+
+
+@router.get("/-/versions.json", include_in_schema=False)
+def versions_json(request: Request) -> Response:
+    urls = request.app.state.urls
+    return respond(request, "versions.html", versions_data(request), fmt="json",
+                   json_url=urls.versions("json"), html_url=urls.versions())

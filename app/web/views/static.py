@@ -1,0 +1,38 @@
+"""``/static/{hash}/{path}``: static files under content-hashed, immutable URLs.
+
+``urls.static(path)`` puts the file's current content hash in the URL. A request whose hash
+matches is cached forever; a stale hash still gets the current file, but uncached.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from app.web.errors import NotFound
+from app.web.urls import static_file_hash
+from app.web.views.blobs import IMMUTABLE, etag_matches
+
+router = APIRouter()
+
+mimetypes.add_type("text/javascript", ".js")
+mimetypes.add_type("text/css", ".css")
+
+
+@router.api_route("/static/{digest}/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+def static_file(digest: str, path: str, request: Request) -> Response:
+    root = request.app.state.urls.static_dir.resolve()
+    target = (root / path).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise NotFound(f"No static file {path!r}.")
+    current = static_file_hash(target)
+    etag = f'"{current}"'
+    cache = IMMUTABLE if digest == current else "no-cache"
+    headers = {"Cache-Control": cache, "ETag": etag}
+    if etag_matches(request.headers.get("if-none-match"), etag):
+        return Response(status_code=304, headers=headers)
+    mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    body = b"" if request.method == "HEAD" else target.read_bytes()
+    return Response(content=body, media_type=mime, headers=headers)
