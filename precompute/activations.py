@@ -298,9 +298,9 @@ def upsert_model(session: Session, loaded: LoadedModel) -> Model:
 
 
 def run_activations(
-    spec: ModelSpec | LoadedModel,
-    dataset: str | Dataset,
-    db_url: str,
+    spec: ModelSpec | LoadedModel | argparse.Namespace,
+    dataset: str | Dataset | None = None,
+    db_url: str | None = None,
     *,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -316,7 +316,14 @@ def run_activations(
 
     ``stop_after_batches`` ends the call after that many batches *without* a final checkpoint,
     exactly like a run killed there (tests use it to exercise resumption).
+
+    (``app.cli`` calls ``run_<command>(args)`` when a module defines it, so parsed CLI
+    arguments are accepted too and handed to :func:`run`.)
     """
+    if isinstance(spec, argparse.Namespace):
+        return run(spec)  # type: ignore[return-value]
+    if dataset is None or db_url is None:
+        raise TypeError("run_activations() needs a dataset and a db_url")
     started = time.perf_counter()
     if top_k < 1 or batch_size < 1 or sample_size < 0:
         raise ValueError("top_k and batch_size must be >= 1 and sample_size >= 0")
@@ -332,15 +339,15 @@ def run_activations(
 
     with sessions.begin() as session:
         model = upsert_model(session, loaded)
-        run = session.scalar(
+        run_row = session.scalar(
             select(Run).where(Run.model_id == model.id, Run.stage == STAGE, Run.params_hash == digest)
         )
-        if run is None:
-            run = Run(model_id=model.id, stage=STAGE, params=params, params_hash=digest,
-                      status="running", progress={"position": 0, "n_items": len(data)})
-            session.add(run)
+        if run_row is None:
+            run_row = Run(model_id=model.id, stage=STAGE, params=params, params_hash=digest,
+                          status="running", progress={"position": 0, "n_items": len(data)})
+            session.add(run_row)
             session.flush()
-        run_id, status, saved = run.id, run.status, run.state
+        run_id, status, saved = run_row.id, run_row.status, run_row.state
 
     def report(status: str, state: PassState | None, batches: int) -> ActivationsReport:
         if state is None:

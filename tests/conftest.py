@@ -1,6 +1,7 @@
 """Shared fixtures: the demo model and a tiny index database built by the real pipeline.
 
 * ``demo_loaded``: ``load_model(ModelSpec.parse("demo"))`` on the CPU (session-scoped).
+* ``rn50_random`` / ``vit_b32_random``: real architectures with seeded random weights.
 * ``tiny_db``: a real SQLite file indexed by ``run_activations`` (demo model, ``demo:48``,
   top-k 8, batch 16, sample 48); an object with ``.url`` (SQLAlchemy URL) and ``.path``.
   Session-scoped and shared: treat it as read-only (copy the file to modify it).
@@ -41,6 +42,22 @@ def demo_loaded():
     from app.models import ModelSpec, load_model
 
     return load_model(ModelSpec.parse("demo"), "cpu")
+
+
+@pytest.fixture(scope="session")
+def rn50_random():
+    """open_clip RN50 (ModifiedResNet) with seeded random weights on the CPU."""
+    from app.models import ModelSpec, load_model
+
+    return load_model(ModelSpec.parse("RN50"), "cpu")
+
+
+@pytest.fixture(scope="session")
+def vit_b32_random():
+    """open_clip ViT-B-32 (VisionTransformer) with seeded random weights on the CPU."""
+    from app.models import ModelSpec, load_model
+
+    return load_model(ModelSpec.parse("ViT-B-32"), "cpu")
 
 
 @pytest.fixture(scope="session")
