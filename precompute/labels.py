@@ -1,0 +1,368 @@
+"""``conceptscope precompute labels``: automatic labels and multimodality scores.
+
+For every model in the database (or ``--model``):
+
+1. embed the images the stage needs (each neuron's top ``--top`` examples and the activation
+   sample) with the model's image tower; the embeddings are checkpointed in the stage's ``runs``
+   row, so an interrupted run resumes without re-embedding;
+2. label every neuron (:mod:`app.neurons.labels`): its ``--k`` best vocabulary concepts with
+   scores replace the neuron's ``auto`` labels (imported and manual labels are never touched);
+3. tag the activation-sample images with concepts (demo ground truth, or zero-shot
+   pseudo-labels), render each concept's word, and store per layer the concept profile and each
+   neuron's multimodality score (:mod:`app.neurons.multimodality`).
+
+The vocabulary is ``--vocab FILE``, else the demo world's concepts for the demo model, else the
+bundled general list (``app/neurons/vocab/concepts.txt``). Re-running with the same parameters
+is a no-op (``--force`` recomputes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+from tqdm import tqdm
+
+from app.config import DEFAULT_DATA_DIR, Settings, db_url_from_arg
+from app.db import from_bytes, make_engine, put_blob, session_factory, to_bytes
+from app.db.schema import (
+    ActivationSample,
+    Blob,
+    ConceptProfile,
+    Image,
+    Label,
+    Layer,
+    Model,
+    Neuron,
+    Run,
+    TopExample,
+    utcnow,
+)
+from app.models import LoadedModel, ModelSpec, load_model
+from app.neurons import labels as labelling
+from app.neurons import multimodality as mm
+from app.neurons import zeroshot
+
+STAGE = "labels"
+EMBED_BATCH = 64
+CHECKPOINT_EVERY = 20  # batches between embedding checkpoints
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``conceptscope precompute labels``."""
+    parser.add_argument("--db", default=str(DEFAULT_DATA_DIR / "demo.db"),
+                        help="database file or SQLAlchemy URL (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--model", default=None, help="model slug (default: every model in the DB)")
+    parser.add_argument("--vocab", type=Path, default=None,
+                        help="concept list, one per line (default: demo concepts / bundled)")  # fmt: skip
+    parser.add_argument("--top", type=int, default=20, help="top examples per neuron to embed")
+    parser.add_argument("--k", type=int, default=3, help="auto labels kept per neuron")
+    parser.add_argument("--device", default="auto", help="torch device (default: GPU if present)")
+    parser.add_argument("--force", action="store_true", help="recompute even if up to date")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``conceptscope precompute labels``."""
+    if args.top < 1 or args.k < 1:
+        print("conceptscope: error: --top and --k must be positive")
+        return 2
+    engine = make_engine(db_url_from_arg(args.db))
+    sessions = session_factory(engine)
+    device = Settings().with_(device=args.device).resolved_device()
+    with sessions() as session:
+        query = select(Model).order_by(Model.id)
+        if args.model:
+            query = query.where(Model.slug == args.model)
+        models = list(session.scalars(query))
+    if not models:
+        what = f"model {args.model!r}" if args.model else "any model"
+        print(
+            f"conceptscope: error: {args.db} has no {what}; run `conceptscope precompute activations` first"
+        )
+        return 2
+    for model in models:
+        with sessions() as session:
+            label_model(session, model, args, device)
+    return 0
+
+
+# ------------------------------------------------------------------------------ vocabulary
+
+
+def vocabulary_for(spec: ModelSpec, vocab: Path | None) -> tuple[list[str], Callable[[str], list[str]]]:
+    """The concept list and its prompt function for ``spec`` (see module docstring)."""
+    if vocab is not None:
+        concepts = labelling.read_vocabulary(vocab)
+    elif spec.is_demo:
+        from precompute import demo_world
+
+        concepts = list(demo_world.CONCEPTS)
+    else:
+        concepts = labelling.read_vocabulary()
+    templates = zeroshot.DEMO_TEMPLATES if spec.is_demo else zeroshot.GENERAL_TEMPLATES
+    if spec.is_demo:
+        from precompute import demo_world, eval_demo
+
+        def demo_prompts(concept: str) -> list[str]:
+            if concept in demo_world.CONCEPTS:
+                return eval_demo.prompts(concept)
+            return [t.format(concept) for t in templates]
+
+        return concepts, demo_prompts
+    return concepts, lambda concept: [t.format(concept) for t in templates]
+
+
+def word_renderer(spec: ModelSpec) -> Callable[[str], list[PILImage.Image]]:
+    """Renderings of a word as text: neutral inks, light and dark backgrounds, two fonts."""
+    if spec.is_demo:
+        from precompute import demo_world as world
+
+        fonts = world.font_names()[:2]
+        variants = [("black", (255, 255, 255)), ("white", (25, 25, 25)),
+                    ("black", (205, 205, 200)), ("white", (95, 90, 100))]  # fmt: skip
+
+        def render_demo(word: str) -> list[PILImage.Image]:
+            return [
+                world.render_word(word, world.HELDOUT_SEED, 10 * i + j, font=font, ink=ink, background=bg)
+                for i, (ink, bg) in enumerate(variants)
+                for j, font in enumerate(fonts)
+            ]
+
+        return render_demo
+    return generic_word_renderings
+
+
+def generic_word_renderings(word: str, size: int = 224) -> list[PILImage.Image]:
+    """``word`` in black on white and white on black, via :mod:`app.neurons.render` when present."""
+    try:
+        from app.neurons import render  # the live engineer's text renderer
+    except ImportError:
+        render = None  # type: ignore[assignment]
+    fn = getattr(render, "render_text", None) if render is not None else None
+    if fn is not None:
+        try:
+            return [fn(word), fn(word, ink=(255, 255, 255), background=(0, 0, 0))]
+        except TypeError:
+            return [fn(word)]
+    from PIL import ImageDraw, ImageFont
+
+    out = []
+    for ink, bg in (((0, 0, 0), (255, 255, 255)), ((255, 255, 255), (0, 0, 0))):
+        img = PILImage.new("RGB", (size, size), bg)
+        draw = ImageDraw.Draw(img)
+        font = ImageFont.load_default(size=max(12, size // max(4, len(word))))
+        box = draw.textbbox((0, 0), word, font=font)
+        xy = ((size - (box[2] - box[0])) // 2 - box[0], (size - (box[3] - box[1])) // 2 - box[1])
+        draw.text(xy, word, fill=ink, font=font)
+        out.append(img)
+    return out
+
+
+# ------------------------------------------------------------------------------ the stage
+
+
+def _params(concepts: Sequence[str], args: argparse.Namespace, model: Model) -> dict[str, object]:
+    return {
+        "vocab_sha256": hashlib.sha256("\n".join(concepts).encode()).hexdigest(),
+        "n_concepts": len(concepts),
+        "top": args.top,
+        "k": args.k,
+        "pretrained": model.pretrained,
+    }
+
+
+def _run_row(session: Session, model: Model, params: dict[str, object]) -> Run:
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+    row = session.scalar(
+        select(Run).where(Run.model_id == model.id, Run.stage == STAGE, Run.params_hash == digest)
+    )
+    if row is None:
+        row = Run(model_id=model.id, stage=STAGE, params=params, params_hash=digest, progress={})
+        session.add(row)
+        session.commit()
+    return row
+
+
+def label_model(session: Session, model: Model, args: argparse.Namespace, device: str) -> None:
+    """Run the whole stage for one model (resumes a previous run with the same parameters)."""
+    spec = ModelSpec(model.name, model.pretrained)
+    concepts, prompts = vocabulary_for(spec, args.vocab)
+    params = _params(concepts, args, model)
+    run_row = _run_row(session, model, params)
+    if run_row.status == "done" and not args.force:
+        print(f"{model.slug}: labels up to date (use --force to recompute)")
+        return
+    layers = list(session.scalars(select(Layer).where(Layer.model_id == model.id).order_by(Layer.position)))
+    loaded = load_model(spec, device)
+    concept_emb = zeroshot.encode_concepts(loaded, concepts, prompts)
+
+    samples = {layer.id: session.get(ActivationSample, layer.id) for layer in layers}
+    top_ids = _top_example_ids(session, [layer.id for layer in layers], args.top)
+    sample_ids = sorted({int(i) for s in samples.values() if s is not None for i in s.image_ids})
+    wanted = sorted(set(sample_ids) | {i for rows in top_ids.values() for ids in rows.values() for i in ids})
+    emb = _embeddings(session, run_row, loaded, wanted)
+    row_of = {image_id: r for r, image_id in enumerate(wanted)}
+    mean_ids = [i for i in sample_ids if i in row_of] or wanted
+    dataset_mean = emb[[row_of[i] for i in mean_ids]].mean(0) if mean_ids else np.zeros(loaded.embed_dim)
+
+    n_labelled = 0
+    for layer in tqdm(layers, desc=f"{model.slug}: labels", unit="layer"):
+        neurons = top_ids.get(layer.id, {})
+        ids = sorted(neurons)
+        rows = [[row_of[i] for i in neurons[nid] if i in row_of] for nid in ids]
+        scores = labelling.concept_scores(labelling.mean_top_embeddings(rows, emb), dataset_mean, concept_emb)
+        best = labelling.best_concepts(scores, concepts, args.k)
+        session.execute(delete(Label).where(Label.source == labelling.AUTO_SOURCE, Label.neuron_id.in_(ids)))
+        for nid, choices, r in zip(ids, best, rows, strict=True):
+            if not r:
+                continue
+            for rank, choice in enumerate(choices):
+                session.add(Label(neuron_id=nid, label=choice.concept, source=labelling.AUTO_SOURCE,
+                                  score=round(choice.score, 4), rank=rank))  # fmt: skip
+            n_labelled += 1
+        session.commit()
+
+    tags, tag_source = _image_tags(session, spec, loaded, sample_ids, emb, row_of, concepts, concept_emb)
+    infos = [loaded.layer(layer.name) for layer in layers if samples.get(layer.id) is not None]
+    render = word_renderer(spec)
+    print(f"{model.slug}: rendering {len(concepts)} concept words", flush=True)
+    words = mm.word_responses(loaded, infos, concepts, render)
+    word_blobs = [_png_blob(session, render(c)[0]) for c in concepts]
+    scored = []
+    for layer in layers:
+        sample = samples.get(layer.id)
+        if sample is None:
+            continue
+        values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units))
+        image_tags = [tags.get(int(i), []) for i in sample.image_ids]
+        means, counts = mm.concept_image_means(values, image_tags, concepts)
+        scores = mm.multimodality_scores(means, words[layer.name])
+        for neuron in session.scalars(select(Neuron).where(Neuron.layer_id == layer.id)):
+            value = scores[neuron.unit] if neuron.unit < len(scores) else np.nan
+            neuron.multimodality = None if not np.isfinite(value) else round(float(value), 4)
+        session.merge(ConceptProfile(
+            layer_id=layer.id, source=tag_source, concepts=list(concepts), image_counts=counts,
+            image_means=to_bytes(means, "float32"), word_values=to_bytes(words[layer.name], "float32"),
+            word_blobs=word_blobs, image_tags={str(int(i)): tags.get(int(i), []) for i in sample.image_ids},
+            created_at=utcnow(),
+        ))  # fmt: skip
+        session.commit()
+        scored.append(f"{layer.name} (median {np.nanmedian(scores):.2f}, max {np.nanmax(scores):.2f})"
+                      if np.isfinite(scores).any() else f"{layer.name} (no score)")  # fmt: skip
+    run_row.status = "done"
+    run_row.state = None  # the embedding checkpoint is no longer needed
+    run_row.finished_at = utcnow()
+    run_row.progress = {**(run_row.progress or {}), "labelled": n_labelled, "multimodality": scored}
+    session.commit()
+    print(f"{model.slug}: {n_labelled} neurons labelled from {len(concepts)} concepts; "
+          f"multimodality ({tag_source} tags): {', '.join(scored) or 'no activation sample'}")  # fmt: skip
+
+
+def _top_example_ids(session: Session, layer_ids: list[int], top: int) -> dict[int, dict[int, list[int]]]:
+    """``layer_id -> neuron_id -> image ids`` of each neuron's ``top`` highest examples."""
+    out: dict[int, dict[int, list[int]]] = {lid: {} for lid in layer_ids}
+    for neuron in session.execute(select(Neuron.id, Neuron.layer_id).where(Neuron.layer_id.in_(layer_ids))):
+        out[neuron.layer_id][neuron.id] = []
+    rows = session.execute(
+        select(TopExample.neuron_id, TopExample.image_id, Neuron.layer_id)
+        .join(Neuron, Neuron.id == TopExample.neuron_id)
+        .where(Neuron.layer_id.in_(layer_ids))
+        .order_by(TopExample.neuron_id, TopExample.value.desc(), TopExample.rank)
+    )
+    for neuron_id, image_id, layer_id in rows:
+        ids = out[layer_id].setdefault(neuron_id, [])
+        if len(ids) < top:
+            ids.append(int(image_id))
+    return out
+
+
+def _embeddings(session: Session, run_row: Run, loaded: LoadedModel, image_ids: list[int]) -> np.ndarray:
+    """Normalised image embeddings of ``image_ids`` (thumbnails), resuming from the checkpoint."""
+    done: dict[int, np.ndarray] = {}
+    if run_row.state:
+        with np.load(io.BytesIO(run_row.state)) as saved:
+            done = dict(zip(saved["ids"].tolist(), saved["emb"], strict=True))
+    todo = [i for i in image_ids if i not in done]
+    if todo:
+        bar = tqdm(total=len(todo), desc=f"{loaded.spec.slug}: embedding images", unit="img")
+        for b, start in enumerate(range(0, len(todo), EMBED_BATCH)):
+            chunk = todo[start : start + EMBED_BATCH]
+            images = _thumbnails(session, chunk)
+            good = [i for i in chunk if i in images]
+            if good:
+                vectors = zeroshot.encode_images(loaded, [images[i] for i in good])
+                done.update(zip(good, vectors, strict=True))
+            for i in chunk:
+                if i not in images:  # unreadable thumbnail: neutral (zero) embedding, counted
+                    done[i] = np.zeros(loaded.embed_dim, np.float32)
+            bar.update(len(chunk))
+            if (b + 1) % CHECKPOINT_EVERY == 0:
+                _checkpoint(session, run_row, done)
+        bar.close()
+        _checkpoint(session, run_row, done)
+    if not image_ids:
+        return np.zeros((0, loaded.embed_dim), np.float32)
+    return np.stack([done[i] for i in image_ids]).astype(np.float32)
+
+
+def _checkpoint(session: Session, run_row: Run, done: dict[int, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    ids = np.array(list(done), dtype=np.int64)
+    np.savez(buffer, ids=ids, emb=np.stack(list(done.values())) if done else np.zeros((0, 1)))
+    run_row.state = buffer.getvalue()
+    run_row.progress = {**(run_row.progress or {}), "embedded": len(done)}
+    session.commit()
+
+
+def _thumbnails(session: Session, image_ids: list[int]) -> dict[int, PILImage.Image]:
+    rows = session.execute(
+        select(Image.id, Blob.data)
+        .join(Blob, Blob.sha256 == Image.thumb_sha256)
+        .where(Image.id.in_(image_ids))
+    )
+    out = {}
+    for image_id, data in rows:
+        try:
+            img = PILImage.open(io.BytesIO(data))
+            img.load()
+            out[int(image_id)] = img.convert("RGB")
+        except Exception:  # noqa: BLE001 - a corrupt blob is skipped (zero embedding)
+            continue
+    return out
+
+
+def _image_tags(
+    session: Session,
+    spec: ModelSpec,
+    loaded: LoadedModel,
+    sample_ids: list[int],
+    emb: np.ndarray,
+    row_of: dict[int, int],
+    concepts: list[str],
+    concept_emb: np.ndarray,
+) -> tuple[dict[int, list[str]], str]:
+    """Concept tags of the sampled images: ground truth when the images carry it, else zero-shot."""
+    metas = dict(session.execute(select(Image.id, Image.meta).where(Image.id.in_(sample_ids))).all())
+    if metas and all(isinstance(m, dict) and "modality" in m for m in metas.values()):
+        return {int(i): mm.demo_tags(m, concepts) for i, m in metas.items()}, "ground-truth"
+    ids = [i for i in sample_ids if i in row_of]
+    if not ids:
+        return {}, "zero-shot"
+    probs = zeroshot.class_probabilities(
+        emb[[row_of[i] for i in ids]], concept_emb, zeroshot.logit_scale(loaded)
+    )
+    return dict(zip(ids, mm.pseudo_label_tags(probs, concepts), strict=True)), "zero-shot"
+
+
+def _png_blob(session: Session, image: PILImage.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return put_blob(session, buffer.getvalue(), "image/png", image.width, image.height)
