@@ -26,6 +26,7 @@ from app.db.schema import (
     TopExample,
 )
 
+MAX_PER_PAGE = 1000
 SORT_KEYS = ("unit", "max", "mean", "std", "label_score", "multimodality")
 
 
@@ -278,7 +279,7 @@ def list_neurons(
         return (1 if missing else 0, -number if desc else number, row.unit)  # missing values last
 
     rows.sort(key=sort_key)
-    per_page = max(1, min(per_page, 500))
+    per_page = max(1, min(per_page, MAX_PER_PAGE))
     total = len(rows)
     pages = max(1, -(-total // per_page))
     page = min(max(1, page), pages)

@@ -91,13 +91,17 @@ def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session], En
 def create_app(settings: Settings, *, live_runner: Any = None) -> FastAPI:
     """The web app over ``settings.db_url``; ``live_runner`` serves the live pages (optional).
 
-    A runner with ``start()``/``stop()`` (sync or async) is started and stopped with the app.
+    A runner with ``start()``/``stop()`` (sync or async) is started and stopped with the app; if
+    it fails to start, the app still serves the precomputed pages.
     """
     engine, sessions, write_engine, write_sessions = open_database(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await _maybe_call(live_runner, "start")
+        try:
+            await _maybe_call(live_runner, "start")
+        except Exception as exc:  # browsing still works; live pages and /-/health say why
+            log.warning("live model not started: %s", exc)
         try:
             yield
         finally:

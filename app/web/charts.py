@@ -39,7 +39,22 @@ class Histogram:
 
 
 def _tick_label(x: float) -> str:
-    return f"{x:.3g}"
+    from app.web.templating import num
+
+    return num(x, 2)
+
+
+def nice_ticks(lo: float, hi: float, target: int = 6) -> list[float]:
+    """Round tick values (1, 2, 5 × 10^k steps) covering ``[lo, hi]``."""
+    span = hi - lo
+    if span <= 0 or not np.isfinite(span):
+        return [lo]
+    raw = span / max(target - 1, 1)
+    power = 10 ** np.floor(np.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first = np.ceil(lo / step) * step
+    ticks = np.arange(first, hi + step * 1e-9, step)
+    return [0.0 if abs(t) < step * 1e-9 else float(t) for t in ticks]
 
 
 def histogram(
@@ -77,9 +92,7 @@ def histogram(
             Bar(round(x0, 2), round(pad_top + plot_h - h, 2), round(max(x1 - x0 - 1, 0.5), 2), round(h, 2),
                 float(edges[i]), float(edges[i + 1]), int(count))
         )
-    ticks = [(round(sx(v), 2), _tick_label(v)) for v in np.linspace(lo, hi, 5)]
-    if lo < 0 < hi:
-        ticks.append((round(sx(0.0), 2), "0"))
+    ticks = [(round(sx(v), 2), _tick_label(v)) for v in nice_ticks(lo, hi)]
     mark_list = [(round(sx(v), 2), label, css) for label, (v, css) in marks.items()]
     return Histogram(
         bars=bars,

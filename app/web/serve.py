@@ -29,12 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_live_runner(settings: Settings) -> Any:
-    """The live runner of ``app.live.runner.build_runner(settings)``, or ``None`` if unavailable."""
+    """``app.live.runner.LiveRunner.from_settings(settings)``, or ``None`` (disabled or unavailable).
+
+    The runner loads its model when the app starts (``start()``), not here.
+    """
     if not settings.load_live_model or importlib.util.find_spec(LIVE_RUNNER_MODULE) is None:
         return None
     module = importlib.import_module(LIVE_RUNNER_MODULE)
-    build = getattr(module, "build_runner", None)
-    return build(settings) if build is not None else None
+    build = getattr(module, "build_runner", None) or module.LiveRunner.from_settings
+    try:
+        return build(settings)
+    except Exception as exc:  # e.g. the DB names a model this machine cannot build
+        print(f"conceptscope serve: live model disabled: {exc}", file=sys.stderr)
+        return None
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

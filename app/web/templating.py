@@ -11,7 +11,8 @@ from app.web.formats import is_htmx
 
 
 def num(value: Any, digits: int = 3) -> str:
-    """A compact number: ``3.14``, ``-0.0123``, ``1.2e+04``; ``—`` for missing."""
+    """A compact number with ``digits`` significant digits, without exponent where readable:
+    ``0.00145``, ``-0.000985``, ``12.3``, ``1235``; ``1.2e+09``; ``—`` for missing."""
     if value is None:
         return "—"
     try:
@@ -22,9 +23,11 @@ def num(value: Any, digits: int = 3) -> str:
         return "—"
     if x == 0:
         return "0"
-    if 1e-3 <= abs(x) < 1e5:
-        return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{max(digits - 1, 1)}f}".rstrip("0").rstrip(".")
-    return f"{x:.{max(digits - 1, 1)}e}"
+    magnitude = math.floor(math.log10(abs(x)))
+    if -6 <= magnitude < 7:
+        text = f"{x:.{max(0, digits - 1 - magnitude)}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return f"{x:.{digits - 1}e}"
 
 
 def install_template_helpers(app: FastAPI) -> None:

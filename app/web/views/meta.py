@@ -21,11 +21,13 @@ PACKAGES = ("conceptscope", "torch", "open_clip_torch", "fastapi", "starlette", 
 
 
 def live_status(runner: object) -> str:
-    """``not loaded`` without a runner; else the runner's own ``status`` (default ``ready``)."""
+    """``not loaded`` (no runner), ``ready``, ``starting`` or ``error: ...``."""
     if runner is None:
         return "not loaded"
-    status = getattr(runner, "status", "ready")
-    return str(status() if callable(status) else status)
+    if getattr(runner, "running", True):
+        return "ready"
+    error = getattr(runner, "error", None)
+    return f"error: {error}" if error else "starting"
 
 
 @router.get("/-/health")
