@@ -56,9 +56,7 @@ class Busy(LiveError):
     """The queue is full; retry after ``retry_after`` seconds (HTTP 503 + ``Retry-After``)."""
 
     def __init__(self, retry_after: int, queued: int) -> None:
-        super().__init__(
-            f"The live model is busy ({queued} requests queued); retry in {retry_after} s."
-        )
+        super().__init__(f"The live model is busy ({queued} requests queued); retry in {retry_after} s.")
         self.retry_after = retry_after
         self.queued = queued
 
@@ -124,6 +122,15 @@ def model_spec_from_db(db_url: str, slug: str | None = None) -> tuple[ModelSpec,
     return ModelSpec(row.name, row.pretrained), row.slug
 
 
+def build_runner(settings: Settings) -> LiveRunner | None:
+    """The runner ``conceptscope serve`` starts with the app (``None``: the DB has no model)."""
+    try:
+        return LiveRunner.from_settings(settings)
+    except Exception as exc:  # no models row, no such table, unreadable DB: browse-only
+        log.warning("no live model: %s", exc)
+        return None
+
+
 class LiveRunner:
     """One model held in memory behind a bounded, micro-batching queue (see module docstring)."""
 
@@ -139,6 +146,7 @@ class LiveRunner:
         queue_size: int = 64,
         timeout_s: float = 30.0,
         warmup: bool = True,
+        strict: bool = False,
     ) -> None:
         if spec is None and loaded is None:
             raise ValueError("LiveRunner needs a ModelSpec or a LoadedModel")
@@ -150,6 +158,7 @@ class LiveRunner:
         self.queue_size = max(1, int(queue_size))
         self.timeout_s = float(timeout_s)
         self.warmup = warmup
+        self.strict = strict  # start() raises when the model cannot be loaded (else: 503s)
         self.stats = RunnerStats()
         self._loaded = loaded
         self._queue: asyncio.Queue[_Job] | None = None
@@ -211,7 +220,10 @@ class LiveRunner:
             self.error = f"could not load the live model {self.spec.name}: {exc}"
             self._executor.shutdown(wait=False)
             self._executor = None
-            raise
+            if self.strict:
+                raise
+            log.error("%s; the live pages will answer 503", self.error)
+            return
         self._queue = asyncio.Queue(maxsize=self.queue_size)
         self._batcher = asyncio.create_task(self._batch_loop(), name="live-batcher")
 

@@ -157,8 +157,10 @@ class UploadLimitMiddleware:
         self.paths = paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") != "POST" or not scope["path"].startswith(
-            self.paths
+        if (
+            scope["type"] != "http"
+            or scope.get("method") != "POST"
+            or not scope["path"].startswith(self.paths)
         ):
             await self.app(scope, receive, send)
             return
@@ -310,8 +312,9 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
 def _not_an_image(looks_like: str | None) -> UploadError:
     allowed = ", ".join(ALLOWED_FORMATS)
     if looks_like in ALLOWED_FORMATS:
-        return UploadError(422, f"The file starts like a {looks_like} image but cannot be decoded "
-                                f"(corrupt or truncated).")
+        return UploadError(
+            422, f"The file starts like a {looks_like} image but cannot be decoded (corrupt or truncated)."
+        )
     what = f"This looks like {looks_like}" if looks_like else "This is not an image format we can read"
     return UploadError(415, f"{what}. Upload a raster image: {allowed}.")
 

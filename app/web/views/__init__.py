@@ -18,7 +18,8 @@ VIEW_MODULES: list[str] = [
     "app.web.views.model",
     "app.web.views.layer",
     "app.web.views.neuron",
-    # live endpoint (issue 4): "app.web.views.search", "app.web.views.analyze",
+    "app.web.views.analyze",  # live endpoint (issue 4)
+    # live endpoint (issue 4): "app.web.views.search",
     # labels and probes (issue 6): "app.web.views.typographic",
 ]
 

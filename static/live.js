@@ -1,0 +1,85 @@
+// Live pages: drag and drop / paste uploads with a preview, and heatmap swaps that work without
+// a stored analysis (--no-store pages carry every overlay inline). Everything works without JS.
+(function () {
+  "use strict";
+
+  function initUpload(form) {
+    var input = form.querySelector("[data-file-input]");
+    var zone = form.querySelector("[data-drop-zone]");
+    var preview = form.querySelector("[data-preview]");
+    if (!input || !zone) return;
+
+    function show(file) {
+      if (!preview || !file || !/^image\//.test(file.type || "")) return;
+      var url = URL.createObjectURL(file);
+      preview.src = url;
+      preview.hidden = false;
+    }
+
+    function useFiles(files) {
+      if (!files || !files.length) return false;
+      try {
+        var transfer = new DataTransfer();
+        transfer.items.add(files[0]);
+        input.files = transfer.files;
+      } catch (e) {
+        return false;
+      }
+      show(files[0]);
+      return true;
+    }
+
+    input.addEventListener("change", function () { show(input.files && input.files[0]); });
+    ["dragenter", "dragover"].forEach(function (name) {
+      zone.addEventListener(name, function (event) { event.preventDefault(); zone.classList.add("dragging"); });
+    });
+    ["dragleave", "drop"].forEach(function (name) {
+      zone.addEventListener(name, function () { zone.classList.remove("dragging"); });
+    });
+    zone.addEventListener("drop", function (event) {
+      event.preventDefault();
+      if (useFiles(event.dataTransfer && event.dataTransfer.files)) form.requestSubmit();
+    });
+    document.addEventListener("paste", function (event) {
+      var items = (event.clipboardData && event.clipboardData.items) || [];
+      for (var i = 0; i < items.length; i++) {
+        if (items[i].kind === "file" && /^image\//.test(items[i].type)) {
+          var file = items[i].getAsFile();
+          if (file && useFiles([file])) { event.preventDefault(); form.requestSubmit(); }
+          return;
+        }
+      }
+    });
+    form.addEventListener("submit", function () { form.classList.add("busy"); });
+    // keep the class names of the example form in step with the main form
+    var classes = form.querySelector("input[name=classes]");
+    var mirror = document.querySelector("[data-classes-mirror]");
+    if (classes && mirror) {
+      classes.addEventListener("input", function () { mirror.value = classes.value; });
+    }
+  }
+
+  // Unstored analyses have no URL to fetch a heatmap from: swap the inline overlay instead.
+  document.addEventListener("click", function (event) {
+    var link = event.target.closest && event.target.closest(".hit-main[data-overlay]");
+    if (!link || link.hasAttribute("hx-get")) return;
+    event.preventDefault();
+    var img = document.querySelector("[data-overlay-img]");
+    var caption = document.querySelector("[data-overlay-caption]");
+    if (!img) return;
+    img.src = link.getAttribute("data-overlay");
+    img.hidden = false;
+    if (caption) caption.textContent = "Heatmap of " + link.getAttribute("data-caption");
+    document.querySelectorAll(".hit-main.active").forEach(function (el) { el.classList.remove("active"); });
+    link.classList.add("active");
+  });
+
+  function init() {
+    document.querySelectorAll("[data-upload-form]").forEach(initUpload);
+  }
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", init);
+  } else {
+    init();
+  }
+})();
