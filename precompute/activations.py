@@ -192,16 +192,28 @@ class PassState:
             for p in keep:
                 t = self.thumbs[p]
                 thumbs_meta.append(
-                    {"position": p, "key": t.key, "caption": t.caption, "meta": t.meta,
-                     "width": t.width, "height": t.height, "thumb_size": list(t.thumb_size),
-                     "offset": offset, "length": len(t.jpeg)}
+                    {
+                        "position": p,
+                        "key": t.key,
+                        "caption": t.caption,
+                        "meta": t.meta,
+                        "width": t.width,
+                        "height": t.height,
+                        "thumb_size": list(t.thumb_size),
+                        "offset": offset,
+                        "length": len(t.jpeg),
+                    }
                 )
                 chunks.append(t.jpeg)
                 offset += len(t.jpeg)
         tensors["thumb_bytes"] = torch.frombuffer(bytearray(b"".join(chunks) or b"\0"), dtype=torch.uint8)
         meta = {
-            "position": self.position, "batch_size": self.batch_size, "n_indexed": self.n_indexed,
-            "batches_done": self.batches_done, "skipped": self.skipped, "thumbs": thumbs_meta,
+            "position": self.position,
+            "batch_size": self.batch_size,
+            "n_indexed": self.n_indexed,
+            "batches_done": self.batches_done,
+            "skipped": self.skipped,
+            "thumbs": thumbs_meta,
         }
         return save(tensors, metadata={"state": json.dumps(meta)})
 
@@ -217,8 +229,15 @@ class PassState:
         }
         blob = tensors["thumb_bytes"].numpy().tobytes()
         thumbs = {
-            t["position"]: Thumb(t["key"], t["caption"], t["meta"], t["width"], t["height"],
-                                 blob[t["offset"] : t["offset"] + t["length"]], tuple(t["thumb_size"]))
+            t["position"]: Thumb(
+                t["key"],
+                t["caption"],
+                t["meta"],
+                t["width"],
+                t["height"],
+                blob[t["offset"] : t["offset"] + t["length"]],
+                tuple(t["thumb_size"]),
+            )
             for t in meta["thumbs"]
         }
         return cls(
@@ -240,8 +259,9 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + length]).get("__metadata__", {})
 
 
-def make_thumb(item_key: str, caption: str | None, meta: dict[str, Any], original: PILImage.Image,
-               view: PILImage.Image) -> Thumb:
+def make_thumb(
+    item_key: str, caption: str | None, meta: dict[str, Any], original: PILImage.Image, view: PILImage.Image
+) -> Thumb:
     """JPEG thumbnail of the model's view of an image (what heatmaps are aligned to)."""
     if max(view.size) > THUMB_MAX_SIDE:
         view = view.copy()
@@ -314,8 +334,8 @@ def run_activations(
 ) -> ActivationsReport:
     """Index ``dataset`` with ``spec`` into the database at ``db_url`` (resuming if possible).
 
-    ``stop_after_batches`` ends the call after that many batches *without* a final checkpoint,
-    exactly like a run killed there (tests use it to exercise resumption).
+    ``stop_after_batches`` ends the call after that many batches (and any checkpoint due then)
+    without finalizing, exactly like a run killed there (tests use it to exercise resumption).
 
     (``app.cli`` calls ``run_<command>(args)`` when a module defines it, so parsed CLI
     arguments are accepted too and handed to :func:`run`.)
@@ -343,8 +363,14 @@ def run_activations(
             select(Run).where(Run.model_id == model.id, Run.stage == STAGE, Run.params_hash == digest)
         )
         if run_row is None:
-            run_row = Run(model_id=model.id, stage=STAGE, params=params, params_hash=digest,
-                          status="running", progress={"position": 0, "n_items": len(data)})
+            run_row = Run(
+                model_id=model.id,
+                stage=STAGE,
+                params=params,
+                params_hash=digest,
+                status="running",
+                progress={"position": 0, "n_items": len(data)},
+            )
             session.add(run_row)
             session.flush()
         run_id, status, saved = run_row.id, run_row.status, run_row.state
@@ -357,8 +383,17 @@ def run_activations(
             skipped = [tuple(s) for s in progress_info.get("skipped", [])]
         else:
             n_indexed, skipped = state.n_indexed, list(state.skipped)
-        return ActivationsReport(loaded.spec.slug, data.spec, status, len(data), n_indexed, skipped,
-                                 batches, time.perf_counter() - started, run_id)
+        return ActivationsReport(
+            loaded.spec.slug,
+            data.spec,
+            status,
+            len(data),
+            n_indexed,
+            skipped,
+            batches,
+            time.perf_counter() - started,
+            run_id,
+        )
 
     if status == "done":
         engine.dispose()
@@ -377,30 +412,39 @@ def run_activations(
             batch_size=batch_size,
         )
     if state.batch_size != batch_size and progress:
-        print(f"resuming with the checkpoint's batch size {state.batch_size} (asked: {batch_size})",
-              file=sys.stderr)
+        print(
+            f"resuming with the checkpoint's batch size {state.batch_size} (asked: {batch_size})",
+            file=sys.stderr,
+        )
 
     batches = 0
     last_checkpoint = time.monotonic()
-    bar = tqdm(total=len(data), initial=state.position, unit="img", desc=f"activations {loaded.spec.slug}",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=len(data),
+        initial=state.position,
+        unit="img",
+        desc=f"activations {loaded.spec.slug}",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     try:
         from precompute.datasets import iter_batches
 
-        for batch in iter_batches(data, loaded.preprocess, state.batch_size, start=state.position,
-                                  workers=workers):
+        for batch in iter_batches(
+            data, loaded.preprocess, state.batch_size, start=state.position, workers=workers
+        ):
             process_batch(loaded, state, batch)
             batches += 1
             bar.update(batch.stop - batch.start)
             bar.set_postfix(skipped=len(state.skipped), refresh=False)
-            if stop_after_batches is not None and batches >= stop_after_batches:
-                engine.dispose()
-                return report("interrupted", state, batches)
             due = state.batches_done % checkpoint_batches == 0
             late = time.monotonic() - last_checkpoint > checkpoint_seconds
             if state.position < len(data) and (due or late):
                 save_checkpoint(sessions, run_id, state, len(data))
                 last_checkpoint = time.monotonic()
+            if stop_after_batches is not None and batches >= stop_after_batches:
+                engine.dispose()
+                return report("interrupted", state, batches)
     finally:
         bar.close()
 
@@ -428,8 +472,9 @@ def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
         for prepared, keep in zip(batch.prepared, kept.tolist(), strict=True):
             if keep:
                 item = prepared.item
-                state.thumbs[item.position] = make_thumb(item.key, item.caption, item.meta, item.image,
-                                                         prepared.view)
+                state.thumbs[item.position] = make_thumb(
+                    item.key, item.caption, item.meta, item.image, prepared.view
+                )
         state.n_indexed += len(batch.prepared)
     state.position = batch.stop
     state.batches_done += 1
@@ -443,8 +488,12 @@ def save_checkpoint(sessions: Any, run_id: int, state: PassState, n_items: int) 
     with sessions.begin() as session:
         run = session.get(Run, run_id)
         run.state = data
-        run.progress = {"position": state.position, "n_items": n_items, "n_indexed": state.n_indexed,
-                        "n_skipped": len(state.skipped)}
+        run.progress = {
+            "position": state.position,
+            "n_items": n_items,
+            "n_indexed": state.n_indexed,
+            "n_skipped": len(state.skipped),
+        }
 
 
 def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, state: PassState) -> None:
@@ -475,21 +524,37 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
             sample_positions = state.sample_positions.cpu()[seen].tolist()
             values = layer_state.sample[:-1].cpu()[seen].numpy()
             session.execute(delete(ActivationSample).where(ActivationSample.layer_id == row.id))
-            session.add(ActivationSample(
-                layer_id=row.id, image_ids=[image_ids[p] for p in sample_positions],
-                n_images=len(sample_positions), n_units=layer.n_units, values=to_bytes(values, "float16"),
-            ))
+            session.add(
+                ActivationSample(
+                    layer_id=row.id,
+                    image_ids=[image_ids[p] for p in sample_positions],
+                    n_images=len(sample_positions),
+                    n_units=layer.n_units,
+                    values=to_bytes(values, "float16"),
+                )
+            )
             if layer.is_last:
                 directions = unit_directions(loaded.visual, layer).numpy()
                 session.execute(delete(Direction).where(Direction.layer_id == row.id))
-                session.add(Direction(layer_id=row.id, n_units=directions.shape[0],
-                                      embed_dim=directions.shape[1], values=to_bytes(directions, "float32")))
+                session.add(
+                    Direction(
+                        layer_id=row.id,
+                        n_units=directions.shape[0],
+                        embed_dim=directions.shape[1],
+                        values=to_bytes(directions, "float32"),
+                    )
+                )
         run.status = "done"
         run.state = None
         run.finished_at = utcnow()
-        run.progress = {"position": state.position, "n_items": len(data), "n_indexed": state.n_indexed,
-                        "n_skipped": len(state.skipped), "skipped": [list(s) for s in state.skipped],
-                        "n_images_stored": len(image_ids)}
+        run.progress = {
+            "position": state.position,
+            "n_items": len(data),
+            "n_indexed": state.n_indexed,
+            "n_skipped": len(state.skipped),
+            "skipped": [list(s) for s in state.skipped],
+            "n_images_stored": len(image_ids),
+        }
 
 
 def store_images(session: Session, dataset: str, thumbs: dict[int, Thumb]) -> dict[int, int]:
@@ -528,8 +593,9 @@ def store_layer(session: Session, model: Model, layer: LayerInfo, position: int)
     return row
 
 
-def store_neurons(session: Session, row: Layer, layer: LayerInfo, state: LayerState, n: int,
-                  image_ids: dict[int, int]) -> None:
+def store_neurons(
+    session: Session, row: Layer, layer: LayerInfo, state: LayerState, n: int, image_ids: dict[int, int]
+) -> None:
     """Neuron stats and top examples of one layer (replacing earlier ones)."""
     total, total_sq = state.total.cpu().numpy(), state.total_sq.cpu().numpy()
     count = max(n, 1)
@@ -557,8 +623,15 @@ def store_neurons(session: Session, row: Layer, layer: LayerInfo, state: LayerSt
             position = int(positions[unit, rank])
             if position < 0:
                 break
-            rows.append({"neuron_id": neuron_ids[unit], "rank": rank, "image_id": image_ids[position],
-                         "value": float(values[unit, rank]), "heatmap": maps[unit, rank].tobytes()})
+            rows.append(
+                {
+                    "neuron_id": neuron_ids[unit],
+                    "rank": rank,
+                    "image_id": image_ids[position],
+                    "value": float(values[unit, rank]),
+                    "heatmap": maps[unit, rank].tobytes(),
+                }
+            )
     if rows:
         session.execute(insert(TopExample), rows)
 
@@ -568,15 +641,20 @@ def store_neurons(session: Session, row: Layer, layer: LayerInfo, state: LayerSt
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="demo", help="demo, or an open_clip name (RN50x4, ViT-B-32)")
-    parser.add_argument("--pretrained", default=None,
-                        help="open_clip pretrained tag (e.g. openai) or a local checkpoint path")
-    parser.add_argument("--dataset", default="demo:2000",
-                        help="image folder, .csv/.jsonl list of paths, or demo:N (default: %(default)s)")
+    parser.add_argument(
+        "--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local checkpoint path"
+    )
+    parser.add_argument(
+        "--dataset",
+        default="demo:2000",
+        help="image folder, .csv/.jsonl list of paths, or demo:N (default: %(default)s)",
+    )
     parser.add_argument("--db", default=str(DEFAULT_DATA_DIR / "demo.db"), help="database file or URL")
     parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="examples kept per neuron")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
-                        help="images in the stored random sample (histograms)")
+    parser.add_argument(
+        "--sample", type=int, default=DEFAULT_SAMPLE, help="images in the stored random sample (histograms)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--workers", type=int, default=2, help="decoding threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -586,8 +664,15 @@ def run(args: argparse.Namespace) -> int:
     spec = ModelSpec.parse(args.model, args.pretrained)
     try:
         result = run_activations(
-            spec, args.dataset, db_url_from_arg(args.db), top_k=args.top_k, batch_size=args.batch_size,
-            sample_size=args.sample, device=args.device, workers=args.workers, progress=not args.no_progress,
+            spec,
+            args.dataset,
+            db_url_from_arg(args.db),
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            sample_size=args.sample,
+            device=args.device,
+            workers=args.workers,
+            progress=not args.no_progress,
         )
     except (DatasetError, ValueError) as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)
@@ -595,8 +680,10 @@ def run(args: argparse.Namespace) -> int:
     if result.status == "already-done":
         print(f"{result.model} on {result.dataset}: already indexed (nothing to do)")
     else:
-        print(f"{result.model} on {result.dataset}: indexed {result.n_indexed} of {result.n_items} images "
-              f"in {result.elapsed_s:.1f}s")
+        print(
+            f"{result.model} on {result.dataset}: indexed {result.n_indexed} of {result.n_items} images "
+            f"in {result.elapsed_s:.1f}s"
+        )
     if result.skipped:
         print(f"skipped {result.n_skipped} unreadable image(s):")
         for key, error in result.skipped[:50]:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 import torch
 
 from app.cli import main
-from app.models import ModelLoadError, ModelSpec, load_model
+from app.models import CONFIG_DIR, ModelLoadError, ModelSpec, load_model
 
 
 @pytest.mark.parametrize(
@@ -34,7 +35,8 @@ def test_demo_model_layers(demo_loaded):
     assert names == ["layer3.0", "layer4.0"]
     assert [layer.is_last for layer in demo_loaded.layers] == [False, True]
     assert demo_loaded.layer("layer4.0").kind == "resnet_block"
-    assert demo_loaded.image_size == 96
+    config = json.loads((CONFIG_DIR / "conceptscope-demo.json").read_text())
+    assert demo_loaded.image_size == config["vision_cfg"]["image_size"]
 
 
 def test_rn50_layers(rn50_random):
