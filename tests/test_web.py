@@ -101,6 +101,9 @@ async def test_every_page_and_json_twin(client, index):
         assert link and link.group(1).replace("&amp;", "&") == page.headers["link"][1:].split(">")[0]
         data = await client.get(json_url)
         assert data.status_code == 200, json_url
+        head = await client.head(url)
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["link"] == page.headers["link"]
         assert data.headers["content-type"].startswith("application/json")
         assert isinstance(data.json(), dict)
 
@@ -225,7 +228,8 @@ async def test_blob_is_immutable_with_etag_and_304(client, index):
         assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == f'"{sha}"'
     assert (await client.get(thumb, headers={"If-None-Match": '"other"'})).status_code == 200
     head = await client.head(thumb)
-    assert head.status_code == 200 and int(head.headers["content-length"]) == len(response.content)
+    assert head.status_code == 200 and head.content == b"" and head.headers["etag"] == f'"{sha}"'
+    assert int(head.headers["content-length"]) == len(response.content)
     wrong_ext = "png" if ext != "png" else "jpg"
     for bad in (f"/blobs/{sha}.{wrong_ext}", f"/blobs/{'0' * 64}.{ext}", "/blobs/xyz.jpg", f"/blobs/{sha}"):
         assert (await client.get(bad)).status_code == 404, bad

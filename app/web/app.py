@@ -24,6 +24,7 @@ from app.db import make_engine, session_factory
 from app.db.schema import Analysis
 from app.web import views
 from app.web.errors import install_error_handlers
+from app.web.middleware import HeadAsGet
 from app.web.templating import install_template_helpers
 from app.web.urls import Urls
 
@@ -124,6 +125,7 @@ def create_app(settings: Settings, *, live_runner: Any = None) -> FastAPI:
     app.state.live_runner = live_runner
     app.state.urls = Urls(STATIC_DIR)
     app.state.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    app.add_middleware(HeadAsGet)
     install_error_handlers(app)
     routers = views.routers()
     for router in routers:

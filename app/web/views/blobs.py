@@ -27,7 +27,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))
 
 
-@router.api_route("/blobs/{name}", methods=["GET", "HEAD"])
+@router.get("/blobs/{name}")
 def blob(name: str, request: Request, session: ReadSession) -> Response:
     """The bytes of a blob; ``ext`` must match its type (png, jpg, webp)."""
     match = _NAME.fullmatch(name)
@@ -41,8 +41,6 @@ def blob(name: str, request: Request, session: ReadSession) -> Response:
         raise NotFound(f"No blob {sha}.{ext}.")
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
-    if request.method == "HEAD":
-        return Response(headers={**headers, "Content-Length": str(meta[1])}, media_type=meta[0])
     found = queries.blob_bytes(session, sha)
     assert found is not None
     mime, data = found

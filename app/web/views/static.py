@@ -21,7 +21,7 @@ mimetypes.add_type("text/javascript", ".js")
 mimetypes.add_type("text/css", ".css")
 
 
-@router.api_route("/static/{digest}/{path:path}", methods=["GET", "HEAD"], include_in_schema=False)
+@router.get("/static/{digest}/{path:path}", include_in_schema=False)
 def static_file(digest: str, path: str, request: Request) -> Response:
     root = request.app.state.urls.static_dir.resolve()
     target = (root / path).resolve()
@@ -34,5 +34,4 @@ def static_file(digest: str, path: str, request: Request) -> Response:
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     mime = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    body = b"" if request.method == "HEAD" else target.read_bytes()
-    return Response(content=body, media_type=mime, headers=headers)
+    return Response(content=target.read_bytes(), media_type=mime, headers=headers)
