@@ -19,7 +19,7 @@ VIEW_MODULES: list[str] = [
     "app.web.views.layer",
     "app.web.views.neuron",
     "app.web.views.analyze",  # live endpoint (issue 4)
-    # live endpoint (issue 4): "app.web.views.search",
+    "app.web.views.search",  # live endpoint (issue 4)
     # labels and probes (issue 6): "app.web.views.typographic",
 ]
 
