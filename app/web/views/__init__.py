@@ -20,7 +20,7 @@ VIEW_MODULES: list[str] = [
     "app.web.views.neuron",
     "app.web.views.analyze",  # live endpoint (issue 4)
     "app.web.views.search",  # live endpoint (issue 4)
-    # labels and probes (issue 6): "app.web.views.typographic",
+    "app.web.views.typographic",  # typographic attack lab (issue 6)
 ]
 
 #: (label, path) of the header's navigation.
