@@ -381,8 +381,9 @@ def test_split_format_and_num():
     assert split_format("layer4.0") == ("layer4.0", None)
     assert split_format("layer4.0.json") == ("layer4.0", "json")
     assert split_format(".json") == (".json", None)
-    assert [num(x) for x in (0.00145, -6.28e-05, 12.345, 0.5, 0, None, float("nan"), 3e9)] == [
-        "0.00145", "-0.0000628", "12.3", "0.5", "0", "—", "—", "3.00e+09",
+    numbers = (0.00145, -6.28e-04, 2.64e-5, 12.345, 0.5, 0, None, float("nan"), 3e9, 1234.5)
+    assert [num(x) for x in numbers] == [
+        "0.00145", "-0.000628", "2.64e-5", "12.3", "0.5", "0", "—", "—", "3e+9", "1234",
     ]
 
 

@@ -11,8 +11,8 @@ from app.web.formats import is_htmx
 
 
 def num(value: Any, digits: int = 3) -> str:
-    """A compact number with ``digits`` significant digits, without exponent where readable:
-    ``0.00145``, ``-0.000985``, ``12.3``, ``1235``; ``1.2e+09``; ``—`` for missing."""
+    """A compact number with ``digits`` significant digits: ``0.00145``, ``-0.000985``, ``12.3``,
+    ``1235``; exponent outside [1e-4, 1e7): ``2.64e-5``, ``3e+9``; ``—`` for missing."""
     if value is None:
         return "—"
     try:
@@ -24,10 +24,23 @@ def num(value: Any, digits: int = 3) -> str:
     if x == 0:
         return "0"
     magnitude = math.floor(math.log10(abs(x)))
-    if -6 <= magnitude < 7:
+    if -4 <= magnitude < 7:
         text = f"{x:.{max(0, digits - 1 - magnitude)}f}"
         return text.rstrip("0").rstrip(".") if "." in text else text
-    return f"{x:.{digits - 1}e}"
+    mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".") if "." in mantissa else mantissa
+    return f"{mantissa}e{int(exponent):+d}" if int(exponent) > 0 else f"{mantissa}e{int(exponent)}"
+
+
+#: Short names of the layer grid's sort keys (for tiles and the sort menu).
+SORT_LABELS = {
+    "unit": "unit",
+    "max": "max",
+    "mean": "mean",
+    "std": "std",
+    "label_score": "label score",
+    "multimodality": "multimodality",
+}
 
 
 def install_template_helpers(app: FastAPI) -> None:
@@ -37,5 +50,6 @@ def install_template_helpers(app: FastAPI) -> None:
     env.globals["is_htmx"] = is_htmx
     env.globals["live_runner"] = app.state.live_runner
     env.filters["num"] = num
+    env.globals["SORT_LABELS"] = SORT_LABELS
     env.trim_blocks = True
     env.lstrip_blocks = True
