@@ -36,6 +36,7 @@ from app.live.runner import LiveError, LiveRunner
 from app.neurons import analysis as core
 from app.neurons.render import render_text
 from app.web.formats import respond
+from app.web.recipe import search_recipe
 from app.web.urls import Urls
 from app.web.views.analyze import ModelContext, live_http_error, model_context, neuron_cards, runner_of
 
@@ -274,6 +275,7 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         "note": None,
         "zero_shot": None,
         "reading": None,
+        "recipe": None,  # concept recipe (issue 6, app/web/recipe.py)
         "suggestions": [],
         "explain": {"zero_shot": SCORE_HELP, "reading": READING_HELP},
     }
@@ -308,6 +310,7 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
     dirs = await run_in_threadpool(directions, request, ctx)
     zero_layers = zero_shot_ranking(dirs, embedding, N_ZERO_SHOT)
     reading_layers = reading_ranking(ctx, acts)
+    data["recipe"] = await search_recipe(request, runner, ctx.slug, embedding, dirs)
     await run_in_threadpool(_enrich, request, ctx, zero_layers, reading_layers)
     data["zero_shot"] = (
         {"layers": zero_layers}

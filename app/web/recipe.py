@@ -1,0 +1,93 @@
+"""Concept recipes on the search page: the query as a sparse non-negative mix of neurons.
+
+:func:`search_recipe` is called by :mod:`app.web.views.search` with the query's text embedding
+and the model's last-block directions; ``templates/_partials/recipe.html`` draws the result
+(``data.recipe``). See :mod:`app.neurons.recipes` for the fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from app.db.meaning import concepts_of, unit_summaries
+from app.db.schema import Layer, Model
+from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
+from app.web.urls import Urls
+
+EXPLAIN = (
+    "The query's text embedding, with the mean embedding of the label vocabulary subtracted, written as "
+    "a non-negative combination of at most {n} last-block neuron directions (greedy pursuit with a "
+    "non-negative least-squares refit; query and directions at unit length). fit = cosine between the "
+    "query and the combination."
+)
+
+
+async def _vocabulary_centre(request: Request, runner: Any, slug: str) -> np.ndarray | None:
+    """Mean text embedding of the model's label vocabulary (cached per app), or ``None``."""
+    cache: dict[str, np.ndarray | None] = request.app.state.__dict__.setdefault("_recipe_centres", {})
+    if slug not in cache:
+
+        def vocabulary() -> list[str]:
+            with request.app.state.sessions() as session:
+                model = session.scalar(select(Model).where(Model.slug == slug))
+                return concepts_of(session, model) if model else []
+
+        words = await run_in_threadpool(vocabulary)
+        cache[slug] = (await runner.encode_texts(words)).mean(0) if len(words) >= 2 else None
+    return cache[slug]
+
+
+def _present(
+    request: Request, slug: str, layer_name: str, recipe: Any, n_terms: int
+) -> dict[str, Any] | None:
+    urls: Urls = request.app.state.urls
+    with request.app.state.sessions() as session:
+        layer = session.scalar(
+            select(Layer)
+            .join(Model, Model.id == Layer.model_id)
+            .where(Model.slug == slug, Layer.name == layer_name)
+        )
+        summaries = unit_summaries(session, layer, [t.unit for t in recipe.terms]) if layer else {}
+    terms = []
+    for t in recipe.terms:
+        s = summaries.get(t.unit)
+        terms.append(
+            {
+                "unit": t.unit,
+                "weight": round(t.weight, 4),
+                "cosine": round(t.cosine, 4),
+                "label": s.label if s else None,
+                "thumb": urls.blob(s.thumb.sha256, s.thumb.ext) if s and s.thumb else None,
+                "url": urls.neuron(slug, layer_name, t.unit),
+            }
+        )
+    return {
+        "layer": layer_name,
+        "layer_url": urls.layer(slug, layer_name),
+        "terms": terms,
+        "cosine": round(recipe.cosine, 4),
+        "centred": recipe.centred,
+        "explain": EXPLAIN.format(n=n_terms),
+    }
+
+
+async def search_recipe(
+    request: Request,
+    runner: Any,
+    slug: str,
+    embedding: np.ndarray,
+    directions: dict[str, np.ndarray],
+    n_terms: int = DEFAULT_TERMS,
+) -> dict[str, Any] | None:
+    """The recipe of ``embedding`` over the model's last-block ``directions`` (``None``: no directions)."""
+    if not directions:
+        return None
+    layer_name, matrix = next(iter(directions.items()))
+    centre = await _vocabulary_centre(request, runner, slug)
+    recipe = await run_in_threadpool(fit_recipe, embedding, matrix, max_terms=n_terms, centre=centre)
+    return await run_in_threadpool(_present, request, slug, layer_name, recipe, n_terms)
