@@ -10,6 +10,7 @@ checked from the header *before* decoding, and every decoder failure becomes a 4
 from __future__ import annotations
 
 import io
+import time
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -108,23 +109,52 @@ def check_content_length(headers: Any, limit: int) -> None:
         raise too_large(limit)
 
 
+DRAIN_MAX_BYTES = 32 * 1024 * 1024
+DRAIN_MAX_SECONDS = 10.0
+
+
 async def read_body_limited(request: Request, limit: int) -> bytes:
     """The request body, read chunk by chunk; 413 as soon as more than ``limit`` bytes arrive.
 
     Does not trust ``Content-Length`` (it is only used to fail early); works for chunked bodies.
+    Before answering 413 the rest of an oversize body is read and discarded (up to
+    :data:`DRAIN_MAX_BYTES` / :data:`DRAIN_MAX_SECONDS`, never stored) so that the client, still
+    sending, gets the 413 instead of a connection reset.
     """
-    check_content_length(request.headers, limit)
+    stream = request.stream()
+    try:
+        check_content_length(request.headers, limit)
+    except UploadError as exc:
+        declared = int(request.headers.get("content-length", "0") or 0)
+        if exc.status == 413 and declared <= DRAIN_MAX_BYTES:
+            await _drain(stream)
+        raise
     chunks: list[bytes] = []
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in stream:
             received += len(chunk)
             if received > limit:
+                chunks.clear()
+                await _drain(stream)
                 raise too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect as exc:
         raise UploadError(400, "The client disconnected before the upload was complete.") from exc
     return b"".join(chunks)
+
+
+async def _drain(stream: Any) -> None:
+    """Read and discard what is left of a request body, within a byte and a time budget."""
+    deadline = time.monotonic() + DRAIN_MAX_SECONDS
+    left = DRAIN_MAX_BYTES
+    try:
+        async for chunk in stream:
+            left -= len(chunk)
+            if left < 0 or time.monotonic() > deadline:
+                break
+    except ClientDisconnect:
+        pass
 
 
 def replay_request(request: Request, body: bytes) -> Request:

@@ -496,6 +496,7 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
             raise UploadError(400, f"Could not read the form: {exc.detail}") from exc
         except Exception as exc:
             raise UploadError(400, f"Could not read the form ({type(exc).__name__}).") from exc
+        empty_file: str | None = None
         try:
             for name in FORM_FIELDS:
                 item = form.get(name)
@@ -503,12 +504,15 @@ async def read_upload(request: Request, settings: Settings) -> Upload:
                     data = await item.read()
                     if data:
                         break
+                    empty_file = item.filename or name
             classes_text = str(form.get("classes") or classes_text)
             top_k_text = str(form.get("top_k") or top_k_text)
             example_text = str(form.get("example") or "")
         finally:
             await form.close()
         if not data and not example_text:
+            if empty_file:
+                raise UploadError(422, f"The uploaded file {empty_file!r} is empty: choose an image file.")
             raise UploadError(422, "No image in the upload: send the file in the form field 'image'.")
     else:
         data = body

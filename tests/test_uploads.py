@@ -1,0 +1,348 @@
+"""Uploads of every kind: real photos (scikit-image samples), every odd Pillow mode, and bad files.
+
+Decoding is checked pixel by pixel on :func:`decode_upload`; the HTTP status of every kind (good
+and bad) is checked against a real uvicorn server on loopback with the live demo model.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from skimage import data as skdata
+
+from app.config import Settings
+from app.web.uploads import UploadError, decode_upload, sniff
+from tests.live_support import encode, gradient_rgb, live_server
+
+LIMIT = 2_000_000
+MAX_PIXELS = 40_000_000
+
+
+def decode(data: bytes):
+    return decode_upload(data, max_pixels=MAX_PIXELS)
+
+
+def rgb(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+# ------------------------------------------------------------------------ files of every kind
+
+
+def photo(name: str) -> Image.Image:
+    array = getattr(skdata, name)()
+    return Image.fromarray(array, "L" if array.ndim == 2 else "RGB")
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width`` × ``height`` (a decompression bomb's calling card)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def rgba_png() -> bytes:
+    image = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent black
+    image.paste((200, 30, 40, 255), (0, 0, 20, 40))  # opaque red left half
+    return encode(image, "PNG")
+
+
+def cmyk_jpeg() -> bytes:
+    return encode(Image.new("CMYK", (32, 32), (0, 255, 255, 0)), "JPEG", quality=95)  # pure red ink
+
+
+def sixteen_bit_png() -> tuple[bytes, np.ndarray]:
+    ramp = np.linspace(0, 65535, 64 * 16).reshape(16, 64).round().astype(np.uint16)
+    image = Image.fromarray(ramp)
+    assert image.mode == "I;16"
+    return encode(image, "PNG"), ramp
+
+
+def animated_gif() -> bytes:
+    frames = [Image.new("RGB", (24, 24), c) for c in ((220, 20, 20), (20, 200, 20), (20, 20, 220))]
+    buffer = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer
+
+
+def exif_rotated_jpeg() -> tuple[bytes, Image.Image]:
+    image = gradient_rgb((64, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90° clockwise
+    return encode(image, "JPEG", quality=95, exif=exif.tobytes()), image
+
+
+GOOD_FILES = {
+    "astronaut.png": lambda: encode(photo("astronaut"), "PNG"),
+    "coffee.jpg": lambda: encode(photo("coffee"), "JPEG", quality=90),
+    "chelsea.webp": lambda: encode(photo("chelsea"), "WEBP", quality=80),
+    "camera-grey.png": lambda: encode(photo("camera"), "PNG"),
+    "chelsea.bmp": lambda: encode(photo("chelsea").resize((150, 100)), "BMP"),
+    "coffee.tiff": lambda: encode(photo("coffee").resize((150, 100)), "TIFF", compression="tiff_lzw"),
+    "rgba.png": rgba_png,
+    "palette.gif": lambda: encode(gradient_rgb().convert("P", palette=Image.Palette.ADAPTIVE), "GIF"),
+    "animated.gif": animated_gif,
+    "cmyk.jpg": cmyk_jpeg,
+    "16bit.png": lambda: sixteen_bit_png()[0],
+    "exif-rotated.jpg": lambda: exif_rotated_jpeg()[0],
+    "la.png": lambda: encode(Image.new("LA", (20, 20), (90, 128)), "PNG"),
+    "bilevel.png": lambda: encode(Image.new("1", (20, 20), 1), "PNG"),
+    "float.tiff": lambda: encode(
+        Image.fromarray(np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20), "F"), "TIFF"
+    ),
+}
+
+
+def truncated_jpeg() -> bytes:
+    full = encode(photo("coffee"), "JPEG", quality=90)
+    return full[: len(full) // 3]
+
+
+def corrupt_jpeg() -> bytes:
+    full = bytearray(encode(photo("chelsea"), "JPEG", quality=90))
+    rng = np.random.default_rng(0)
+    start = 600
+    full[start:] = rng.integers(0, 256, len(full) - start, dtype=np.uint8).tobytes()
+    return bytes(full)
+
+
+BAD_FILES: dict[str, tuple[bytes, int, str]] = {
+    "drawing.svg": (
+        b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10">'
+        b'<rect width="10" height="10"/></svg>',
+        415,
+        "SVG",
+    ),
+    "bare.svg": (b'<svg xmlns="http://www.w3.org/2000/svg"><circle r="4"/></svg>', 415, "SVG"),
+    "notes.txt": (b"just some text, not an image\n" * 10, 415, "text"),
+    "doc.pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << >>\n%%EOF\n", 415, "PDF"),
+    "archive.zip": (b"PK\x03\x04" + b"\0" * 100, 415, "ZIP"),
+    "figure.eps": (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", 415, "EPS"),
+    "page.html": (b"<!doctype html><html><body>hi</body></html>", 415, "HTML"),
+    "empty.png": (b"", 422, "empty"),
+    "bomb-huge.png": (png_header(100_000, 100_000), 413, "pixels"),
+    "bomb-over-limit.png": (png_header(8_000, 6_000), 413, "pixels"),
+    "header-only.png": (png_header(64, 64)[:40], 422, "PNG"),
+}
+
+
+# --------------------------------------------------------------------------- decoding tests
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_FILES))
+def test_every_good_kind_decodes_to_rgb(name: str) -> None:
+    decoded = decode(GOOD_FILES[name]())
+    assert decoded.image.mode == "RGB"
+    assert decoded.image.width > 0 and decoded.image.height > 0
+    assert np.asarray(decoded.image).std() >= 0  # pixels are readable
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "camera"])
+def test_real_photos_keep_their_pixels(name: str) -> None:
+    original = photo(name)
+    decoded = decode(encode(original, "PNG"))
+    assert decoded.format == "PNG" and decoded.mode == original.mode
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(original.convert("RGB")))
+
+
+def test_transparency_is_composited_on_white() -> None:
+    image = rgb(decode(rgba_png()).image)
+    assert (image[:, 25:] == 255).all()  # transparent half → white
+    assert (np.abs(image[:, :15] - (200, 30, 40)) <= 1).all()  # opaque half keeps its colour
+
+
+def test_cmyk_becomes_the_right_colour() -> None:
+    decoded = decode(cmyk_jpeg())
+    assert decoded.mode == "CMYK"
+    r, g, b = rgb(decoded.image).reshape(-1, 3).mean(0)
+    assert r > 200 and g < 60 and b < 60, (r, g, b)
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped() -> None:
+    data, ramp = sixteen_bit_png()
+    decoded = decode(data)
+    assert decoded.mode.startswith("I")
+    grey = rgb(decoded.image)[..., 0]
+    assert np.abs(grey - ramp / 257.0).max() <= 1.0
+    assert grey.min() == 0 and grey.max() == 255
+
+
+def test_palette_gif_keeps_colours() -> None:
+    original = gradient_rgb()
+    decoded = decode(encode(original.convert("P", palette=Image.Palette.ADAPTIVE), "GIF"))
+    assert decoded.mode == "P"
+    assert np.abs(rgb(decoded.image) - rgb(original)).mean() < 8
+
+
+def test_animated_gif_uses_the_first_frame() -> None:
+    decoded = decode(animated_gif())
+    assert decoded.frames == 3
+    r, g, b = rgb(decoded.image).reshape(-1, 3).mean(0)
+    assert r > 180 and g < 60 and b < 60
+
+
+def test_exif_orientation_is_applied() -> None:
+    data, original = exif_rotated_jpeg()
+    decoded = decode(data)
+    assert decoded.oriented
+    assert decoded.image.size == (original.height, original.width)
+    expected = ImageOps.exif_transpose(Image.open(__import__("io").BytesIO(data))).convert("RGB")
+    assert np.abs(rgb(decoded.image) - rgb(expected)).mean() < 1
+    assert np.abs(rgb(decoded.image) - rgb(original.transpose(Image.Transpose.ROTATE_270))).mean() < 6
+
+
+def test_float_and_bilevel_modes() -> None:
+    grey = rgb(decode(GOOD_FILES["float.tiff"]()).image)[..., 0]
+    assert grey.min() == 0 and grey.max() == 255
+    assert (rgb(decode(GOOD_FILES["bilevel.png"]()).image) == 255).all()
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_every_bad_kind_is_rejected_with_status_and_message(name: str) -> None:
+    data, status, word = BAD_FILES[name]
+    with pytest.raises(UploadError) as info:
+        decode(data)
+    assert info.value.status == status, info.value.message
+    assert word.lower() in info.value.message.lower(), info.value.message
+
+
+@pytest.mark.parametrize("maker,status", [(truncated_jpeg, 422), (corrupt_jpeg, 422)])
+def test_truncated_and_corrupt_jpegs_are_422(maker, status) -> None:
+    with pytest.raises(UploadError) as info:
+        decode(maker())
+    assert info.value.status == status
+    assert "JPEG" in info.value.message and "corrupt or truncated" in info.value.message
+
+
+def test_sniffing_ignores_names_and_types() -> None:
+    assert sniff(b"%PDF-1.7") == "a PDF document"
+    assert sniff(b"\x89PNG\r\n\x1a\n....") == "PNG"
+    assert "SVG" in (sniff(b"  <svg></svg>") or "")
+
+
+def test_default_upload_limit_is_ten_megabytes() -> None:
+    assert Settings().max_upload_bytes == 10 * 1024 * 1024
+
+
+# ---------------------------------------------------------------------------- HTTP statuses
+
+
+@pytest.fixture(scope="module")
+def server(tiny_db, demo_loaded) -> Iterator[str]:
+    with live_server(tiny_db.url, demo_loaded, max_upload_bytes=LIMIT, max_image_pixels=MAX_PIXELS) as (
+        base,
+        _runner,
+        _app,
+    ):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def http(server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, timeout=60) as client:
+        yield client
+
+
+@pytest.mark.parametrize("name", sorted(GOOD_FILES))
+def test_http_every_good_kind_is_analysed(http: httpx.Client, name: str) -> None:
+    data = GOOD_FILES[name]()
+    response = http.post("/analyze.json", files={"image": (name, data, "application/octet-stream")})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["layers"] and all(layer["neurons"] for layer in result["layers"])
+    assert result["permalink"] and response.headers["location"] == result["permalink"]
+
+
+def test_http_form_post_redirects_to_the_analysis(http: httpx.Client) -> None:
+    data = GOOD_FILES["coffee.jpg"]()
+    response = http.post("/analyze", files={"image": ("coffee.jpg", data, "image/jpeg")})
+    assert response.status_code == 303
+    page = http.get(response.headers["location"])
+    assert page.status_code == 200 and "unit" in page.text
+
+
+def test_http_raw_body_without_a_filename(http: httpx.Client) -> None:
+    response = http.post(
+        "/analyze.json",
+        content=GOOD_FILES["chelsea.webp"](),
+        headers={"content-type": "application/octet-stream"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["image"]["source"]["format"] == "WEBP"
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_http_every_bad_kind_gets_its_status(http: httpx.Client, name: str) -> None:
+    data, status, word = BAD_FILES[name]
+    # lie about the type: the server must sniff the bytes
+    response = http.post("/analyze.json", files={"image": ("photo.jpg", data, "image/jpeg")})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and word.lower() in body["error"].lower()
+
+
+@pytest.mark.parametrize("maker", [truncated_jpeg, corrupt_jpeg])
+def test_http_truncated_and_corrupt_are_422(http: httpx.Client, maker) -> None:
+    response = http.post("/analyze.json", files={"image": ("x.jpg", maker(), "image/jpeg")})
+    assert response.status_code == 422
+    assert "corrupt or truncated" in response.json()["error"]
+
+
+def test_http_html_form_shows_the_error_with_its_status(http: httpx.Client) -> None:
+    data, status, _ = BAD_FILES["drawing.svg"]
+    response = http.post("/analyze", files={"image": ("d.svg", data, "image/svg+xml")})
+    assert response.status_code == status
+    assert 'id="upload-error"' in response.text and "SVG" in response.text
+    assert "<form" in response.text  # the form again, to try another file
+
+
+def test_http_oversize_with_content_length_is_413(http: httpx.Client) -> None:
+    response = http.post(
+        "/analyze.json", content=b"\xff\xd8\xff" + b"\0" * LIMIT, headers={"content-type": "image/jpeg"}
+    )
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+
+
+def test_http_oversize_chunked_body_without_content_length_is_413(http: httpx.Client) -> None:
+    sent = {"bytes": 0}
+
+    def body() -> Iterator[bytes]:
+        for _ in range(LIMIT // 65536 + 8):
+            sent["bytes"] += 65536
+            yield b"\0" * 65536
+
+    request = http.build_request(
+        "POST", "/analyze.json", content=body(), headers={"content-type": "image/png"}
+    )
+    assert "content-length" not in request.headers and request.headers["transfer-encoding"] == "chunked"
+    response = http.send(request)
+    assert response.status_code == 413
+    assert sent["bytes"] > LIMIT
+
+
+def test_http_oversize_multipart_is_413(http: httpx.Client) -> None:
+    big = encode(photo("astronaut"), "BMP")  # ~786 KB
+    big = big * 3  # over the 2 MB limit; the bytes never reach the decoder
+    response = http.post("/analyze", files={"image": ("big.bmp", big, "image/bmp")})
+    assert response.status_code == 413
+    assert "larger than the limit" in response.text
+
+
+def test_http_missing_file_field_is_422(http: httpx.Client) -> None:
+    response = http.post("/analyze.json", files={"other": ("x.png", b"123", "image/png")})
+    assert response.status_code == 422
+    assert "image" in response.json()["error"]
