@@ -306,12 +306,15 @@ async def test_label_filter_and_sort(tiny_db, tmp_path, index):
         base = f"/models/{index['slug']}/layers/{index['layer']}"
         red = (await c.get(base + ".json", params={"q": "RED"})).json()
         assert sorted(n["unit"] for n in red["neurons"]) == [units[0], units[2]] and red["total"] == 2
-        assert {n["unit"]: n["label"] for n in red["neurons"]}[units[0]] == "crimson"  # manual wins
+        # the shown label is the best one that matches the filter (else the best one: manual wins)
+        assert {n["unit"]: n["label"] for n in red["neurons"]}[units[0]] == "red square"
+        everything = (await c.get(base + ".json", params={"per_page": 1000})).json()
+        assert {n["unit"]: n["label"] for n in everything["neurons"]}[units[0]] == "crimson"
         scored = (await c.get(base + ".json", params={"sort": "label_score"})).json()
         assert [n["unit"] for n in scored["neurons"][:2]] == [units[1], units[2]]
         assert "label_score" in scored["sort_keys"]
         html = (await c.get(base, params={"q": "red"})).text
-        assert "crimson" in html and 'name="q"' in html
+        assert "red square" in html and "blue heart" not in html and 'name="q"' in html
         neuron = (await c.get(f"{base}/neurons/{units[0]}.json")).json()
         assert [lb["label"] for lb in neuron["sections"]["labels"]] == ["crimson", "red square"]
     app.state.engine.dispose()

@@ -239,7 +239,9 @@ def list_neurons(
 ) -> NeuronListing:
     """One page of a layer's neurons, filtered by label text ``q`` and sorted by ``sort``.
 
-    ``desc`` defaults to ascending for ``unit`` and descending for the statistics.
+    Each row shows its best label (manual, then imported, then automatic by rank), or with ``q``
+    its best label containing ``q``; ``label_score`` sorts by that label's score. ``desc`` defaults
+    to ascending for ``unit`` and descending for the statistics.
     """
     sort = sort if sort in SORT_KEYS else "unit"
     desc = (sort != "unit") if desc is None else desc
@@ -257,20 +259,23 @@ def list_neurons(
         .join(Label, Label.neuron_id == Neuron.id)
         .where(Neuron.layer_id == layer.id)
     ).all()
+    needle = q.strip().lower() if q else ""
     best: dict[int, tuple[Any, ...]] = {}
-    all_labels: dict[int, list[str]] = {}
+    matched: set[int] = set()
     for unit, text, source, score, rank in label_rows:
-        key = (_source_rank(source), rank, -(score or 0.0))
+        matches = needle in text.lower() if needle else True
+        if matches:
+            matched.add(unit)
+        # the shown label: the best one, or when filtering the best one that matches
+        key = (0 if matches else 1, _source_rank(source), rank, -(score or 0.0))
         if unit not in best or key < best[unit][0]:
             best[unit] = (key, text, source, score)
-        all_labels.setdefault(unit, []).append(text.lower())
     for unit, (_key, text, source, score) in best.items():
         if unit in by_unit:
             row = by_unit[unit]
             row.label, row.label_source, row.label_score = text, source, score
-    if q:
-        needle = q.strip().lower()
-        rows = [r for r in rows if any(needle in t for t in all_labels.get(r.unit, ()))]
+    if needle:
+        rows = [r for r in rows if r.unit in matched]
 
     def sort_key(row: NeuronRow) -> tuple[int, float, int]:
         value = getattr(row, sort)
