@@ -32,9 +32,10 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from app.config import DEFAULT_DATA_DIR, best_device, db_url_from_arg
-from app.db import make_engine, put_blob, session_factory, to_bytes
+from app.db import make_engine, session_factory, sha256_hex, to_bytes
 from app.db.schema import (
     ActivationSample,
+    Blob,
     Direction,
     Image,
     Layer,
@@ -74,6 +75,7 @@ class ActivationsReport:
     batches_run: int  # batches processed by this call
     elapsed_s: float  # this call
     run_id: int = 0
+    timings: dict[str, float] = field(default_factory=dict)  # setup_s, pass_s, finalize_s (this call)
 
     @property
     def n_skipped(self) -> int:
@@ -167,7 +169,7 @@ class PassState:
         """Positions currently in some top-k list or in the sample (those need thumbnails)."""
         kept: set[int] = set()
         for state in self.layers.values():
-            kept.update(torch.unique(state.top_positions).tolist())
+            kept.update(np.unique(state.top_positions.cpu().numpy()).tolist())
         seen = self.sample_seen[:-1]
         kept.update(self.sample_positions[seen].tolist())
         kept.discard(-1)
@@ -393,8 +395,10 @@ def run_activations(
             batches,
             time.perf_counter() - started,
             run_id,
+            dict(timings),
         )
 
+    timings: dict[str, float] = {}
     if status == "done":
         engine.dispose()
         return report("already-done", None, 0)
@@ -418,6 +422,7 @@ def run_activations(
         )
 
     batches = 0
+    timings = {"setup_s": time.perf_counter() - started}
     last_checkpoint = time.monotonic()
     bar = tqdm(
         total=len(data),
@@ -448,8 +453,10 @@ def run_activations(
     finally:
         bar.close()
 
+    timings["pass_s"] = time.perf_counter() - started - timings["setup_s"]
     finalize(sessions, run_id, loaded, data, state)
     engine.dispose()
+    timings["finalize_s"] = time.perf_counter() - started - timings["setup_s"] - timings["pass_s"]
     return report("done", state, batches)
 
 
@@ -559,26 +566,37 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
 
 def store_images(session: Session, dataset: str, thumbs: dict[int, Thumb]) -> dict[int, int]:
     """Upsert image rows + thumbnail blobs in position order; return position → image id."""
+    order = sorted(thumbs)
+    digests = {p: sha256_hex(thumbs[p].jpeg) for p in order}
+    known: set[str] = set()
+    unique = sorted(set(digests.values()))
+    for i in range(0, len(unique), 500):
+        chunk = unique[i : i + 500]
+        known.update(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(chunk))))
+    new_blobs: dict[str, tuple] = {}
+    for p in order:
+        t, digest = thumbs[p], digests[p]
+        if digest not in known and digest not in new_blobs:
+            new_blobs[digest] = (digest, "image/jpeg", t.jpeg, t.thumb_size[0], t.thumb_size[1])
+    insert_many(
+        session, Blob.__table__, ("sha256", "mime", "data", "width", "height"), list(new_blobs.values())
+    )
+
     existing = {img.key: img for img in session.scalars(select(Image).where(Image.dataset == dataset))}
-    ids: dict[int, int] = {}
-    for position in sorted(thumbs):
-        t = thumbs[position]
-        digest = put_blob(session, t.jpeg, "image/jpeg", *t.thumb_size)
+    new_rows = []
+    for p in order:
+        t = thumbs[p]
         img = existing.get(t.key)
         if img is None:
-            img = Image(dataset=dataset, key=t.key)
-            session.add(img)
-        img.position = position
-        img.caption = t.caption
-        img.meta = t.meta
-        img.thumb_sha256 = digest
-        img.width = t.width
-        img.height = t.height
+            new_rows.append((dataset, t.key, p, t.caption, json.dumps(t.meta), digests[p], t.width, t.height))
+        else:  # indexed before (another model or run): refresh in place
+            img.position, img.caption, img.meta = p, t.caption, t.meta
+            img.thumb_sha256, img.width, img.height = digests[p], t.width, t.height
     session.flush()
-    by_key = {img.key: img.id for img in session.scalars(select(Image).where(Image.dataset == dataset))}
-    for position, t in thumbs.items():
-        ids[position] = by_key[t.key]
-    return ids
+    columns = ("dataset", "key", "position", "caption", "meta", "thumb_sha256", "width", "height")
+    insert_many(session, Image.__table__, columns, new_rows)
+    by_key = dict(session.execute(select(Image.key, Image.id).where(Image.dataset == dataset)).all())
+    return {p: by_key[thumbs[p].key] for p in order}
 
 
 def store_layer(session: Session, model: Model, layer: LayerInfo, position: int) -> Layer:
@@ -602,16 +620,17 @@ def store_neurons(
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     maximum = state.maximum.cpu().numpy()
+    stats = [
+        (float(mean[u]), float(std[u]), float(maximum[u])) if n else (0.0, 0.0, 0.0)
+        for u in range(layer.n_units)
+    ]
     existing = {nr.unit: nr for nr in session.scalars(select(Neuron).where(Neuron.layer_id == row.id))}
-    for unit in range(layer.n_units):
-        neuron = existing.get(unit)
-        if neuron is None:
-            neuron = Neuron(layer_id=row.id, unit=unit)
-            session.add(neuron)
-        neuron.mean = float(mean[unit]) if n else 0.0
-        neuron.std = float(std[unit]) if n else 0.0
-        neuron.max = float(maximum[unit]) if n else 0.0
+    for unit, neuron in existing.items():  # re-indexed: update in place (keeps ids and labels)
+        if unit < layer.n_units:
+            neuron.mean, neuron.std, neuron.max = stats[unit]
     session.flush()
+    fresh = [(row.id, u, *stats[u]) for u in range(layer.n_units) if u not in existing]
+    insert_many(session, Neuron.__table__, ("layer_id", "unit", "mean", "std", "max"), fresh)
     neuron_ids = dict(session.execute(select(Neuron.unit, Neuron.id).where(Neuron.layer_id == row.id)).all())
     session.execute(delete(TopExample).where(TopExample.neuron_id.in_(list(neuron_ids.values()))))
     values = state.top_values.cpu().numpy()
@@ -624,16 +643,30 @@ def store_neurons(
             if position < 0:
                 break
             rows.append(
-                {
-                    "neuron_id": neuron_ids[unit],
-                    "rank": rank,
-                    "image_id": image_ids[position],
-                    "value": float(values[unit, rank]),
-                    "heatmap": maps[unit, rank].tobytes(),
-                }
+                (
+                    neuron_ids[unit],
+                    rank,
+                    image_ids[position],
+                    float(values[unit, rank]),
+                    maps[unit, rank].tobytes(),
+                )
             )
-    if rows:
-        session.execute(insert(TopExample), rows)
+    insert_many(session, TopExample.__table__, ("neuron_id", "rank", "image_id", "value", "heatmap"), rows)
+
+
+def insert_many(session: Session, table: Any, columns: tuple[str, ...], rows: list[tuple]) -> None:
+    """Insert many rows with the driver's ``executemany`` (SQLAlchemy's per-row parameter
+    processing dominates otherwise); falls back to a Core insert for unusual paramstyles."""
+    if not rows:
+        return
+    connection = session.connection()
+    marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(connection.dialect.paramstyle)
+    if marker is None:
+        connection.execute(insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    names = ", ".join(connection.dialect.identifier_preparer.quote(c) for c in columns)
+    sql = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join([marker] * len(columns))})"
+    connection.exec_driver_sql(sql, rows)
 
 
 # --- CLI -------------------------------------------------------------------------------------

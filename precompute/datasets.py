@@ -231,9 +231,7 @@ def split_preprocess(
     transforms = getattr(preprocess, "transforms", None)
     if not transforms:
         return (lambda img: img), preprocess
-    cut = next(
-        (i for i, t in enumerate(transforms) if "totensor" in type(t).__name__.lower()), None
-    )
+    cut = next((i for i, t in enumerate(transforms) if "totensor" in type(t).__name__.lower()), None)
     if cut is None:
         return (lambda img: img), preprocess
     geometric, tensorize = transforms[:cut], transforms[cut:]

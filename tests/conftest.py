@@ -68,8 +68,13 @@ def tiny_db(tmp_path_factory: pytest.TempPathFactory, demo_loaded) -> TinyDB:
     path = tmp_path_factory.mktemp("tiny_db") / "tiny.db"
     url = f"sqlite:///{path}"
     report = run_activations(
-        demo_loaded, TINY_DATASET, url, top_k=TINY_TOP_K, batch_size=TINY_BATCH,
-        sample_size=TINY_SAMPLE, progress=False,
+        demo_loaded,
+        TINY_DATASET,
+        url,
+        top_k=TINY_TOP_K,
+        batch_size=TINY_BATCH,
+        sample_size=TINY_SAMPLE,
+        progress=False,
     )
     assert report.status == "done", report
     return TinyDB(path, url, report)

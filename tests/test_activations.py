@@ -69,7 +69,9 @@ def test_topk_equals_a_brute_force_ranking(tiny_db, tiny_brute):
             rows = con.execute(
                 "SELECT t.rank, i.position, t.value, t.heatmap FROM top_examples t "
                 "JOIN neurons n ON n.id = t.neuron_id JOIN images i ON i.id = t.image_id "
-                "WHERE n.layer_id = ? AND n.unit = ? ORDER BY t.rank", (layer_id, unit)).fetchall()
+                "WHERE n.layer_id = ? AND n.unit = ? ORDER BY t.rank",
+                (layer_id, unit),
+            ).fetchall()
             order = np.lexsort((np.arange(len(values)), -values[:, unit]))[:TINY_TOP_K]
             assert [r[0] for r in rows] == list(range(TINY_TOP_K))
             assert [r[1] for r in rows] == order.tolist()
@@ -95,16 +97,19 @@ def test_sample_directions_and_images_are_stored(tiny_db, tiny_brute, demo_loade
     con = sqlite3.connect(tiny_db.path)
     for layer_id, name, units, is_last in con.execute("SELECT id, name, n_units, is_last FROM layers"):
         image_ids, n_images, n_units, values = con.execute(
-            "SELECT image_ids, n_images, n_units, \"values\" FROM activation_samples WHERE layer_id = ?",
-            (layer_id,)).fetchone()
+            'SELECT image_ids, n_images, n_units, "values" FROM activation_samples WHERE layer_id = ?',
+            (layer_id,),
+        ).fetchone()
         image_ids = json.loads(image_ids)
         assert (n_images, n_units) == (TINY_SAMPLE, units) and len(image_ids) == TINY_SAMPLE
-        positions = [con.execute("SELECT position FROM images WHERE id = ?", (i,)).fetchone()[0]
-                     for i in image_ids]
+        positions = [
+            con.execute("SELECT position FROM images WHERE id = ?", (i,)).fetchone()[0] for i in image_ids
+        ]
         sample = from_bytes(values, "float16", (n_images, n_units))
         np.testing.assert_array_equal(sample, maxima[name][positions].astype(np.float16))
-        direction = con.execute('SELECT n_units, embed_dim, "values" FROM directions WHERE layer_id = ?',
-                                (layer_id,)).fetchone()
+        direction = con.execute(
+            'SELECT n_units, embed_dim, "values" FROM directions WHERE layer_id = ?', (layer_id,)
+        ).fetchone()
         if is_last:
             layer = demo_loaded.layer(name)
             expected = unit_directions(demo_loaded.visual, layer).numpy()
@@ -112,12 +117,16 @@ def test_sample_directions_and_images_are_stored(tiny_db, tiny_brute, demo_loade
             np.testing.assert_array_equal(from_bytes(direction[2], "float32", expected.shape), expected)
         else:
             assert direction is None
-    keys, captions, metas = zip(*con.execute("SELECT key, caption, meta FROM images ORDER BY position"),
-                                strict=True)
+    keys, captions, metas = zip(
+        *con.execute("SELECT key, caption, meta FROM images ORDER BY position"), strict=True
+    )
     assert keys[0] == "heldout/0" and all(captions)
     assert "modality" in json.loads(metas[0])  # demo ground truth travels with the image
-    thumbs = con.execute("SELECT count(*) FROM images i JOIN blobs b ON b.sha256 = i.thumb_sha256 "
-                         "WHERE b.mime = 'image/jpeg' AND b.width = ?", (demo_loaded.image_size,))
+    thumbs = con.execute(
+        "SELECT count(*) FROM images i JOIN blobs b ON b.sha256 = i.thumb_sha256 "
+        "WHERE b.mime = 'image/jpeg' AND b.width = ?",
+        (demo_loaded.image_size,),
+    )
     thumbs = thumbs.fetchone()[0]
     assert thumbs == len(keys)
     run = con.execute("SELECT status, state, progress FROM runs").fetchall()
@@ -127,13 +136,22 @@ def test_sample_directions_and_images_are_stored(tiny_db, tiny_brute, demo_loade
 
 
 def _tiny_run(loaded, url: str, **kwargs):
-    return run_activations(loaded, TINY_DATASET, url, top_k=TINY_TOP_K, batch_size=TINY_BATCH,
-                           sample_size=TINY_SAMPLE, progress=False, **kwargs)
+    return run_activations(
+        loaded,
+        TINY_DATASET,
+        url,
+        top_k=TINY_TOP_K,
+        batch_size=TINY_BATCH,
+        sample_size=TINY_SAMPLE,
+        progress=False,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("thumbs_in_checkpoint", [True, False])
-def test_interrupted_runs_resume_to_the_same_database(tmp_path, demo_loaded, tiny_db, monkeypatch,
-                                                      thumbs_in_checkpoint):
+def test_interrupted_runs_resume_to_the_same_database(
+    tmp_path, demo_loaded, tiny_db, monkeypatch, thumbs_in_checkpoint
+):
     if not thumbs_in_checkpoint:  # thumbnails are then re-read from the dataset at the end
         monkeypatch.setattr(activations, "MAX_CHECKPOINT_THUMB_BYTES", 0)
     path = tmp_path / "resumed.db"
@@ -153,8 +171,16 @@ def test_interrupted_runs_resume_to_the_same_database(tmp_path, demo_loaded, tin
 
     expected, got = dump(tiny_db.path), dump(path)
     assert set(got) == set(expected)
-    for table in ("models", "layers", "neurons", "images", "blobs", "top_examples", "activation_samples",
-                  "directions"):
+    for table in (
+        "models",
+        "layers",
+        "neurons",
+        "images",
+        "blobs",
+        "top_examples",
+        "activation_samples",
+        "directions",
+    ):
         assert expected[table], f"{table} is empty"
     for table in expected:
         assert got[table] == expected[table], f"table {table} differs"
@@ -210,23 +236,69 @@ def test_a_folder_with_a_corrupt_jpeg_is_indexed_and_the_corrupt_file_reported(t
     folder = tmp_path / "photos"
     make_folder(folder)
     db = tmp_path / "folder.db"
-    code = main(["precompute", "activations", "--model", "demo", "--dataset", str(folder), "--db", str(db),
-                 "--top-k", "3", "--batch-size", "3", "--sample", "20", "--device", "cpu", "--no-progress"])
+    code = main(
+        [
+            "precompute",
+            "activations",
+            "--model",
+            "demo",
+            "--dataset",
+            str(folder),
+            "--db",
+            str(db),
+            "--top-k",
+            "3",
+            "--batch-size",
+            "3",
+            "--sample",
+            "20",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "indexed 7 of 8 images" in out
     assert "skipped 1 unreadable image(s):" in out and "sub/h_corrupt.jpg" in out
     con = sqlite3.connect(db)
     rows = dict((k, (w, h)) for k, w, h in con.execute("SELECT key, width, height FROM images"))
-    assert set(rows) == {"a_rgb.jpg", "b_grey.png", "sub/c_palette.gif", "sub/d_rgba.webp",
-                         "sub/deeper/e_cmyk.jpg", "f.bmp", "g_rotated.JPG"}
+    assert set(rows) == {
+        "a_rgb.jpg",
+        "b_grey.png",
+        "sub/c_palette.gif",
+        "sub/d_rgba.webp",
+        "sub/deeper/e_cmyk.jpg",
+        "f.bmp",
+        "g_rotated.JPG",
+    }
     assert rows["g_rotated.JPG"] == (80, 120)  # EXIF orientation applied
     progress = json.loads(con.execute("SELECT progress FROM runs").fetchone()[0])
     assert progress["n_skipped"] == 1 and progress["skipped"][0][0] == "sub/h_corrupt.jpg"
     con.close()
     # and again: a finished run is reported as such, nothing is redone
-    assert main(["precompute", "activations", "--model", "demo", "--dataset", str(folder), "--db", str(db),
-                 "--top-k", "3", "--batch-size", "3", "--sample", "20", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "precompute",
+                "activations",
+                "--model",
+                "demo",
+                "--dataset",
+                str(folder),
+                "--db",
+                str(db),
+                "--top-k",
+                "3",
+                "--batch-size",
+                "3",
+                "--sample",
+                "20",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "already indexed" in capsys.readouterr().out
 
 
@@ -251,9 +323,11 @@ def test_folder_order_and_corrupt_items(tmp_path):
 def test_csv_and_jsonl_lists(tmp_path):
     make_folder(tmp_path / "imgs")
     (tmp_path / "list.csv").write_text(
-        "path,caption\nimgs/a_rgb.jpg,a photo\nimgs/f.bmp,\nimgs/missing.png,gone\n")
+        "path,caption\nimgs/a_rgb.jpg,a photo\nimgs/f.bmp,\nimgs/missing.png,gone\n"
+    )
     (tmp_path / "list.jsonl").write_text(
-        '{"path": "imgs/a_rgb.jpg", "caption": "a photo"}\n\n{"path": "imgs/f.bmp"}\n')
+        '{"path": "imgs/a_rgb.jpg", "caption": "a photo"}\n\n{"path": "imgs/f.bmp"}\n'
+    )
     csv_data = open_dataset(str(tmp_path / "list.csv"))
     jsonl_data = open_dataset(str(tmp_path / "list.jsonl"))
     assert len(csv_data) == 3 and len(jsonl_data) == 2

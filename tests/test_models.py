@@ -58,8 +58,9 @@ def test_vit_b32_layers(vit_b32_random):
 
 def test_random_weights_are_reproducible(demo_loaded):
     again = load_model(ModelSpec.parse("demo"), "cpu")
-    for (name, a), b in zip(demo_loaded.visual.state_dict().items(), again.visual.state_dict().values(),
-                            strict=True):
+    for (name, a), b in zip(
+        demo_loaded.visual.state_dict().items(), again.visual.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), name
 
 
@@ -99,8 +100,19 @@ def test_undownloadable_tag_fails_fast_with_one_line():
 
 def test_cli_exits_2_with_one_line_when_weights_cannot_be_downloaded(tmp_path, capsys):
     db = tmp_path / "x.db"
-    code = main(["precompute", "activations", "--model", "RN50", "--pretrained", "openai",
-                 "--db", str(db), "--no-progress"])
+    code = main(
+        [
+            "precompute",
+            "activations",
+            "--model",
+            "RN50",
+            "--pretrained",
+            "openai",
+            "--db",
+            str(db),
+            "--no-progress",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 2
     errors = [line for line in captured.err.splitlines() if line.startswith("conceptscope: error:")]

@@ -1,0 +1,150 @@
+"""Throughput of the activations pass versus a bare ``model.encode_image`` loop.
+
+Both loops read the same images through the same loader (``precompute.datasets.iter_batches``:
+decode + resize/crop + normalise in a thread pool, overlapped with the model), with the same batch
+size on the same device, so decoding is included in both. The pass is the whole stage
+(``run_activations`` into a fresh SQLite file: hooks, top-k merge, statistics, sample,
+thumbnails, checkpoints and the final DB writes); the baseline only runs ``encode_image``.
+Repeats alternate between the two; the figures are medians. The last line is ``ratio: X``
+(pass images/s divided by baseline images/s; 1.0 means no overhead).
+
+    .venv/bin/python bench/precompute_overhead.py [--model demo] [--images N] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from app.models import ModelSpec, load_model  # noqa: E402
+from precompute.activations import run_activations  # noqa: E402
+from precompute.datasets import Dataset, iter_batches, open_dataset  # noqa: E402
+
+PHOTOS = ROOT.parent / "shared" / "data" / "photos"
+
+
+class Subset(Dataset):
+    """The first ``n`` items of another dataset (so a folder can be cut to size)."""
+
+    def __init__(self, inner: Dataset, n: int):
+        self.inner, self.n = inner, min(n, len(inner))
+        self.spec = f"{inner.spec}[:{self.n}]"
+
+    def __len__(self) -> int:
+        return self.n
+
+    def key(self, position: int) -> str:
+        return self.inner.key(position)
+
+    def load(self, position: int):  # type: ignore[no-untyped-def]
+        return self.inner.load(position)
+
+
+def bare_encode(loaded, dataset: Dataset, batch_size: int, workers: int) -> float:
+    """Seconds for the baseline: same loader, ``encode_image`` only."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for batch in iter_batches(dataset, loaded.preprocess, batch_size, workers=workers):
+            if batch.pixels is not None:
+                loaded.model.encode_image(batch.pixels.to(loaded.device))
+    if loaded.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - started
+
+
+def precompute_pass(
+    loaded, dataset: Dataset, batch_size: int, workers: int, top_k: int, sample: int
+) -> float:
+    """Seconds for the whole activations stage into a fresh database."""
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        started = time.perf_counter()
+        report = run_activations(
+            loaded,
+            dataset,
+            url,
+            top_k=top_k,
+            batch_size=batch_size,
+            sample_size=sample,
+            device=str(loaded.device),
+            workers=workers,
+            progress=False,
+        )
+        elapsed = time.perf_counter() - started
+    assert report.status == "done", report
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in report.timings.items())
+    print(f"  pass breakdown (s): {parts}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help="how many images (default: all photos, or 1000 demo renderings)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--top-k", type=int, default=64)
+    parser.add_argument("--sample", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    loaded = load_model(ModelSpec.parse(args.model), args.device)
+    if PHOTOS.is_dir():
+        dataset: Dataset = open_dataset(str(PHOTOS))
+        source = f"photos in {PHOTOS}"
+    else:
+        dataset = open_dataset(f"demo:{args.images or 1000}")
+        source = "demo-world renderings (no photos folder)"
+    if args.images:
+        dataset = Subset(dataset, args.images)
+    n = len(dataset)
+    print(
+        f"model {loaded.spec.slug} ({loaded.image_size}px) on {loaded.device}, torch threads "
+        f"{torch.get_num_threads()}, {n} images: {source}"
+    )
+    print(
+        f"batch size {args.batch_size}, decode threads {args.workers}, top-k {args.top_k}, "
+        f"sample {args.sample}"
+    )
+    print(
+        "both loops decode + preprocess the same files through the same threaded loader; the pass "
+        "is the whole stage incl. thumbnails and DB writes into a fresh SQLite file"
+    )
+
+    bare_encode(loaded, dataset, args.batch_size, args.workers)  # warm-up (caches, allocator)
+    bare_times, pass_times = [], []
+    for repeat in range(args.repeats):
+        bare_times.append(bare_encode(loaded, dataset, args.batch_size, args.workers))
+        pass_times.append(
+            precompute_pass(loaded, dataset, args.batch_size, args.workers, args.top_k, args.sample)
+        )
+        print(
+            f"repeat {repeat + 1}: encode_image {n / bare_times[-1]:.1f} img/s, "
+            f"precompute pass {n / pass_times[-1]:.1f} img/s"
+        )
+    bare = n / statistics.median(bare_times)
+    full = n / statistics.median(pass_times)
+    print(f"median encode_image loop: {bare:.1f} img/s")
+    print(f"median precompute pass:   {full:.1f} img/s")
+    print(f"ratio: {full / bare:.3f}")
+
+
+if __name__ == "__main__":
+    main()
