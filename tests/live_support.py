@@ -88,3 +88,16 @@ def gradient_rgb(size: tuple[int, int] = (64, 48)) -> Image.Image:
     y = np.linspace(0, 255, h, dtype=np.float32)[:, None].repeat(w, 1)
     rgb = np.stack([x, y, 255 - x], axis=2).round().astype(np.uint8)
     return Image.fromarray(rgb, "RGB")
+
+
+def copy_db(source: Any, folder: Any) -> str:
+    """Copy an SQLite fixture DB (with its WAL files) into ``folder``; return the copy's URL."""
+    import shutil
+    from pathlib import Path
+
+    src = Path(source)
+    dest = Path(folder) / src.name
+    for suffix in ("", "-wal", "-shm"):
+        if Path(str(src) + suffix).exists():
+            shutil.copyfile(str(src) + suffix, str(dest) + suffix)
+    return f"sqlite:///{dest}"

@@ -18,7 +18,7 @@ from skimage import data as skdata
 
 from app.config import Settings
 from app.web.uploads import UploadError, decode_upload, sniff
-from tests.live_support import encode, gradient_rgb, live_server
+from tests.live_support import copy_db, encode, gradient_rgb, live_server
 
 LIMIT = 2_000_000
 MAX_PIXELS = 40_000_000
@@ -241,8 +241,9 @@ def test_default_upload_limit_is_ten_megabytes() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_db, demo_loaded) -> Iterator[str]:
-    with live_server(tiny_db.url, demo_loaded, max_upload_bytes=LIMIT, max_image_pixels=MAX_PIXELS) as (
+def server(tiny_db, demo_loaded, tmp_path_factory) -> Iterator[str]:
+    url = copy_db(tiny_db.path, tmp_path_factory.mktemp("uploads_db"))  # the server writes analyses
+    with live_server(url, demo_loaded, max_upload_bytes=LIMIT, max_image_pixels=MAX_PIXELS) as (
         base,
         _runner,
         _app,
