@@ -211,14 +211,17 @@ def neuron_labels(session: Session, neuron: Neuron) -> list[Label]:
     return sorted(labels, key=lambda lb: (_source_rank(lb.source), lb.rank, -(lb.score or 0.0)))
 
 
+FEATUREVIS_ORDER = {"positive": 0, "negative": 1, "diversity": 2}
+
+
 def feature_visualizations(session: Session, neuron: Neuron) -> list[tuple[FeatureVisualization, Thumb]]:
     rows = session.execute(
         select(FeatureVisualization, Blob.mime, Blob.width, Blob.height)
         .join(Blob, Blob.sha256 == FeatureVisualization.blob_sha256)
         .where(FeatureVisualization.neuron_id == neuron.id)
-        .order_by(FeatureVisualization.kind, FeatureVisualization.index)
     )
-    return [(fv, _thumb(fv.blob_sha256, mime, w, h)) for fv, mime, w, h in rows]
+    found = [(fv, _thumb(fv.blob_sha256, mime, w, h)) for fv, mime, w, h in rows]
+    return sorted(found, key=lambda it: (FEATUREVIS_ORDER.get(it[0].kind, 9), it[0].kind, it[0].index))
 
 
 def neuron_words(session: Session, neuron: Neuron) -> list[NeuronWord]:
