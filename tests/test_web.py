@@ -321,6 +321,49 @@ async def test_label_filter_and_sort(tiny_db, tmp_path, index):
     app.state.write_engine.dispose()
 
 
+async def test_neuron_sections_render_only_with_data(tiny_db, tmp_path, index, monkeypatch):
+    """Feature visualizations and rendered words appear (page and JSON) once they are stored."""
+    from app.db import put_blob
+    from app.db.schema import FeatureVisualization, NeuronWord
+    from app.web import sections
+
+    path = tmp_path / "sections.db"
+    shutil.copy(tiny_db.path, path)
+    url = f"sqlite:///{path}"
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 30)).save(buffer, format="PNG")
+    engine = make_engine(url, create=False)
+    with session_factory(engine)() as s:
+        layer = s.scalar(select(Layer).where(Layer.name == index["layer"]))
+        neuron = s.scalar(select(Neuron).where(Neuron.layer_id == layer.id, Neuron.unit == index["unit"]))
+        sha = put_blob(s, buffer.getvalue(), "image/png", 8, 8)
+        for kind in ("diversity", "negative", "positive"):
+            s.add(FeatureVisualization(neuron_id=neuron.id, kind=kind, blob_sha256=sha, objective=1.5))
+        s.add_all([NeuronWord(neuron_id=neuron.id, rank=i, word=w, value=v)
+                   for i, (w, v) in enumerate([("scarlet", 2.0), ("ruby", 1.0)])])
+        s.commit()
+    engine.dispose()
+    # a listed section whose module does not exist (yet) is skipped
+    missing = sections.NeuronSection("nope", "Nope", 90)
+    monkeypatch.setattr(sections, "SECTIONS", [*sections.SECTIONS, missing])
+    app = create_app(Settings(db_url=url))
+    base = f"/models/{index['slug']}/layers/{index['layer']}/neurons"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        data = (await c.get(f"{base}/{index['unit']}.json")).json()
+        html = (await c.get(f"{base}/{index['unit']}")).text
+        other = (await c.get(f"{base}/{index['units'][0]}.json")).json()
+        blob = await c.get(data["sections"]["featurevis"][0]["image"])
+    assert [fv["kind"] for fv in data["sections"]["featurevis"]] == ["positive", "negative", "diversity"]
+    assert [w["word"] for w in data["sections"]["words"]] == ["scarlet", "ruby"]
+    assert data["sections"]["words"][1]["relative"] == pytest.approx(0.5)
+    assert "Feature visualization" in html and "scarlet" in html and "Top rendered words" in html
+    assert "nope" not in data["sections"]
+    assert "featurevis" not in other["sections"] and "words" not in other["sections"]
+    assert blob.status_code == 200 and blob.headers["content-type"] == "image/png"
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()
+
+
 # -- database access ------------------------------------------------------------------------
 
 

@@ -15,12 +15,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.db import queries
+from app.web import sections as neuron_sections
 from app.web.charts import histogram
 from app.web.deps import ReadSession
 from app.web.formats import respond, split_format
 from app.web.heatmaps import colour_bar_stops, heatmap_data_uri
 from app.web.lookup import find_layer, find_model, find_neuron
-from app.web.sections import SECTIONS, NeuronContext, NeuronSection
+from app.web.sections import NeuronContext, NeuronSection
 
 router = APIRouter()
 log = logging.getLogger("conceptscope.web")
@@ -39,7 +40,7 @@ def _section_loader(section: NeuronSection) -> Any:
 def load_sections(ctx: NeuronContext) -> list[tuple[NeuronSection, Any]]:
     """(section, data) for every section that has data for this neuron, in page order."""
     found = []
-    for section in sorted(SECTIONS, key=lambda s: s.order):
+    for section in sorted(neuron_sections.SECTIONS, key=lambda s: s.order):
         loader = _section_loader(section)
         if loader is None:
             continue
