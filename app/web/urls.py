@@ -80,6 +80,14 @@ class Urls:
     def typographic(self, fmt: str | None = None, **query: object) -> str:
         return f"{self.base}/typographic{_suffix(fmt)}{_query(query)}"
 
+    def atlas(self, slug: str, layer: str, fmt: str | None = None) -> str:
+        """A layer's neurons laid out in 2-D (issue 6)."""
+        return f"{self.base}/models/{_seg(slug)}/layers/{_seg(layer)}/atlas{_suffix(fmt)}"
+
+    def multimodal(self, slug: str, fmt: str | None = None, **query: object) -> str:
+        """A model's most multimodal neurons with photo and text evidence (issue 6)."""
+        return f"{self.base}/models/{_seg(slug)}/multimodal{_suffix(fmt)}{_query(query)}"
+
     # -- resources -------------------------------------------------------------------------
     def blob(self, sha256: str, ext: str) -> str:
         return f"{self.base}/blobs/{sha256}.{ext}"

@@ -21,6 +21,8 @@ VIEW_MODULES: list[str] = [
     "app.web.views.analyze",  # live endpoint (issue 4)
     "app.web.views.search",  # live endpoint (issue 4)
     "app.web.views.typographic",  # typographic attack lab (issue 6)
+    "app.web.views.atlas",  # neuron atlas (issue 6)
+    "app.web.views.multimodal",  # multimodal neurons view (issue 6)
 ]
 
 #: (label, path) of the header's navigation.

@@ -1,0 +1,136 @@
+"""``/models/{model}/layers/{layer}/atlas``: a layer's neurons laid out in 2-D.
+
+Units with similar embedding directions (last block) or activation profiles (other layers) sit
+close together (:mod:`app.neurons.atlas`). Each point is the neuron's top dataset image (or a dot
+for big layers), its label on hover, a link to the neuron page. The layout is computed on first
+request and cached per app. ``.../atlas.json`` is the JSON twin.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from app.db.meaning import unit_summaries
+from app.neurons.atlas import Layout, activation_profiles, layout
+from app.neurons.related import layer_directions, layer_sample
+from app.web.formats import respond
+from app.web.lookup import find_layer, find_model
+from app.web.urls import Urls
+
+router = APIRouter()
+
+THUMBS_UP_TO = 1024  # units; bigger layers are drawn as dots
+SIDE = 1000  # SVG coordinate box
+_locks: dict[tuple[str, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _layout(request: Request, slug: str, layer_name: str) -> tuple[Layout, list[int]] | None:
+    cache: dict[tuple[str, str], Any] = request.app.state.__dict__.setdefault("_atlas_layouts", {})
+    key = (slug, layer_name)
+    if key in cache:
+        return cache[key]
+    with _locks_guard:
+        lock = _locks.setdefault(key, threading.Lock())
+    with lock:
+        if key in cache:
+            return cache[key]
+        with request.app.state.sessions() as session:
+            model = find_model(session, slug)
+            layer = find_layer(session, model, layer_name)
+            directions = layer_directions(session, layer) if layer.is_last else None
+            sample = None if directions is not None else layer_sample(session, layer)
+        if directions is not None:
+            result = (layout(directions, "direction"), list(range(directions.shape[0])))
+        elif sample is not None and sample[1].shape[0] >= 3:
+            result = (
+                layout(activation_profiles(sample[1]), "activation profile"),
+                list(range(sample[1].shape[1])),
+            )
+        else:
+            result = None
+        cache[key] = result
+        return result
+
+
+def atlas_data(request: Request, slug: str, layer_name: str) -> dict[str, Any]:
+    urls: Urls = request.app.state.urls
+    with request.app.state.sessions() as session:
+        model = find_model(session, slug)
+        layer = find_layer(session, model, layer_name)
+        summaries = unit_summaries(session, layer)
+        n_units = layer.n_units
+    found = _layout(request, slug, layer_name)
+    data: dict[str, Any] = {
+        "model": {"slug": slug, "url": urls.model(slug)},
+        "layer": {"name": layer_name, "url": urls.layer(slug, layer_name), "n_units": n_units},
+        "method": None,
+        "features": None,
+        "points": [],
+        "thumbnails": False,
+        "note": None,
+    }
+    if found is None:
+        data["note"] = "This layer has neither neuron directions nor an activation sample to lay out."
+        return data
+    lay, units = found
+    data["method"], data["features"] = lay.method, lay.features
+    data["thumbnails"] = len(units) <= THUMBS_UP_TO
+    points = []
+    for unit, (x, y) in zip(units, lay.xy, strict=True):
+        s = summaries.get(unit)
+        if s is None:  # not indexed
+            continue
+        points.append(
+            {
+                "unit": unit,
+                "x": round(float(x), 4),
+                "y": round(float(y), 4),
+                "label": s.label,
+                "url": urls.neuron(slug, layer_name, unit),
+                "thumb": urls.blob(s.thumb.sha256, s.thumb.ext) if s.thumb else None,
+            }
+        )
+    data["points"] = points
+    return data
+
+
+async def _atlas(request: Request, model: str, layer: str, fmt: str | None) -> Response:
+    urls: Urls = request.app.state.urls
+    data = await run_in_threadpool(atlas_data, request, model, layer)
+    if not data["points"] and data["note"] is None:
+        raise HTTPException(404, f"Layer {layer!r} of {model!r} has no indexed neurons.")
+    n = max(len(data["points"]), 1)
+    tile = max(14.0, min(60.0, SIDE / (n**0.5) * 0.9))
+    return respond(
+        request,
+        "atlas.html",
+        data,
+        fmt=fmt,
+        json_url=urls.atlas(model, layer, "json"),
+        html_url=urls.atlas(model, layer),
+        context={
+            "title": f"Atlas of {layer} · {model}",
+            "current_model": model,
+            "side": SIDE,
+            "tile": round(tile, 1),
+            "pad": round(tile / 2 + 4, 1),
+        },
+    )
+
+
+@router.get("/models/{model}/layers/{layer}/atlas")
+async def atlas_page(model: str, layer: str, request: Request) -> Response:
+    """The atlas of one layer."""
+    return await _atlas(request, model, layer, None)
+
+
+@router.get("/models/{model}/layers/{layer}/atlas.json")
+async def atlas_json(model: str, layer: str, request: Request) -> Response:
+    """The JSON twin of the atlas: each unit's 2-D position, label, link and thumbnail."""
+    return await _atlas(request, model, layer, "json")

@@ -1,0 +1,191 @@
+"""``/models/{model}/multimodal``: the most multimodal neurons, with photo and text evidence.
+
+For a layer (``?layer=``, default: the last block) the ``?n=`` neurons with the highest
+multimodality score (:mod:`app.neurons.multimodality`), each with its photo evidence (top dataset
+examples that are pictures) beside its text evidence (the concept words it responds to most,
+rendered, its top rendered words from ``precompute words`` and top dataset examples that are
+text), and a small scatter of picture response vs word response per concept. ``.json`` twin.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from app.db import MIME_EXT
+from app.db.meaning import Profile, concept_profile, top_words, unit_summaries
+from app.db.schema import Blob, Image, Layer, Neuron, TopExample
+from app.web.formats import respond
+from app.web.lookup import find_layer, find_model
+from app.web.urls import Urls
+
+router = APIRouter()
+
+DEFAULT_N, MAX_N = 24, 200
+PHOTOS, TEXTS, EXAMPLES_SCANNED = 5, 3, 40
+TEXT_MODALITIES = ("text", "labelled_object")
+SCATTER = 120  # px
+
+
+def _is_text(meta: Any, tags: list[str] | None) -> bool:
+    if tags is not None and any(t.endswith(" (text)") for t in tags):
+        return True
+    return isinstance(meta, dict) and meta.get("modality") in TEXT_MODALITIES
+
+
+def _examples(
+    session: Any, urls: Urls, neuron_id: int, profile: Profile | None
+) -> tuple[list[Any], list[Any]]:
+    rows = session.execute(
+        select(TopExample.value, Image.id, Image.caption, Image.key, Image.meta, Blob.sha256, Blob.mime)
+        .join(Image, Image.id == TopExample.image_id)
+        .join(Blob, Blob.sha256 == Image.thumb_sha256)
+        .where(TopExample.neuron_id == neuron_id)
+        .order_by(TopExample.value.desc(), TopExample.rank)
+        .limit(EXAMPLES_SCANNED)
+    ).all()
+    photos, texts = [], []
+    for r in rows:
+        tags = profile.image_tags.get(r.id) if profile else None
+        item = {
+            "value": float(r.value),
+            "caption": r.caption or r.key,
+            "thumb": urls.blob(r.sha256, MIME_EXT.get(r.mime, "bin")),
+        }
+        (texts if _is_text(r.meta, tags) else photos).append(item)
+    return photos[:PHOTOS], texts[:TEXTS]
+
+
+def _scatter(profile: Profile, unit: int) -> dict[str, Any] | None:
+    x = profile.image_means[:, unit]
+    y = profile.word_values[:, unit]
+    ok = np.isfinite(x) & np.isfinite(y)
+    if ok.sum() < 2:
+        return None
+
+    def scale(v: np.ndarray) -> np.ndarray:
+        lo, hi = float(v[ok].min()), float(v[ok].max())
+        return (v - lo) / (hi - lo if hi > lo else 1.0)
+
+    sx, sy = scale(x), scale(y)
+    pad = 8
+    points = [
+        {
+            "concept": profile.concepts[i],
+            "x": round(pad + float(sx[i]) * (SCATTER - 2 * pad), 1),
+            "y": round(SCATTER - pad - float(sy[i]) * (SCATTER - 2 * pad), 1),
+            "picture": float(x[i]),
+            "word": float(y[i]),
+        }
+        for i in np.flatnonzero(ok)
+    ]
+    return {"size": SCATTER, "points": points}
+
+
+def multimodal_data(request: Request, slug: str, layer_name: str | None, n: int) -> dict[str, Any]:
+    urls: Urls = request.app.state.urls
+    with request.app.state.sessions() as session:
+        model = find_model(session, slug)
+        layers = list(
+            session.scalars(select(Layer).where(Layer.model_id == model.id).order_by(Layer.position))
+        )
+        if layer_name is None:
+            layer = next((lr for lr in layers if lr.is_last), layers[-1] if layers else None)
+            if layer is None:
+                raise HTTPException(404, f"Model {slug!r} has no indexed layers.")
+        else:
+            layer = find_layer(session, model, layer_name)
+        rows = session.execute(
+            select(Neuron.id, Neuron.unit, Neuron.multimodality)
+            .where(Neuron.layer_id == layer.id, Neuron.multimodality.is_not(None))
+            .order_by(Neuron.multimodality.desc(), Neuron.unit)
+            .limit(n)
+        ).all()
+        profile = concept_profile(session, layer)
+        summaries = unit_summaries(session, layer, [r.unit for r in rows])
+        neurons = []
+        for nid, unit, score in rows:
+            photos, text_examples = _examples(session, urls, nid, profile)
+            words = []
+            if profile is not None:
+                responses = profile.word_values[:, unit]
+                for i in np.argsort(-responses)[:TEXTS]:
+                    thumb = profile.word_thumbs[i] if i < len(profile.word_thumbs) else None
+                    words.append(
+                        {
+                            "word": profile.concepts[i],
+                            "value": float(responses[i]),
+                            "thumb": urls.blob(thumb.sha256, thumb.ext) if thumb else None,
+                        }
+                    )
+            s = summaries.get(unit)
+            neurons.append(
+                {
+                    "unit": unit,
+                    "url": urls.neuron(slug, layer.name, unit),
+                    "multimodality": score,
+                    "label": s.label if s else None,
+                    "label_source": s.label_source if s else None,
+                    "photos": photos,
+                    "concept_words": words,
+                    "top_words": [
+                        {"word": w, "value": v} for w, v in top_words(session, layer, unit, TEXTS + 2)
+                    ],
+                    "text_examples": text_examples,
+                    "scatter": _scatter(profile, unit) if profile is not None else None,
+                }
+            )
+        return {
+            "model": {"slug": slug, "url": urls.model(slug)},
+            "layer": {"name": layer.name, "url": urls.layer(slug, layer.name)},
+            "layers": [
+                {"name": lr.name, "url": urls.multimodal(slug, layer=lr.name), "current": lr.id == layer.id}
+                for lr in layers
+            ],
+            "n": n,
+            "tag_source": profile.source if profile else None,
+            "explain": (
+                "multimodality = correlation, across concepts, between the neuron's mean response to "
+                "pictures of a concept and its response to the concept's word rendered as text"
+            ),
+            "neurons": neurons,
+            "note": None
+            if neurons
+            else "No multimodality scores yet: run `conceptscope precompute labels` on this index.",
+        }
+
+
+async def _page(request: Request, model: str, layer: str | None, n: int, fmt: str | None) -> Response:
+    urls: Urls = request.app.state.urls
+    n = max(1, min(MAX_N, n))
+    data = await run_in_threadpool(multimodal_data, request, model, layer, n)
+    return respond(
+        request,
+        "multimodal.html",
+        data,
+        fmt=fmt,
+        json_url=urls.multimodal(model, "json", layer=layer, n=n if n != DEFAULT_N else None),
+        html_url=urls.multimodal(model, layer=layer, n=n if n != DEFAULT_N else None),
+        context={"title": f"Multimodal neurons · {model}", "current_model": model},
+    )
+
+
+@router.get("/models/{model}/multimodal")
+async def multimodal_page(
+    model: str, request: Request, layer: str | None = None, n: int = DEFAULT_N
+) -> Response:
+    """The most multimodal neurons of a layer, photo and text evidence side by side."""
+    return await _page(request, model, layer, n, None)
+
+
+@router.get("/models/{model}/multimodal.json")
+async def multimodal_json(
+    model: str, request: Request, layer: str | None = None, n: int = DEFAULT_N
+) -> Response:
+    """The JSON twin of the multimodal neurons view."""
+    return await _page(request, model, layer, n, "json")
