@@ -1,0 +1,470 @@
+"""Feature visualization: images optimised to excite (or inhibit) neurons, many at once.
+
+The recipe is Lucid's (Olah et al., "Feature Visualization", Distill 2017), rebuilt for batches:
+
+* **Parameterisation.** Each image is a Fourier spectrum scaled by 1/f (``decay_power``), turned
+  into pixels with an inverse real FFT, mapped through Lucid's ImageNet colour-correlation matrix
+  (decorrelated colour space), squashed to ``[0, 1]`` with a sigmoid, and finally normalised with
+  the model's own mean/std.
+* **Robustness transforms.** Lucid's standard set (pad 12 with grey, jitter 8, scale 0.9-1.1,
+  rotate -10..10 degrees, jitter 4), composed into a single affine map per image and applied with
+  one batched ``affine_grid``/``grid_sample``. Every image draws its own random parameters at
+  every step (Lucent draws one set for the whole batch).
+* **Objective.** The spatial mean of a neuron's map: the pre-ReLU residual sum for ModifiedResNet
+  blocks, the mean over patch tokens (CLS excluded) for ViT MLP units. The forward pass stops at
+  the target layer. One image per (neuron, sign); the objectives of a batch are summed, so a batch
+  of B images costs one forward/backward of B images per step. Negative visualizations minimise.
+* **Diversity.** Several images per neuron, with Lucid's Gram-matrix diversity penalty computed on
+  an intermediate layer between the images of each group.
+
+fp32 on CPU (seeded and deterministic), bf16 autocast on CUDA. The model's parameters are frozen
+for the duration (``requires_grad=False``) so no parameter gradients are computed.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from app.models import LayerInfo
+from app.neurons.capture import StopForward, capture, spatial_maps
+
+if TYPE_CHECKING:
+    from PIL import Image as PILImage
+
+    from app.models import LoadedModel
+
+ALGORITHM = "conceptscope-featurevis-1"
+
+# Lucid's square root of the ImageNet colour correlation matrix (lucid/optvis/param/color.py).
+COLOR_CORRELATION_SVD_SQRT = np.asarray(
+    [[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]], dtype=np.float32
+)
+COLOR_CORRELATION_NORMALIZED = COLOR_CORRELATION_SVD_SQRT / np.max(
+    np.linalg.norm(COLOR_CORRELATION_SVD_SQRT, axis=0)
+)
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Optimisation settings; stored as JSON next to every visualization."""
+
+    steps: int = 256
+    size: int | None = None  # image side in pixels; None = the model's input size
+    lr: float = 0.05  # Adam, as in Lucid
+    decay_power: float = 1.0  # 1/f^decay_power spectrum scaling
+    init_sd: float = 0.01
+    seed: int = 0
+    # Lucid's standard transforms: pad, jitter, scale, rotate, jitter.
+    pad: int = 12
+    jitter: int = 8
+    scales: tuple[float, ...] = tuple(1 + (i - 5) / 50 for i in range(11))
+    angles: tuple[float, ...] = tuple(range(-10, 11)) + (0,) * 5
+    jitter2: int = 4
+    transforms: bool = True
+    diversity_weight: float = 100.0  # Lucid's weight in its diversity examples
+    diversity_layer: str | None = None  # module path in model.visual; None = a sensible default
+    autocast: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    prepare: bool = True  # optimise through a BatchNorm-folded (and, on CPU, channels-last) copy
+
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        data = asdict(self)
+        data["scales"] = list(self.scales)
+        data["angles"] = list(self.angles)
+        return {"algorithm": ALGORITHM, **data, **extra}
+
+    def with_(self, **changes: Any) -> Settings:
+        """A copy with some fields replaced (``None`` values are ignored, except ``size``)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+@dataclass
+class Result:
+    """Optimised images and what they reached."""
+
+    images: torch.Tensor  # (N, 3, S, S) float32 in [0, 1], on CPU
+    units: list[int]
+    signs: list[int]  # +1 positive, -1 negative
+    groups: list[int]  # diversity group of each image (image index when no diversity)
+    objectives: list[float]  # neuron objective (spatial mean) on the un-transformed image
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def pil(self, i: int) -> PILImage.Image:
+        return to_pil(self.images[i])
+
+
+# --------------------------------------------------------------------------- parameterisation
+
+
+def rfft2d_freqs(h: int, w: int) -> np.ndarray:
+    """Spatial frequency magnitude of each rfft2 coefficient (Lucid's helper)."""
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.fftfreq(w)[: w // 2 + 1]
+    return np.sqrt(fx * fx + fy * fy)
+
+
+class FourierImage(nn.Module):
+    """A batch of images parameterised by their decorrelated-colour Fourier spectra."""
+
+    def __init__(
+        self, n: int, size: int, *, decay_power: float = 1.0, sd: float = 0.01,
+        generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+    ) -> None:
+        super().__init__()
+        self.size = size
+        freqs = rfft2d_freqs(size, size)
+        spectrum = torch.randn((n, 3, *freqs.shape, 2), generator=generator) * sd
+        self.spectrum = nn.Parameter(spectrum.to(device))
+        scale = 1.0 / np.maximum(freqs, 1.0 / size) ** decay_power
+        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32, device=device)[..., None])
+        color = torch.tensor(COLOR_CORRELATION_NORMALIZED, device=device)
+        self.register_buffer("color", color)
+
+    def forward(self) -> torch.Tensor:
+        """Images in ``[0, 1]``, shape ``(n, 3, size, size)``."""
+        spectrum = torch.view_as_complex(self.scale * self.spectrum)
+        image = torch.fft.irfftn(spectrum, s=(self.size, self.size), norm="ortho") / 4.0
+        image = torch.einsum("nchw,dc->ndhw", image, self.color)  # Lucid: t @ color.T
+        return torch.sigmoid(image)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def random_affine(
+    n: int, size: int, settings: Settings, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Per-image affine matrices ``(n, 2, 3)`` realising Lucid's standard transform set.
+
+    pad ``p`` then jitter ``j1`` then scale ``s`` then rotate ``a`` then jitter ``j2``, with the
+    result resampled back to ``size``: the view covers ``(size + 2p - j1 - j2) / s`` source pixels,
+    rotated by ``a``, shifted by the two jitters. Coordinates are ``affine_grid``'s ``[-1, 1]``.
+    """
+    def pick(values: Sequence[float]) -> torch.Tensor:
+        idx = torch.randint(len(values), (n,), generator=generator)
+        return torch.tensor(values, dtype=torch.float32)[idx]
+
+    scale = pick(settings.scales)
+    angle = pick(settings.angles) * (math.pi / 180)
+    shift1 = torch.randint(settings.jitter, (n, 2), generator=generator).float() - (settings.jitter - 1) / 2
+    shift2 = (
+        torch.randint(settings.jitter2, (n, 2), generator=generator).float() - (settings.jitter2 - 1) / 2
+        if settings.jitter2 > 0 else torch.zeros(n, 2)
+    )
+    view = (size + 2 * settings.pad - settings.jitter - settings.jitter2) / scale / size
+    cos, sin = torch.cos(angle) * view, torch.sin(angle) * view
+    # the second jitter happens after rotation/scale: rotate it back into source coordinates
+    s2 = torch.stack(
+        [cos * shift2[:, 0] - sin * shift2[:, 1], sin * shift2[:, 0] + cos * shift2[:, 1]], dim=1
+    )
+    shift = (shift1 + s2) * (2.0 / size)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], dim=1
+    )
+    return theta.to(device)
+
+
+def apply_affine(images: torch.Tensor, theta: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
+    """Resample each image with its own affine map; outside the image reads ``fill`` (grey)."""
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    out = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out + fill
+
+
+# --------------------------------------------------------------------------- model helpers
+
+
+def normalisation(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's own input mean/std ``(1, 3, 1, 1)`` (from its preprocess, else OpenAI's)."""
+    mean, std = OPENAI_MEAN, OPENAI_STD
+    for t in getattr(loaded.preprocess, "transforms", []):
+        if hasattr(t, "mean") and hasattr(t, "std"):
+            mean, std = tuple(t.mean), tuple(t.std)
+    visual = loaded.visual
+    mean = tuple(getattr(visual, "image_mean", None) or mean)
+    std = tuple(getattr(visual, "image_std", None) or std)
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=loaded.device).view(1, 3, 1, 1)  # noqa: E731
+    return as_t(mean), as_t(std)
+
+
+def default_diversity_layer(loaded: LoadedModel, layer: LayerInfo) -> LayerInfo:
+    """An intermediate layer for the diversity term: ``layer2`` (ResNet) or a middle ViT block."""
+    visual = loaded.visual
+    if layer.kind == "resnet_block":
+        name = "layer2"
+    else:
+        n = len(visual.transformer.resblocks)
+        name = f"transformer.resblocks.{max(0, n // 2 - 1)}"
+    return module_layer(name)
+
+
+def module_layer(name: str) -> LayerInfo:
+    """A pseudo layer whose activation is the output of module ``name`` (for :func:`capture`)."""
+    return LayerInfo(name=f"module:{name}", hook=name, kind="module_output", n_units=0, grid=(0, 0),
+                     is_last=False)
+
+
+_PREPARED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
+
+
+def prepared_visual(visual: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``visual`` made for optimisation: BatchNorm folded into the preceding conv, and
+    channels-last memory on CPU (both exact up to float rounding). Cached per model; verified
+    against the original on a random batch, falling back to ``visual`` if they disagree."""
+    if visual in _PREPARED:
+        return _PREPARED[visual]
+    fast = copy.deepcopy(visual).eval()
+    folded = 0
+    for module in list(fast.modules()):
+        children = list(module.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(children, children[1:], strict=False):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.groups == 1:
+                setattr(module, conv_name, _fold(conv, bn))
+                setattr(module, bn_name, nn.Identity())
+                folded += 1
+    channels_last = device.type == "cpu" and folded > 0
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    fast.requires_grad_(False)
+    size = visual.image_size
+    size = int(size[0] if isinstance(size, tuple | list) else size)
+    probe = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.inference_mode():
+        ref, out = visual(probe), fast(probe)
+    tolerance = 1e-3 * ref.abs().max().item()
+    if folded == 0 or not torch.allclose(ref.float(), out.float(), rtol=1e-3, atol=tolerance):
+        fast = visual
+    _PREPARED[visual] = fast
+    return fast
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    fused = nn.Conv2d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
+    )
+    with torch.no_grad():
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+@contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """Set ``requires_grad=False`` on every parameter for the duration; restore afterwards."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def forward_to(
+    visual: nn.Module, images: torch.Tensor, layers: Sequence[LayerInfo]
+) -> dict[str, torch.Tensor]:
+    """Run ``visual`` with gradients only as far as the last of ``layers``; raw activations."""
+    with capture(visual, layers, stop=True, detach=False) as store:
+        try:
+            visual(images)
+        except StopForward:
+            pass
+        return dict(store)
+
+
+def unit_means(raw: torch.Tensor, layer: LayerInfo, units: torch.Tensor) -> torch.Tensor:
+    """Spatial mean of unit ``units[i]``'s map on image ``i`` → ``(B,)`` (float32)."""
+    maps = spatial_maps(raw, layer)  # (B, C, H, W), ViT: patch tokens only
+    picked = maps[torch.arange(maps.shape[0], device=maps.device), units]
+    return picked.float().mean(dim=(-2, -1))
+
+
+def resolve_layer(loaded: LoadedModel, layer: LayerInfo | str) -> LayerInfo:
+    return loaded.layer(layer) if isinstance(layer, str) else layer
+
+
+def objectives(
+    loaded: LoadedModel, layer: LayerInfo | str, images: torch.Tensor, units: Sequence[int],
+    *, batch: int = 64,
+) -> list[float]:
+    """The neuron objective (spatial mean of unit ``units[i]``) on un-transformed ``images[i]``.
+
+    ``images`` are in ``[0, 1]`` (any size the model accepts); fp32, no gradients. This is the one
+    function that measures what a visualization reached (stage, tests and benchmark use it).
+    """
+    layer = resolve_layer(loaded, layer)
+    mean, std = normalisation(loaded)
+    out: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(units), batch):
+            x = images[start : start + batch].to(loaded.device, torch.float32)
+            u = torch.tensor(list(units[start : start + batch]), device=loaded.device)
+            raw = forward_to(loaded.visual, (x - mean) / std, [layer])[layer.name]
+            out.extend(unit_means(raw, layer, u).tolist())
+    return out
+
+
+def gram_diversity(acts: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Lucid's diversity penalty, summed over groups: mean pairwise cosine of Gram matrices."""
+    b, c = acts.shape[0], acts.shape[1]
+    flat = acts.float().reshape(b, c, -1)
+    grams = flat @ flat.transpose(1, 2)  # (B, C, C)
+    grams = F.normalize(grams.reshape(b, -1), dim=1, eps=1e-10)
+    sims = grams @ grams.T  # (B, B)
+    same = (groups[:, None] == groups[None, :]) & ~torch.eye(b, dtype=torch.bool, device=acts.device)
+    sizes = torch.bincount(groups, minlength=n_groups).float().clamp(min=1)[groups]
+    return ((sims * same).sum(dim=1) / sizes).sum()
+
+
+# --------------------------------------------------------------------------- the optimiser
+
+
+def render(
+    loaded: LoadedModel,
+    layer: LayerInfo | str,
+    units: Sequence[int],
+    *,
+    signs: Sequence[int] | None = None,
+    groups: Sequence[int] | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Result:
+    """Optimise one image per entry of ``units`` (all in one batch) and measure what it reached.
+
+    ``signs[i]`` is +1 (excite, default) or -1 (inhibit). Images that share a ``groups`` value
+    form a diversity set (Gram-matrix penalty on an intermediate layer, weight
+    ``settings.diversity_weight``); without ``groups`` there is no diversity term. ``progress``
+    is called with the number of steps done after each step.
+    """
+    import time
+
+    started = time.perf_counter()
+    settings = settings or Settings()
+    layer = resolve_layer(loaded, layer)
+    device = loaded.device
+    n = len(units)
+    if n == 0:
+        raise ValueError("no units to visualize")
+    if any(not 0 <= u < layer.n_units for u in units):
+        raise ValueError(f"unit out of range for {layer.name} ({layer.n_units} units)")
+    size = settings.size or loaded.image_size
+    if layer.kind == "vit_mlp" and size != loaded.image_size:
+        raise ValueError(f"a ViT needs its input size ({loaded.image_size} px), not {size}")
+    signs_t = torch.tensor(list(signs) if signs is not None else [1] * n, dtype=torch.float32, device=device)
+    unit_t = torch.tensor(list(units), device=device)
+
+    diversity_layer: LayerInfo | None = None
+    group_t: torch.Tensor | None = None
+    n_groups = 0
+    if groups is not None and settings.diversity_weight > 0:
+        remap = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+        group_t = torch.tensor([remap[g] for g in groups], device=device)
+        n_groups = len(remap)
+        diversity_layer = (
+            module_layer(settings.diversity_layer) if settings.diversity_layer
+            else default_diversity_layer(loaded, layer)
+        )
+    hooked = [diversity_layer, layer] if diversity_layer else [layer]
+
+    generator = torch.Generator().manual_seed(settings.seed)
+    image = FourierImage(n, size, decay_power=settings.decay_power, sd=settings.init_sd,
+                         generator=generator, device=device)
+    optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
+    mean, std = normalisation(loaded)
+    use_autocast = settings.autocast and device.type == "cuda"
+    visual = prepared_visual(loaded.visual, device) if settings.prepare else loaded.visual
+    channels_last = visual is not loaded.visual and device.type == "cpu"
+
+    with frozen(visual):
+        for step in range(settings.steps):
+            optimizer.zero_grad(set_to_none=True)
+            pixels = image()
+            if settings.transforms:
+                pixels = apply_affine(pixels, random_affine(n, size, settings, generator, device))
+            if channels_last:
+                pixels = pixels.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                raw = forward_to(visual, (pixels - mean) / std, hooked)
+            loss = -(signs_t * unit_means(raw[layer.name], layer, unit_t)).sum()
+            if diversity_layer is not None and group_t is not None:
+                loss = loss + settings.diversity_weight * gram_diversity(
+                    raw[diversity_layer.name], group_t, n_groups
+                )
+            loss.backward()
+            optimizer.step()
+            if progress is not None:
+                progress(step + 1)
+        with torch.no_grad():
+            final = image().detach().float().cpu()
+    reached = objectives(loaded, layer, final, list(units))
+    extra: dict[str, Any] = {"size": size, "device": device.type,
+                             "precision": "bf16-autocast" if use_autocast else "fp32"}
+    if diversity_layer is not None:
+        extra["diversity_layer"] = diversity_layer.hook
+    return Result(
+        images=final,
+        units=[int(u) for u in units],
+        signs=[int(s) for s in (signs if signs is not None else [1] * n)],
+        groups=list(groups) if groups is not None else list(range(n)),
+        objectives=reached,
+        settings=settings.to_json(**extra),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def to_pil(image: torch.Tensor) -> PILImage.Image:
+    """A ``(3, H, W)`` tensor in ``[0, 1]`` → RGB PIL image."""
+    from PIL import Image
+
+    array = (image.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255 + 0.5).astype(np.uint8)
+    return Image.fromarray(array, "RGB")
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """A ``(3, H, W)`` tensor in ``[0, 1]`` → PNG bytes."""
+    import io
+
+    buffer = io.BytesIO()
+    to_pil(image).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def store(session: Any, neuron_id: int, kind: str, index: int, result: Result, i: int,
+          extra: dict[str, Any] | None = None) -> None:
+    """Save image ``i`` of ``result`` as a PNG blob + ``feature_visualizations`` row (upsert)."""
+    from sqlalchemy import select
+
+    from app.db import put_blob
+    from app.db.schema import FeatureVisualization
+
+    png = to_png(result.images[i])
+    size = int(result.images.shape[-1])
+    digest = put_blob(session, png, "image/png", size, size)
+    row = session.scalar(select(FeatureVisualization).where(
+        FeatureVisualization.neuron_id == neuron_id, FeatureVisualization.kind == kind,
+        FeatureVisualization.index == index,
+    ))
+    if row is None:
+        row = FeatureVisualization(neuron_id=neuron_id, kind=kind, index=index)
+        session.add(row)
+    row.blob_sha256 = digest
+    row.objective = float(result.objectives[i])
+    row.settings = {**result.settings, "kind": kind, "seconds": round(result.seconds, 3), **(extra or {})}
