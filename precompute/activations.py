@@ -56,7 +56,8 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_SAMPLE = 1000
 SAMPLE_SEED = 0
 CHECKPOINT_BATCHES = 8
-CHECKPOINT_SECONDS = 60.0
+CHECKPOINT_SECONDS = 60.0  # checkpoint at least this often ...
+CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (state can be ~100 MB)
 THUMB_MAX_SIDE = 320
 THUMB_QUALITY = 90
 MAX_CHECKPOINT_THUMB_BYTES = 256 * 1024 * 1024
@@ -331,13 +332,17 @@ def run_activations(
     workers: int = 2,
     checkpoint_batches: int = CHECKPOINT_BATCHES,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    checkpoint_min_seconds: float = CHECKPOINT_MIN_SECONDS,
     stop_after_batches: int | None = None,
     progress: bool = True,
 ) -> ActivationsReport:
     """Index ``dataset`` with ``spec`` into the database at ``db_url`` (resuming if possible).
 
-    ``stop_after_batches`` ends the call after that many batches (and any checkpoint due then)
-    without finalizing, exactly like a run killed there (tests use it to exercise resumption).
+    The pass state is checkpointed every ``checkpoint_batches`` batches (but not more often than
+    every ``checkpoint_min_seconds``) and at least every ``checkpoint_seconds``; where the
+    checkpoints fall never changes the result. ``stop_after_batches`` ends the call after that
+    many batches (and any checkpoint due then) without finalizing, exactly like a run killed
+    there (tests use it to exercise resumption).
 
     (``app.cli`` calls ``run_<command>(args)`` when a module defines it, so parsed CLI
     arguments are accepted too and handed to :func:`run`.)
@@ -442,8 +447,9 @@ def run_activations(
             batches += 1
             bar.update(batch.stop - batch.start)
             bar.set_postfix(skipped=len(state.skipped), refresh=False)
-            due = state.batches_done % checkpoint_batches == 0
-            late = time.monotonic() - last_checkpoint > checkpoint_seconds
+            since = time.monotonic() - last_checkpoint
+            due = state.batches_done % checkpoint_batches == 0 and since >= checkpoint_min_seconds
+            late = since > checkpoint_seconds
             if state.position < len(data) and (due or late):
                 save_checkpoint(sessions, run_id, state, len(data))
                 last_checkpoint = time.monotonic()

@@ -157,16 +157,16 @@ def test_interrupted_runs_resume_to_the_same_database(
     path = tmp_path / "resumed.db"
     url = f"sqlite:///{path}"
     # killed before any checkpoint
-    first = _tiny_run(demo_loaded, url, checkpoint_batches=2, stop_after_batches=1)
+    first = _tiny_run(demo_loaded, url, checkpoint_batches=2, checkpoint_min_seconds=0, stop_after_batches=1)
     assert (first.status, first.batches_run) == ("interrupted", 1)
     # checkpoint after batch 2, killed after batch 3
-    second = _tiny_run(demo_loaded, url, checkpoint_batches=2, stop_after_batches=3)
+    second = _tiny_run(demo_loaded, url, checkpoint_batches=2, checkpoint_min_seconds=0, stop_after_batches=3)
     assert (second.status, second.batches_run) == ("interrupted", 3)
     con = sqlite3.connect(path)
     progress = json.loads(con.execute("SELECT progress FROM runs").fetchone()[0])
     con.close()
     assert progress["position"] == 2 * TINY_BATCH
-    last = _tiny_run(demo_loaded, url, checkpoint_batches=2)
+    last = _tiny_run(demo_loaded, url, checkpoint_batches=2, checkpoint_min_seconds=0)
     assert (last.status, last.batches_run, last.n_indexed) == ("done", 1, 48)
 
     expected, got = dump(tiny_db.path), dump(path)
@@ -403,3 +403,69 @@ def test_vit_direction_matches_the_embedding_change_of_a_unit(vit_b32_random):
                 assert abs(other) < 0.5
     finally:
         handle.remove()
+
+
+# --- a real kill -----------------------------------------------------------------------------
+
+KILLABLE_RUN = """
+import sys, time
+from app.models import ModelSpec
+from precompute.activations import run_activations
+from precompute.datasets import DemoDataset
+
+class SlowDemo(DemoDataset):  # slow storage: the pass takes long enough to be killed mid-way
+    def load(self, position):
+        time.sleep(0.01)
+        return super().load(position)
+
+run_activations(ModelSpec.parse("demo"), SlowDemo(96), sys.argv[1], top_k=4, batch_size=8,
+                sample_size=24, checkpoint_batches=1, checkpoint_min_seconds=0, progress=False)
+"""
+
+
+def _progress(path: Path) -> int:
+    try:
+        con = sqlite3.connect(path, timeout=1)
+        try:
+            row = con.execute("SELECT progress FROM runs").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1
+    return json.loads(row[0]).get("position", 0) if row else -1
+
+
+@pytest.mark.slow
+def test_a_killed_process_resumes_to_the_same_database(tmp_path, demo_loaded):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    killed = tmp_path / "killed.db"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE_RUN, f"sqlite:///{killed}"], cwd=root, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while _progress(killed) < 3 * 8 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(random.uniform(0, 0.2))  # land anywhere: mid-batch, mid-checkpoint
+        assert proc.poll() is None, "the run finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert 0 < _progress(killed) < 96
+
+    from precompute.datasets import DemoDataset
+
+    kwargs = {"top_k": 4, "batch_size": 8, "sample_size": 24, "progress": False}
+    resumed = run_activations(demo_loaded, DemoDataset(96), f"sqlite:///{killed}", **kwargs)
+    assert resumed.status == "done" and resumed.batches_run < 12
+    straight = tmp_path / "straight.db"
+    run_activations(demo_loaded, DemoDataset(96), f"sqlite:///{straight}", **kwargs)
+    assert dump(killed) == dump(straight)
