@@ -39,9 +39,23 @@
     });
   });
 
+  // Layer grid: choosing a sort key also picks its natural order (unit ascending, statistics
+  // descending). Listens on the select itself, so it runs before htmx sees the event bubble up.
+  function initSortSelect() {
+    var select = document.querySelector("[data-sort-select]");
+    var order = select && select.form && select.form.elements.order;
+    if (!order) return;
+    select.addEventListener("change", function () {
+      var natural = select.options[select.selectedIndex].getAttribute("data-order");
+      if (natural) { order.value = natural; }
+    });
+  }
+
+  function init() { initOverlayToggle(); initSortSelect(); }
+
   if (document.readyState === "loading") {
-    document.addEventListener("DOMContentLoaded", initOverlayToggle);
+    document.addEventListener("DOMContentLoaded", init);
   } else {
-    initOverlayToggle();
+    init();
   }
 })();
