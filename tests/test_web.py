@@ -173,6 +173,7 @@ async def test_bogus_model_layer_unit_are_404_html_and_json(client, index):
         f"/models/{slug}/layers/{layer}/neurons/{index['n_units']}",
         f"/models/{slug}/layers/{layer}/neurons/1.5",
         f"/models/{slug}/layers/{layer}/neurons/1e3",
+        f"/models/{slug}/layers/{layer}/neurons/%EF%BC%91",  # a full-width digit one
         f"/models/{slug}/layers/{layer}/neurons/%20",
         f"/models/{slug}/layers/{layer}/neurons/99999999999999999999",
         "/no/such/page",
@@ -186,6 +187,29 @@ async def test_bogus_model_layer_unit_are_404_html_and_json(client, index):
         assert data.status_code == 404, url
         body = data.json()
         assert body["status"] == 404 and body["error"], url
+
+
+WEIRD = ["%00", "%2e%2e", "..", "%EF%BC%91", "%C3%A9", "a" * 3000, "%ff", " ", "0x1", "+1", "1_0", "NaN",
+         "%25", "-0", "1.0"]
+
+
+async def test_weird_path_segments_never_500(web_app, index):
+    slug, layer, unit = index["slug"], index["layer"], index["unit"]
+    transport = httpx.ASGITransport(app=web_app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        for weird in WEIRD:
+            for url in (
+                f"/models/{weird}",
+                f"/models/{slug}/layers/{weird}",
+                f"/models/{slug}/layers/{layer}/neurons/{weird}",
+                f"/blobs/{weird}",
+                f"/static/{weird}/{weird}",
+                f"/models/{slug}/layers/{layer}?page={weird}&per_page={weird}&sort={weird}&order={weird}&q={weird}",
+            ):
+                for suffix in ("", ".json"):
+                    response = await c.get(url + suffix if "?" not in url else url)
+                    assert response.status_code in (200, 404), (url, response.status_code)
+        assert (await c.get(f"/models/{slug}/layers/{layer}/neurons/{unit}")).status_code == 200
 
 
 async def test_json_error_when_client_accepts_only_json(client):
@@ -247,7 +271,8 @@ async def test_static_urls_are_content_hashed_and_immutable(client, web_app):
     assert stale.status_code == 200 and stale.headers["cache-control"] == "no-cache"
     htmx = await client.get(urls.static("vendor/htmx/htmx.min.js"))
     assert htmx.status_code == 200 and b"htmx" in htmx.content[:2000]
-    for bad in ("/static/x/../app/config.py", "/static/x/%2e%2e/app/config.py", "/static/x/nope.css"):
+    for bad in ("/static/x/../app/config.py", "/static/x/%2e%2e/app/config.py", "/static/x/nope.css",
+                "/static/x/%00", "/static/x/css"):
         assert (await client.get(bad)).status_code == 404, bad
 
 

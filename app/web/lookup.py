@@ -10,27 +10,32 @@ from app.db import queries
 from app.db.schema import Layer, Model, Neuron
 from app.web.errors import NotFound
 
-_UNIT = re.compile(r"\d{1,9}")
+_UNIT = re.compile(r"[0-9]{1,9}")
+
+
+def _show(text: str, limit: int = 120) -> str:
+    """``text`` quoted for an error message, shortened if long."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
 
 
 def find_model(session: Session, slug: str) -> Model:
     model = queries.get_model(session, slug)
     if model is None:
-        raise NotFound(f"No model {slug!r} in this index.")
+        raise NotFound(f"No model {_show(slug)} in this index.")
     return model
 
 
 def find_layer(session: Session, model: Model, name: str) -> Layer:
     layer = queries.get_layer(session, model, name)
     if layer is None:
-        raise NotFound(f"Model {model.slug!r} has no indexed layer {name!r}.")
+        raise NotFound(f"Model {model.slug!r} has no indexed layer {_show(name)}.")
     return layer
 
 
 def parse_unit(text: str) -> int:
     """A unit number from the URL: decimal digits only (``abc``, ``-1``, ``1e3`` are 404s)."""
     if not _UNIT.fullmatch(text):
-        raise NotFound(f"{text!r} is not a neuron number (expected 0, 1, 2, ...).")
+        raise NotFound(f"{_show(text)} is not a neuron number (expected 0, 1, 2, ...).")
     return int(text)
 
 

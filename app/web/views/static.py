@@ -24,9 +24,13 @@ mimetypes.add_type("text/css", ".css")
 @router.get("/static/{digest}/{path:path}", include_in_schema=False)
 def static_file(digest: str, path: str, request: Request) -> Response:
     root = request.app.state.urls.static_dir.resolve()
-    target = (root / path).resolve()
-    if not target.is_relative_to(root) or not target.is_file():
-        raise NotFound(f"No static file {path!r}.")
+    try:
+        target = (root / path).resolve()
+        found = target.is_relative_to(root) and target.is_file()
+    except (OSError, ValueError):  # NUL bytes, names too long, ...
+        found = False
+    if not found:
+        raise NotFound(f"No static file {path[:200]!r}.")
     current = static_file_hash(target)
     etag = f'"{current}"'
     cache = IMMUTABLE if digest == current else "no-cache"
