@@ -22,7 +22,9 @@ import argparse
 import hashlib
 import io
 import json
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -69,28 +71,81 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="recompute even if up to date")
 
 
+@dataclass(frozen=True)
+class LabelsOptions:
+    """What determines the stage's result (plus ``force`` and ``progress``)."""
+
+    vocab: Path | None = None
+    top: int = 20
+    k: int = 3
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class LabelsReport:
+    model: str
+    status: str  # "done" | "up-to-date"
+    labelled: int = 0
+    concepts: int = 0
+    tag_source: str | None = None
+    multimodality: list[str] = field(default_factory=list)
+
+
+def compute_labels(
+    db_url: str,
+    *,
+    model: str | None = None,
+    options: LabelsOptions | None = None,
+    device: str = "cpu",
+    loaded: LoadedModel | None = None,
+) -> list[LabelsReport]:
+    """Run the stage on every model of ``db_url`` (or the one with slug ``model``).
+
+    ``loaded`` reuses an already loaded model (it must be the DB model's). Raises ``LookupError``
+    when the database has no (such) model.
+    """
+    options = options or LabelsOptions()
+    if options.top < 1 or options.k < 1:
+        raise ValueError("--top and --k must be positive")
+    engine = make_engine(db_url)
+    sessions = session_factory(engine)
+    try:
+        with sessions() as session:
+            query = select(Model).order_by(Model.id)
+            if model:
+                query = query.where(Model.slug == model)
+            models = list(session.scalars(query))
+        if not models:
+            what = f"model {model!r}" if model else "any model"
+            raise LookupError(f"the database has no {what}; run `conceptscope precompute activations` first")
+        reports = []
+        for row in models:
+            with sessions() as session:
+                use = loaded if loaded is not None and loaded.spec.slug == row.slug else None
+                reports.append(label_model(session, row, options, device, use))
+        return reports
+    finally:
+        engine.dispose()
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``conceptscope precompute labels``."""
-    if args.top < 1 or args.k < 1:
-        print("conceptscope: error: --top and --k must be positive")
-        return 2
-    engine = make_engine(db_url_from_arg(args.db))
-    sessions = session_factory(engine)
+    options = LabelsOptions(args.vocab, args.top, args.k, args.force, True)
     device = Settings().with_(device=args.device).resolved_device()
-    with sessions() as session:
-        query = select(Model).order_by(Model.id)
-        if args.model:
-            query = query.where(Model.slug == args.model)
-        models = list(session.scalars(query))
-    if not models:
-        what = f"model {args.model!r}" if args.model else "any model"
-        print(
-            f"conceptscope: error: {args.db} has no {what}; run `conceptscope precompute activations` first"
-        )
+    try:
+        reports = compute_labels(db_url_from_arg(args.db), model=args.model, options=options, device=device)
+    except (LookupError, ValueError, OSError) as exc:
+        print(f"conceptscope: error: {exc}", file=sys.stderr)
         return 2
-    for model in models:
-        with sessions() as session:
-            label_model(session, model, args, device)
+    for r in reports:
+        if r.status == "up-to-date":
+            print(f"{r.model}: labels up to date (use --force to recompute)")
+        else:
+            print(
+                f"{r.model}: {r.labelled} neurons labelled from {r.concepts} concepts; multimodality "
+                f"({r.tag_source} tags): {', '.join(r.multimodality) or 'no activation sample'}"
+            )
     return 0
 
 
@@ -169,13 +224,23 @@ def generic_word_renderings(word: str, size: int = 224) -> list[PILImage.Image]:
 # ------------------------------------------------------------------------------ the stage
 
 
-def _params(concepts: Sequence[str], args: argparse.Namespace, model: Model) -> dict[str, object]:
+def _params(
+    session: Session, concepts: Sequence[str], options: LabelsOptions, model: Model
+) -> dict[str, object]:
+    """The inputs of the result: vocabulary, settings, and the activations run it was built on."""
+    activations = session.scalar(
+        select(Run.params_hash)
+        .where(Run.model_id == model.id, Run.stage == "activations", Run.status == "done")
+        .order_by(Run.id.desc())
+        .limit(1)
+    )
     return {
         "vocab_sha256": hashlib.sha256("\n".join(concepts).encode()).hexdigest(),
         "n_concepts": len(concepts),
-        "top": args.top,
-        "k": args.k,
+        "top": options.top,
+        "k": options.k,
         "pretrained": model.pretrained,
+        "activations": activations,
     }
 
 
@@ -191,35 +256,36 @@ def _run_row(session: Session, model: Model, params: dict[str, object]) -> Run:
     return row
 
 
-def label_model(session: Session, model: Model, args: argparse.Namespace, device: str) -> None:
+def label_model(
+    session: Session, model: Model, options: LabelsOptions, device: str, loaded: LoadedModel | None = None
+) -> LabelsReport:
     """Run the whole stage for one model (resumes a previous run with the same parameters)."""
     spec = ModelSpec(model.name, model.pretrained)
-    concepts, prompts = vocabulary_for(spec, args.vocab)
-    params = _params(concepts, args, model)
+    concepts, prompts = vocabulary_for(spec, options.vocab)
+    params = _params(session, concepts, options, model)
     run_row = _run_row(session, model, params)
-    if run_row.status == "done" and not args.force:
-        print(f"{model.slug}: labels up to date (use --force to recompute)")
-        return
+    if run_row.status == "done" and not options.force:
+        return LabelsReport(model.slug, "up-to-date", concepts=len(concepts))
     layers = list(session.scalars(select(Layer).where(Layer.model_id == model.id).order_by(Layer.position)))
-    loaded = load_model(spec, device)
+    loaded = loaded or load_model(spec, device)
     concept_emb = zeroshot.encode_concepts(loaded, concepts, prompts)
 
     samples = {layer.id: session.get(ActivationSample, layer.id) for layer in layers}
-    top_ids = _top_example_ids(session, [layer.id for layer in layers], args.top)
+    top_ids = _top_example_ids(session, [layer.id for layer in layers], options.top)
     sample_ids = sorted({int(i) for s in samples.values() if s is not None for i in s.image_ids})
     wanted = sorted(set(sample_ids) | {i for rows in top_ids.values() for ids in rows.values() for i in ids})
-    emb = _embeddings(session, run_row, loaded, wanted)
+    emb = _embeddings(session, run_row, loaded, wanted, options.progress)
     row_of = {image_id: r for r, image_id in enumerate(wanted)}
     mean_ids = [i for i in sample_ids if i in row_of] or wanted
     dataset_mean = emb[[row_of[i] for i in mean_ids]].mean(0) if mean_ids else np.zeros(loaded.embed_dim)
 
     n_labelled = 0
-    for layer in tqdm(layers, desc=f"{model.slug}: labels", unit="layer"):
+    for layer in tqdm(layers, desc=f"{model.slug}: labels", unit="layer", disable=not options.progress):
         neurons = top_ids.get(layer.id, {})
         ids = sorted(neurons)
         rows = [[row_of[i] for i in neurons[nid] if i in row_of] for nid in ids]
         scores = labelling.concept_scores(labelling.mean_top_embeddings(rows, emb), dataset_mean, concept_emb)
-        best = labelling.best_concepts(scores, concepts, args.k)
+        best = labelling.best_concepts(scores, concepts, options.k)
         session.execute(delete(Label).where(Label.source == labelling.AUTO_SOURCE, Label.neuron_id.in_(ids)))
         for nid, choices, r in zip(ids, best, rows, strict=True):
             if not r:
@@ -233,7 +299,6 @@ def label_model(session: Session, model: Model, args: argparse.Namespace, device
     tags, tag_source = _image_tags(session, spec, loaded, sample_ids, emb, row_of, concepts, concept_emb)
     infos = [loaded.layer(layer.name) for layer in layers if samples.get(layer.id) is not None]
     render = word_renderer(spec)
-    print(f"{model.slug}: rendering {len(concepts)} concept words", flush=True)
     words = mm.word_responses(loaded, infos, concepts, render)
     word_blobs = [_png_blob(session, render(c)[0]) for c in concepts]
     scored = []
@@ -262,8 +327,7 @@ def label_model(session: Session, model: Model, args: argparse.Namespace, device
     run_row.finished_at = utcnow()
     run_row.progress = {**(run_row.progress or {}), "labelled": n_labelled, "multimodality": scored}
     session.commit()
-    print(f"{model.slug}: {n_labelled} neurons labelled from {len(concepts)} concepts; "
-          f"multimodality ({tag_source} tags): {', '.join(scored) or 'no activation sample'}")  # fmt: skip
+    return LabelsReport(model.slug, "done", n_labelled, len(concepts), tag_source, scored)
 
 
 def _top_example_ids(session: Session, layer_ids: list[int], top: int) -> dict[int, dict[int, list[int]]]:
@@ -284,7 +348,9 @@ def _top_example_ids(session: Session, layer_ids: list[int], top: int) -> dict[i
     return out
 
 
-def _embeddings(session: Session, run_row: Run, loaded: LoadedModel, image_ids: list[int]) -> np.ndarray:
+def _embeddings(
+    session: Session, run_row: Run, loaded: LoadedModel, image_ids: list[int], progress: bool = True
+) -> np.ndarray:
     """Normalised image embeddings of ``image_ids`` (thumbnails), resuming from the checkpoint."""
     done: dict[int, np.ndarray] = {}
     if run_row.state:
@@ -292,7 +358,9 @@ def _embeddings(session: Session, run_row: Run, loaded: LoadedModel, image_ids: 
             done = dict(zip(saved["ids"].tolist(), saved["emb"], strict=True))
     todo = [i for i in image_ids if i not in done]
     if todo:
-        bar = tqdm(total=len(todo), desc=f"{loaded.spec.slug}: embedding images", unit="img")
+        bar = tqdm(
+            total=len(todo), desc=f"{loaded.spec.slug}: embedding images", unit="img", disable=not progress
+        )
         for b, start in enumerate(range(0, len(todo), EMBED_BATCH)):
             chunk = todo[start : start + EMBED_BATCH]
             images = _thumbnails(session, chunk)

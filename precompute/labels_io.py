@@ -134,7 +134,7 @@ class Resolver:
             return f"unit {unit} out of range: layer {layer.name} has units 0–{layer.n_units - 1}"
         if layer.id not in self.neurons:
             rows = self.session.execute(select(Neuron.unit, Neuron.id).where(Neuron.layer_id == layer.id))
-            self.neurons[layer.id] = dict(rows.tuples().all())
+            self.neurons[layer.id] = {int(u): int(i) for u, i in rows}
         neuron_id = self.neurons[layer.id].get(unit)
         if neuron_id is None:
             return f"unit {unit} of layer {layer.name} is not indexed (run precompute activations)"
@@ -230,9 +230,10 @@ def import_labels(
         full_source = name if name.startswith(IMPORTED_PREFIX) else f"{IMPORTED_PREFIX}{name}"
         if neuron_id not in existing:
             existing[neuron_id] = set(
-                session.execute(
+                (str(src), str(text))
+                for src, text in session.execute(
                     select(Label.source, Label.label).where(Label.neuron_id == neuron_id)
-                ).tuples()
+                )
             )
         if (full_source, label) in existing[neuron_id]:
             report.present += 1

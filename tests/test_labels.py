@@ -1,0 +1,341 @@
+"""Neuron labels: automatic (CLIP-Dissect style), imported (CSV/TSV, the Distill RN50x4 list) and manual."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.cli import main
+from app.db import make_engine, session_factory
+from app.db.schema import ConceptProfile, Label, Layer, Neuron, Run
+from app.neurons import labels as labelling
+from precompute.labels import LabelsOptions, compute_labels
+from tests.live_support import copy_db
+from tests.meaning_support import labelled_db, named_multimodal_neurons, needs_weights, trained_db
+
+SHARED_TSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "distill-rn50x4-neurons.tsv"
+
+
+def _session(url: str):
+    return session_factory(make_engine(url, create=False))()
+
+
+@pytest.fixture(scope="module")
+def labelled(tiny_db, demo_loaded, tmp_path_factory) -> str:
+    return labelled_db(tiny_db, demo_loaded, tmp_path_factory.mktemp("labelled"))
+
+
+@pytest.fixture()
+def scratch(labelled, tmp_path) -> str:
+    """A private copy of the labelled DB that a test may modify."""
+    return copy_db(labelled.removeprefix("sqlite:///"), tmp_path)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def test_bundled_vocabulary_is_a_few_hundred_clean_concepts(tmp_path) -> None:
+    concepts = labelling.read_vocabulary()
+    assert 250 <= len(concepts) <= 1000
+    assert len({c.lower() for c in concepts}) == len(concepts)
+    assert all(c == c.strip() and c and not c.startswith("#") for c in concepts)
+    custom = tmp_path / "v.txt"
+    custom.write_text("# comment\nRed\n\nred\n  dog  \n")
+    assert labelling.read_vocabulary(custom) == ["Red", "dog"]
+    custom.write_text("# nothing\n\n")
+    with pytest.raises(ValueError, match="no concepts"):
+        labelling.read_vocabulary(custom)
+
+
+def test_scores_compare_what_sets_the_top_examples_apart() -> None:
+    rng = np.random.default_rng(0)
+    concepts = rng.normal(size=(6, 32))
+    concepts /= np.linalg.norm(concepts, axis=1, keepdims=True)
+    common = rng.normal(size=32) * 3  # shared by every image: must not decide the label
+    images = common + rng.normal(size=(60, 32)) * 0.2
+    images[:10] += 2 * concepts[4]  # neuron 0's top examples show concept 4
+    images[10:20] += 2 * concepts[1]  # neuron 1's show concept 1
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    neuron_emb = labelling.mean_top_embeddings([range(10), range(10, 20), []], images)
+    scores = labelling.concept_scores(neuron_emb, images.mean(0), concepts)
+    best = labelling.best_concepts(scores, [f"c{i}" for i in range(6)], k=2)
+    assert best[0][0].concept == "c4" and best[1][0].concept == "c1"
+    assert best[0][0].score > 0.5 and best[0][0].score >= best[0][1].score
+    assert best[0][0].zscore > 1.5
+    assert np.all(scores[2] == 0)  # no examples: no evidence
+    assert np.all(np.abs(scores) <= 1 + 1e-6)
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def test_stage_labels_every_neuron_and_scores_multimodality(labelled, tiny_db) -> None:
+    with _session(labelled) as s:
+        layers = list(s.scalars(select(Layer)))
+        for layer in layers:
+            n_neurons = s.scalar(select(func.count()).select_from(Neuron).where(Neuron.layer_id == layer.id))
+            counts = s.execute(
+                select(Label.neuron_id, func.count())
+                .join(Neuron, Neuron.id == Label.neuron_id)
+                .where(Neuron.layer_id == layer.id, Label.source == "auto")
+                .group_by(Label.neuron_id)
+            ).all()
+            assert len(counts) == n_neurons and {c for _, c in counts} == {3}
+            scored = s.scalars(select(Neuron.multimodality).where(Neuron.layer_id == layer.id)).all()
+            finite = [v for v in scored if v is not None]
+            assert finite and all(-1.0001 <= v <= 1.0001 for v in finite)
+            profile = s.get(ConceptProfile, layer.id)
+            assert profile is not None and profile.source == "ground-truth"
+            assert len(profile.word_blobs) == len(profile.concepts) == 14
+        ranks = s.execute(select(Label.rank, Label.score).where(Label.source == "auto").order_by(
+            Label.neuron_id, Label.rank)).all()  # fmt: skip
+        assert all(-1 <= score <= 1 for _, score in ranks)
+        assert s.scalar(select(Run.status).where(Run.stage == "labels")) == "done"
+
+
+def test_rerun_is_a_no_op_and_force_replaces_only_auto_labels(scratch, demo_loaded) -> None:
+    with _session(scratch) as s:
+        neuron = s.scalars(select(Neuron).order_by(Neuron.id)).first()
+        s.add(Label(neuron_id=neuron.id, label="my label", source="manual", rank=0))
+        s.add(Label(neuron_id=neuron.id, label="theirs", source="imported:x", rank=0))
+        s.commit()
+        before = s.scalar(select(func.count()).select_from(Label))
+    again = compute_labels(scratch, options=LabelsOptions(progress=False), loaded=demo_loaded)
+    assert [r.status for r in again] == ["up-to-date"]
+    forced = compute_labels(scratch, options=LabelsOptions(force=True, progress=False), loaded=demo_loaded)
+    assert [r.status for r in forced] == ["done"]
+    with _session(scratch) as s:
+        assert s.scalar(select(func.count()).select_from(Label)) == before  # replaced, not duplicated
+        kept = {(lb.label, lb.source) for lb in s.scalars(select(Label).where(Label.neuron_id == neuron.id))}
+        assert {("my label", "manual"), ("theirs", "imported:x")} <= kept
+
+
+def test_cli_stage_with_a_custom_vocabulary(scratch, tmp_path, capsys) -> None:
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("red\nblue\ncircle\nstar\nthe word red\n")
+    db = scratch.removeprefix("sqlite:///")
+    assert (
+        main(["precompute", "labels", "--db", db, "--vocab", str(vocab), "--k", "2", "--device", "cpu"]) == 0
+    )
+    assert "labelled from 5 concepts" in capsys.readouterr().out
+    with _session(scratch) as s:
+        auto = set(s.scalars(select(Label.label).where(Label.source == "auto")))
+        assert auto <= {"red", "blue", "circle", "star", "the word red"}
+        assert max(s.execute(select(Label.rank).where(Label.source == "auto")).scalars()) == 1
+    assert main(["precompute", "labels", "--db", db, "--vocab", str(tmp_path / "missing.txt")]) == 2
+    assert main(["precompute", "labels", "--db", db, "--model", "no-such-model"]) == 2
+
+
+@pytest.mark.slow
+@needs_weights
+def test_named_demo_neurons_get_their_concept_as_label(demo_loaded, tmp_path_factory) -> None:
+    """The neurons eval-demo names as multimodal are labelled with their concept (top-1)."""
+    url = trained_db(demo_loaded, tmp_path_factory.mktemp("trained"))
+    named = named_multimodal_neurons()
+    assert len(named) >= 6, named
+    with _session(url) as s:
+        layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
+        hits = []
+        for concept, unit in named.items():
+            top = s.scalar(
+                select(Label.label)
+                .join(Neuron, Neuron.id == Label.neuron_id)
+                .where(
+                    Neuron.layer_id == layer.id, Neuron.unit == unit, Label.source == "auto", Label.rank == 0
+                )
+            )
+            hits.append(top == concept)
+    assert np.mean(hits) >= 0.8, dict(zip(named, hits, strict=True))
+
+
+# ----------------------------------------------------------------------------- import / set
+
+CSV = """model,layer,unit,label,source
+demo,layer4.0,5,reddish,mine
+demo,visual.layer4.0,5,roundish,mine
+conceptscope-demo,layer3.0,7,from the name,
+demo,layer4.0,5,reddish,mine
+RN50x4,layer4.5,3,Minecraft,distill
+demo,layer9.9,1,x,
+demo,layer4.0,999999,x,
+demo,layer4.0,abc,x,
+demo,layer4.0,3,   ,
+"""
+
+
+def test_import_csv_adds_labels_and_reports_every_rejected_row(scratch, tmp_path, capsys) -> None:
+    path = tmp_path / "mine.csv"
+    path.write_text(CSV)
+    db = scratch.removeprefix("sqlite:///")
+    assert main(["labels", "import", str(path), "--db", db]) == 1  # some rows rejected
+    out = capsys.readouterr()
+    assert "9 rows: 3 labels added, 1 already present or repeated, 5 rejected" in out.out
+    rejected = [(6, "unknown model 'RN50x4'"), (7, "no indexed layer 'layer9.9'"),
+                (8, "unit 999999 out of range"), (9, "not a number"), (10, "empty label")]  # fmt: skip
+    for line, reason in rejected:
+        assert f"line {line}: " in out.err and reason in out.err
+    with _session(scratch) as s:
+        rows = s.execute(
+            select(Layer.name, Neuron.unit, Label.label, Label.source, Label.rank)
+            .join(Neuron, Neuron.id == Label.neuron_id)
+            .join(Layer, Layer.id == Neuron.layer_id)
+            .where(Label.source.like("imported:%"))
+            .order_by(Label.rank)
+        ).all()
+    assert set(rows) == {
+        ("layer4.0", 5, "reddish", "imported:mine", 0),
+        ("layer4.0", 5, "roundish", "imported:mine", 1),
+        ("layer3.0", 7, "from the name", "imported:mine", 0),
+    }
+    assert main(["labels", "import", str(path), "--db", db]) == 1
+    assert "0 labels added, 4 already present" in capsys.readouterr().out  # idempotent
+
+
+def test_import_tsv_with_distill_layer_names_source_override_and_dry_run(scratch, tmp_path, capsys) -> None:
+    path = tmp_path / "neurons.tsv"
+    path.write_text(
+        "# a comment line\nmodel\tpretrained\tlayer\tunit\tlabel\tfamily\tsource\n"
+        "demo\t\timage_block_4/0/Add_6:0\t11\tSpider-Man\tFictional\tdistill-2021\n"
+        "demo\t\tlayer4.0\t11\t“quoted” label\t\tdistill-2021\n"
+    )
+    db = scratch.removeprefix("sqlite:///")
+    assert main(["labels", "import", str(path), "--db", db, "--dry-run"]) == 0
+    assert "(dry run) 2 rows: 2 labels added" in capsys.readouterr().out
+    with _session(scratch) as s:
+        assert s.scalar(select(func.count()).select_from(Label).where(Label.source.like("imported:%"))) == 0
+    assert main(["labels", "import", str(path), "--db", db, "--source", "article"]) == 0
+    with _session(scratch) as s:
+        got = s.execute(
+            select(Label.label, Label.source).join(Neuron).where(Neuron.unit == 11, Label.source.like("imp%"))
+        ).all()
+    assert set(got) == {("Spider-Man", "imported:article"), ("“quoted” label", "imported:article")}
+
+
+def test_import_rejects_a_file_without_the_required_columns(scratch, tmp_path, capsys) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("model,unit,label\ndemo,1,x\n")
+    assert main(["labels", "import", str(path), "--db", scratch.removeprefix("sqlite:///")]) == 2
+    assert "missing column(s) layer" in capsys.readouterr().err
+    assert (
+        main(["labels", "import", str(tmp_path / "nope.csv"), "--db", scratch.removeprefix("sqlite:///")])
+        == 2
+    )
+
+
+def test_manual_label_replaces_the_previous_one_and_can_be_cleared(scratch, capsys) -> None:
+    db = scratch.removeprefix("sqlite:///")
+    base = ["labels", "set", "--db", db, "--model", "demo", "--layer", "layer4.0", "--unit", "3"]
+    assert main([*base, "--label", "first"]) == 0
+    assert main([*base, "--label", "  the   red neuron "]) == 0
+    with _session(scratch) as s:
+        manual = s.execute(
+            select(Label.label).join(Neuron).where(Neuron.unit == 3, Label.source == "manual")
+        ).all()
+    assert manual == [("the red neuron",)]
+    assert main([*base, "--clear"]) == 0
+    with _session(scratch) as s:
+        assert not s.execute(select(Label).where(Label.source == "manual")).all()
+    capsys.readouterr()
+    assert main([*base[:-1], "512", "--label", "x"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert (
+        main(["labels", "set", "--db", db, "--model", "nope", "--layer", "l", "--unit", "1", "--label", "x"])
+        == 2
+    )
+
+
+def test_labels_show_on_the_neuron_page_and_filter_the_layer_grid(scratch) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.web.app import create_app
+
+    with _session(scratch) as s:
+        neuron = s.scalar(select(Neuron).join(Layer).where(Layer.name == "layer4.0", Neuron.unit == 9))
+        s.add(Label(neuron_id=neuron.id, label="zebra crossing", source="manual", rank=0))
+        s.commit()
+    with TestClient(create_app(Settings(db_url=scratch, device="cpu"))) as client:
+        data = client.get("/models/demo/layers/layer4.0/neurons/9.json").json()
+        labels = data["sections"]["labels"]
+        assert labels[0] == {"label": "zebra crossing", "source": "manual", "score": None, "rank": 0}
+        assert [lb["source"] for lb in labels[1:]] == ["auto"] * 3
+        grid = client.get("/models/demo/layers/layer4.0.json", params={"q": "zebra"}).json()
+        assert [n["unit"] for n in grid["neurons"]] == [9]
+
+
+# ----------------------------------------------------------------------------- RN50x4
+
+
+@pytest.fixture(scope="module")
+def rn50x4_db(tmp_path_factory) -> str:
+    """An RN50x4 index with random weights over two tiny images (RN50x4 is heavy on a CPU)."""
+    from PIL import Image
+
+    from app.models import ModelSpec
+    from precompute.activations import run_activations
+
+    folder = tmp_path_factory.mktemp("rn50x4")
+    images = folder / "images"
+    images.mkdir()
+    for i, colour in enumerate([(200, 30, 30), (30, 30, 200)]):
+        Image.new("RGB", (64, 48), colour).save(images / f"{i}.png")
+    url = f"sqlite:///{folder / 'rn50x4.db'}"
+    report = run_activations(ModelSpec.parse("RN50x4"), str(images), url, top_k=2, batch_size=2,
+                             sample_size=2, progress=False)  # fmt: skip
+    assert report.status == "done", report
+    return url
+
+
+DISTILL_FORMAT = (
+    "# Neurons of CLIP RN50x4 named in the Distill article (test excerpt, same format)\n"
+    "model\tpretrained\tlayer\tunit\tlabel\tfamily\tsource\n"
+    "RN50x4\topenai\tlayer4.5\t89\tDonald Trump\tPerson Neurons\tdistill-2021\n"
+    "RN50x4\topenai\tlayer4.5\t89\tTrump\tnameToNeuron\tdistill-2021\n"
+    "RN50x4\topenai\tlayer4.5\t244\tSpider-Man\tFictional Universe Neurons\tdistill-2021\n"
+    "RN50x4\topenai\tlayer4.5\t2559\tlast unit\t\tdistill-2021\n"
+)
+
+
+@pytest.mark.slow
+def test_distill_format_imports_into_an_rn50x4_index(rn50x4_db, tmp_path, capsys) -> None:
+    path = tmp_path / "distill.tsv"
+    path.write_text(DISTILL_FORMAT + "RN50x4\topenai\tlayer4.5\t2560\tbeyond\t\tdistill-2021\n"
+                    "RN50x4\topenai\tlayer5.0\t1\tno such layer\t\tdistill-2021\n")  # fmt: skip
+    db = rn50x4_db.removeprefix("sqlite:///")
+    assert main(["labels", "import", str(path), "--db", db]) == 1
+    out = capsys.readouterr()
+    assert "6 rows: 4 labels added, 0 already present or repeated, 2 rejected" in out.out
+    assert "imported into rn50x4-random" in out.out  # labels of the openai weights, said so
+    assert "layer4.5 has units 0–2559" in out.err and "no indexed layer 'layer5.0'" in out.err
+    with _session(rn50x4_db) as s:
+        got = s.execute(
+            select(Neuron.unit, Label.label, Label.rank)
+            .join(Neuron)
+            .where(Label.source == "imported:distill-2021")
+        ).all()
+    assert set(got) == {
+        (89, "Donald Trump", 0),
+        (89, "Trump", 1),
+        (244, "Spider-Man", 0),
+        (2559, "last unit", 0),
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_TSV.exists(), reason="../shared/data is not present on this machine")
+def test_the_real_distill_tsv_imports_cleanly(rn50x4_db, tmp_path, capsys) -> None:
+    db = tmp_path / "copy.db"
+    shutil.copyfile(rn50x4_db.removeprefix("sqlite:///"), db)
+    assert main(["labels", "import", str(SHARED_TSV), "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert " 0 rejected" in out
+    rows = sum(1 for line in SHARED_TSV.read_text().splitlines() if line and not line.startswith("#")) - 1
+    with _session(f"sqlite:///{db}") as s:
+        stored = s.scalar(
+            select(func.count()).select_from(Label).where(Label.source == "imported:distill-2021")
+        )
+    assert 0 < stored <= rows and f"{rows} rows: {stored} labels added" in out
