@@ -119,6 +119,13 @@ async def test_home_and_model_list_what_is_indexed(client, index):
         assert f'href="/models/{index["slug"]}/layers/{layer}"' in page
 
 
+async def test_layer_page_links_the_other_layer_views(client, web_app, index):
+    html = (await client.get(f"/models/{index['slug']}/layers/{index['layer']}")).text
+    assert 'class="view-tabs"' in html
+    atlas = f"/models/{index['slug']}/layers/{index['layer']}/atlas"
+    assert (atlas in html) == ("/models/{model}/layers/{layer}/atlas" in web_app.state.route_paths)
+
+
 async def test_neuron_examples_sorted_by_value(client, index):
     url = f"/models/{index['slug']}/layers/{index['layer']}/neurons/{index['unit']}"
     data = (await client.get(url + ".json")).json()

@@ -2,7 +2,7 @@
 
 ``app.state`` holds ``settings``, ``engine`` / ``sessions`` (read-only), ``write_engine`` /
 ``write_sessions`` (may write only the tables the web owns: analyses and their image blobs),
-``templates``, ``urls``, ``live_runner`` (or ``None``) and ``nav``.
+``templates``, ``urls``, ``live_runner`` (or ``None``), ``nav`` and ``route_paths``.
 """
 
 from __future__ import annotations
@@ -131,6 +131,7 @@ def create_app(settings: Settings, *, live_runner: Any = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.state.nav = views.nav_items(routers)
+    app.state.route_paths = views.route_paths(routers)
     install_template_helpers(app)
     return app
 

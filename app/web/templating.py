@@ -47,6 +47,7 @@ def install_template_helpers(app: FastAPI) -> None:
     env = app.state.templates.env
     env.globals["urls"] = app.state.urls
     env.globals["nav"] = app.state.nav
+    env.globals["serves"] = app.state.route_paths.__contains__  # serves("/models/{model}/...")
     env.globals["is_htmx"] = is_htmx
     env.globals["live_runner"] = app.state.live_runner
     env.filters["num"] = num

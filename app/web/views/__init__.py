@@ -38,7 +38,12 @@ def routers() -> list[APIRouter]:
     return [importlib.import_module(name).router for name in VIEW_MODULES]
 
 
+def route_paths(routers: list[APIRouter]) -> frozenset[str]:
+    """The path templates ``routers`` serve, e.g. ``/models/{model}/layers/{layer}/atlas``."""
+    return frozenset(str(getattr(route, "path", "")) for router in routers for route in router.routes)
+
+
 def nav_items(routers: list[APIRouter]) -> list[tuple[str, str]]:
     """The ``NAV`` entries whose path one of ``routers`` serves."""
-    paths = {getattr(route, "path", None) for router in routers for route in router.routes}
+    paths = route_paths(routers)
     return [(label, path) for label, path in NAV if path in paths]
