@@ -82,7 +82,7 @@ def respond(
     URL gets instead of the page; such pages vary by ``HX-Request``.
     """
     if fmt == "json":
-        headers = {}
+        headers = {"Access-Control-Allow-Origin": "*"}  # public, read-only data: usable from notebooks
         if html_url:
             headers["Link"] = link_header(html_url, "alternate", "text/html")
         return SafeJSONResponse(data, status_code=status_code, headers=headers)
