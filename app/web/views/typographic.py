@@ -347,9 +347,10 @@ async def typographic_upload(request: Request) -> Response:
         if not data:
             raise UploadError(422, "No image in the upload: choose a file for the field 'image'.")
         computed = await live.compute(request, live.Upload(data, [], 1))
+        stored = await live.store(request, computed)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
-    if not computed.stored:
+    if not stored:
         raise HTTPException(
             503, "This server does not store uploads (--no-store), so an uploaded image has no permalink; "
             "pick a dataset image instead.",
