@@ -62,7 +62,11 @@
   // Unstored analyses have no URL to fetch a heatmap from: swap the inline overlay instead.
   document.addEventListener("click", function (event) {
     var link = event.target.closest && event.target.closest(".hit-main[data-overlay]");
-    if (!link || link.hasAttribute("hx-get")) return;
+    if (!link) return;
+    document.querySelectorAll(".hit.selected").forEach(function (el) { el.classList.remove("selected"); });
+    document.querySelectorAll(".hit-main.active").forEach(function (el) { el.classList.remove("active"); });
+    link.classList.add("active");
+    if (link.hasAttribute("hx-get")) return;  // stored analyses: htmx fetches the heatmap
     event.preventDefault();
     var img = document.querySelector("[data-overlay-img]");
     var caption = document.querySelector("[data-overlay-caption]");
@@ -70,8 +74,6 @@
     img.src = link.getAttribute("data-overlay");
     img.hidden = false;
     if (caption) caption.textContent = "Heatmap of " + link.getAttribute("data-caption");
-    document.querySelectorAll(".hit-main.active").forEach(function (el) { el.classList.remove("active"); });
-    link.classList.add("active");
   });
 
   function init() {

@@ -404,12 +404,13 @@ def test_example_images_can_be_analysed(http: httpx.Client) -> None:
     assert http.get(response.headers["location"]).status_code == 200
 
 
-def test_stored_image_is_the_model_view(http: httpx.Client) -> None:
+def test_stored_image_is_the_model_view(http: httpx.Client, demo_loaded) -> None:
     from PIL import Image as PILImage
 
     wide = PILImage.new("RGB", (300, 100), (255, 255, 255))
     wide.paste((0, 0, 0), (100, 0, 200, 100))  # black centre square
     result = http.post("/analyze.json", files={"image": ("w.png", encode(wide, "PNG"), "image/png")}).json()
     stored = PILImage.open(io.BytesIO(http.get(result["image"]["url"]).content))
-    assert stored.size == (100, 100)
-    assert np.asarray(stored.convert("L")).mean() < 20  # the centre square only
+    side = demo_loaded.image_size
+    assert stored.size == (side, side) == (result["image"]["width"], result["image"]["height"])
+    assert np.asarray(stored.convert("L")).mean() < 20  # the centre square only, as the model saw it

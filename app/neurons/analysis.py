@@ -10,7 +10,7 @@ maximum of its map. Also: percentiles against a neuron's dataset distribution (t
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,34 @@ if TYPE_CHECKING:
 DEFAULT_TOP_K = 12
 MAX_CLASS_NAMES = 50
 MAX_CLASS_NAME_CHARS = 100
+
+
+def split_preprocess(
+    preprocess: Callable[[Any], torch.Tensor],
+) -> tuple[Callable[[Any], Any], Callable[[Any], torch.Tensor]]:
+    """Split a torchvision ``Compose`` into (PIL → the PIL view the model sees, view → tensor).
+
+    The view (resize + centre crop) is what heatmaps align with. Unknown transforms:
+    (identity, the whole preprocess).
+    """
+    transforms = getattr(preprocess, "transforms", None)
+    cut = next((i for i, t in enumerate(transforms or ()) if "totensor" in type(t).__name__.lower()), None)
+    if not transforms or cut is None:
+        return (lambda image: image), preprocess
+    geometric, tensorize = transforms[:cut], transforms[cut:]
+
+    def view(image: Any) -> Any:
+        for t in geometric:
+            image = t(image)
+        return image
+
+    def to_tensor(image: Any) -> torch.Tensor:
+        out: Any = image
+        for t in tensorize:
+            out = t(out)
+        return out
+
+    return view, to_tensor
 
 
 def spatial_max(maps: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,11 @@ Uploads are validated by :mod:`app.web.uploads`; model work goes through the liv
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
+import json
 import logging
 import threading
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
+from PIL import Image as PILImage
 from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -36,13 +39,12 @@ from app.db import MIME_EXT, put_blob
 from app.db.schema import Analysis, Base, Blob, Image, Label, Layer, Model, Neuron, TopExample, utcnow
 from app.live.runner import Busy, LiveError, LiveRunner, LiveTimeout
 from app.neurons import analysis as core
-from app.web.formats import is_htmx, link_header, respond, split_format
+from app.web.formats import SafeJSONResponse, is_htmx, link_header, respond, split_format
 from app.web.heatmaps import colour_bar_stops, heatmap_data_uri
 from app.web.uploads import (
     ALLOWED_FORMATS,
     DecodedImage,
     UploadError,
-    centre_square,
     decode_upload,
     read_body_limited,
     replay_request,
@@ -264,12 +266,13 @@ def build_result(ctx: ModelContext, acts: core.ImageActivations, decoded: Decode
     return {"version": RESULT_VERSION, "source": decoded.describe(), "layers": layers, "embedding": embedding}
 
 
-def encode_view(image: Any) -> tuple[bytes, int, int]:
-    """The stored copy: the centre square the model sees, at most ``STORED_SIDE`` px, JPEG."""
-    side = max(1, min(STORED_SIDE, image.width, image.height))
-    view = centre_square(image, side)
+def encode_view(view: Any) -> tuple[bytes, int, int]:
+    """The stored copy of an upload: the model's view as JPEG (at most ``STORED_SIDE`` px)."""
+    if max(view.size) > STORED_SIDE:
+        view = view.copy()
+        view.thumbnail((STORED_SIDE, STORED_SIDE), PILImage.Resampling.BICUBIC)
     buffer = io.BytesIO()
-    view.save(buffer, format="JPEG", quality=STORED_QUALITY)
+    view.convert("RGB").save(buffer, format="JPEG", quality=STORED_QUALITY)
     return buffer.getvalue(), view.width, view.height
 
 
@@ -291,8 +294,10 @@ def store_analysis(
     params: dict[str, Any],
     result: dict[str, Any],
     cap: int,
+    created_at: datetime | None = None,
 ) -> None:
     """Insert or refresh an analysis with its image copy, then evict the oldest beyond ``cap``."""
+    created_at = created_at or utcnow()
     data, width, height = image
     with sessions() as session:
         sha = put_blob(session, data, "image/jpeg", width, height)
@@ -306,10 +311,11 @@ def store_analysis(
                     image_sha256=sha,
                     params=params,
                     result=result,
+                    created_at=created_at,
                 )
             )
         else:
-            row.image_sha256, row.params, row.result, row.created_at = sha, params, result, utcnow()
+            row.image_sha256, row.params, row.result, row.created_at = sha, params, result, created_at
         session.commit()
         evict_oldest(session, cap)
 
@@ -544,72 +550,121 @@ class Computed:
     ctx: ModelContext
     result: dict[str, Any]
     image: tuple[bytes, int, int]
+    image_sha256: str
     upload: Upload
-    stored: bool
+    created_at: datetime
+    store: bool
+
+
+def decode_and_preprocess(
+    runner: LiveRunner, data: bytes, max_pixels: int
+) -> tuple[DecodedImage, tuple[bytes, int, int], Any]:
+    """Upload bytes → (decoded image, JPEG of the view the model sees, the model's input tensor).
+
+    One worker-thread hop; the stored copy is exactly the model's view (resize + centre crop),
+    so heatmaps overlay it without any offset, like the dataset thumbnails.
+    """
+    decoded = decode_upload(data, max_pixels=max_pixels)
+    view_of, to_tensor = core.split_preprocess(runner.loaded.preprocess)
+    view = view_of(decoded.image)
+    return decoded, encode_view(view), to_tensor(view)
 
 
 async def compute(request: Request, upload: Upload) -> Computed:
-    """Decode, run the live model, build and (unless ``--no-store``) store the analysis."""
+    """Decode and run the live model; the stored copy of the image is encoded meanwhile."""
     settings: Settings = request.app.state.settings
     runner = require_runner(request)
     if upload.example is not None:
         upload.data = await run_in_threadpool(example_bytes, request, upload.example)
-    decoded = await run_in_threadpool(decode_upload, upload.data, max_pixels=settings.max_image_pixels)
+    decoded, image, tensor = await run_in_threadpool(
+        decode_and_preprocess, runner, upload.data, settings.max_image_pixels
+    )
     ctx = await run_in_threadpool(model_context, request, runner.slug)
     if ctx is None:
         raise HTTPException(503, f"The live model {runner.slug!r} is not in this index.")
     try:
-        acts = await runner.analyze(decoded.image, top_k=upload.top_k)
+        acts = await runner.analyze(tensor, top_k=upload.top_k)
     except LiveError as exc:
         raise live_http_error(exc) from exc
     result = build_result(ctx, acts, decoded)
-    image = await run_in_threadpool(encode_view, decoded.image)
-    the_id = analysis_id(ctx.slug, upload.data)
-    stored = False
-    if settings.store_analyses:
-        try:
-            await run_in_threadpool(
-                store_analysis,
-                request.app.state.write_sessions,
-                the_id,
-                ctx.id,
-                image,
-                {"top_k": upload.top_k},
-                result,
-                settings.max_stored_analyses,
-            )
-            stored = True
-        except Exception:  # a read-only DB: still answer, just not shareable
-            log.exception("could not store analysis %s", the_id)
-    return Computed(the_id, ctx, result, image, upload, stored)
+    return Computed(
+        analysis_id(ctx.slug, upload.data),
+        ctx,
+        result,
+        image,
+        hashlib.sha256(image[0]).hexdigest(),
+        upload,
+        utcnow(),
+        settings.store_analyses,
+    )
+
+
+def store_now(request: Request, c: Computed) -> bool:
+    """Store the analysis (in a worker thread); False when it could not be stored."""
+    settings: Settings = request.app.state.settings
+    try:
+        store_analysis(
+            request.app.state.write_sessions,
+            c.id,
+            c.ctx.id,
+            c.image,
+            {"top_k": c.upload.top_k},
+            c.result,
+            settings.max_stored_analyses,
+            c.created_at,
+        )
+        return True
+    except Exception:  # a read-only DB: still answer, just not shareable
+        log.exception("could not store analysis %s", c.id)
+        return False
+
+
+async def store(request: Request, c: Computed) -> bool:
+    """Store the analysis unless ``--no-store``; False when it was not stored."""
+    return c.store and await run_in_threadpool(store_now, request, c)
 
 
 def _data_uri(image: tuple[bytes, int, int]) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(image[0]).decode("ascii")
 
 
-async def computed_data(request: Request, c: Computed) -> dict[str, Any]:
+async def store_and_present(request: Request, c: Computed) -> dict[str, Any]:
+    """Store the analysis while its page data (labels, thumbnails, zero-shot) is gathered."""
     urls: Urls = request.app.state.urls
-    if c.stored:
-        loaded = await run_in_threadpool(load_analysis, request.app.state.write_sessions, c.id)
-        image_url = urls.blob(loaded[0].image_sha256, "jpg") if loaded else _data_uri(c.image)
-        created = loaded[0].created_at if loaded else None
-    else:
-        image_url, created = _data_uri(c.image), None
-    zero = await zero_shot(request, c.ctx, c.result, c.upload.classes)
-    return await run_in_threadpool(
-        lambda: present(
+
+    def page(stored: bool) -> dict[str, Any]:
+        return present(
             request,
             c.ctx,
             c.result,
             analysis_id_=c.id,
-            stored=c.stored,
-            image_url=image_url,
+            stored=stored,
+            image_url=urls.blob(c.image_sha256, "jpg") if stored else _data_uri(c.image),
             image_size=(c.image[1], c.image[2]),
-            created_at=created,
-            zero=zero,
+            created_at=c.created_at if stored else None,
+            zero=None,
         )
+
+    def store_then_page() -> tuple[bool, dict[str, Any]]:
+        stored = c.store and store_now(request, c)
+        return stored, page(stored)
+
+    (stored, data), zero = await asyncio.gather(
+        run_in_threadpool(store_then_page), zero_shot(request, c.ctx, c.result, c.upload.classes)
     )
+    data["zero_shot"] = zero
+    return data
+
+
+def compact_json(
+    data: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSON with the C encoder (no indentation): the analysis API answers fast."""
+    try:
+        body = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError):  # NaN or numpy values: the careful encoder
+        return SafeJSONResponse(data, status_code=status_code, headers=headers)
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
 
 
 # ---------------------------------------------------------------------------------- routes
@@ -700,10 +755,11 @@ async def analyze_post(request: Request) -> Response:
         )
         page.headers.update(headers)
         return page
-    if c.stored:
+    if c.store and await store(request, c):
         target = urls.with_query(urls.analysis(c.id), classes=classes_text or None)
         return RedirectResponse(target, status_code=303)
-    data = await computed_data(request, c)
+    c.store = False
+    data = await store_and_present(request, c)
     return respond(
         request,
         "analysis.html",
@@ -723,11 +779,12 @@ async def analyze_post_json(request: Request) -> Response:
         c = await compute(request, upload)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
-    data = await computed_data(request, c)
-    response = respond(request, "analysis.html", data, fmt="json", json_url="", html_url=data["permalink"])
+    data = await store_and_present(request, c)
+    headers = {}
     if data["permalink"]:
-        response.headers["Location"] = data["permalink"]
-    return response
+        headers["Location"] = data["permalink"]
+        headers["Link"] = link_header(data["permalink"], "alternate", "text/html")
+    return compact_json(data, headers=headers)
 
 
 @router.get("/analyses/{name}")
