@@ -224,7 +224,8 @@ def measure_model(
         "db": db,
     }
     print(
-        f"[{label}] bare forward  p50 {out['bare_p50']:8.2f} ms  p95 {out['bare_p95']:8.2f} ms  (n={len(bare_all)})"
+        f"[{label}] bare forward  p50 {out['bare_p50']:8.2f} ms  p95 {out['bare_p95']:8.2f} ms  "
+        f"(n={len(bare_all)})"
     )
     print(
         f"[{label}] HTTP analysis p50 {out['req_p50']:8.2f} ms  p95 {out['req_p95']:8.2f} ms  (n={len(req)})",
@@ -303,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         seq_rate, conc_rate = float(np.median(seq_rates)), float(np.median(conc_rates))
         print(
             f"[demo] sequential {seq_rate:7.1f} req/s   16 clients {conc_rate:7.1f} req/s   "
-            f"(medians of 3 rounds: {[round(r, 1) for r in seq_rates]} vs {[round(r, 1) for r in conc_rates]})"
+            f"(3 rounds: {[round(r, 1) for r in seq_rates]} vs {[round(r, 1) for r in conc_rates]})"
         )
 
     ratio = rn50["req_p50"] / rn50["bare_p50"]
