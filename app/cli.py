@@ -16,17 +16,21 @@ from pathlib import Path
 
 from app.models import ModelLoadError
 
-# (command words, module, help). Stages run by ``demo``, in order, are listed in DEMO_STAGES.
+# (command words, "module:add_function:run_function", help). ``demo`` runs DEMO_STAGES in order.
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
-    (("serve",), "app.web.serve", "serve an index database in the browser"),
-    (("precompute", "activations"), "precompute.activations", "top-k activations per neuron"),
-    (("precompute", "featurevis"), "precompute.featurevis", "feature visualizations"),
-    (("precompute", "words"), "precompute.words", "rendered-word responses per neuron"),
-    (("precompute", "labels"), "precompute.labels", "automatic labels and multimodality"),
-    (("labels", "import"), "precompute.labels_io", "import labels from a CSV/TSV file"),
-    (("labels", "set"), "precompute.labels_io", "set a manual label"),
-    (("train-demo",), "precompute.train_demo", "train the bundled demo CLIP"),
-    (("eval-demo",), "precompute.eval_demo", "evaluate the demo CLIP on held-out renderings"),
+    (("serve",), "app.web.serve:add_arguments:run", "serve an index database in the browser"),
+    (("precompute", "activations"), "precompute.activations:add_arguments:run",
+     "top-k activations per neuron"),
+    (("precompute", "featurevis"), "precompute.featurevis:add_arguments:run", "feature visualizations"),
+    (("precompute", "words"), "precompute.words:add_arguments:run", "rendered-word responses per neuron"),
+    (("precompute", "labels"), "precompute.labels:add_arguments:run",
+     "automatic labels and multimodality"),
+    (("labels", "import"), "precompute.labels_io:add_import_arguments:run_import",
+     "import labels from a CSV/TSV file"),
+    (("labels", "set"), "precompute.labels_io:add_set_arguments:run_set", "set a manual label"),
+    (("train-demo",), "precompute.train_demo:add_arguments:run", "train the bundled demo CLIP"),
+    (("eval-demo",), "precompute.eval_demo:add_arguments:run",
+     "evaluate the demo CLIP on held-out renderings"),
 ]
 
 DEMO_DB = Path("data/demo.db")
@@ -52,8 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-serve", action="store_true", help="build only")
     demo.set_defaults(handler=run_demo)
 
-    for words, module_name, help_text in COMMANDS:
-        if importlib.util.find_spec(module_name) is None:
+    for words, target, help_text in COMMANDS:
+        module_name, add_name, run_name = target.split(":")
+        if not _has(target):
             continue
         module = importlib.import_module(module_name)
         if len(words) == 1:
@@ -63,10 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                 group = top.add_parser(words[0], help=f"{words[0]} commands")
                 groups[words[0]] = group.add_subparsers(dest="subcommand", required=True)
             sub = groups[words[0]].add_parser(words[1], help=help_text)
-        add = getattr(module, f"add_{words[-1].replace('-', '_')}_arguments", None)
-        (add or module.add_arguments)(sub)
-        runner = getattr(module, f"run_{words[-1].replace('-', '_')}", None)
-        sub.set_defaults(handler=runner or module.run)
+        getattr(module, add_name)(sub)
+        sub.set_defaults(handler=getattr(module, run_name))
     return parser
 
 
@@ -93,8 +96,8 @@ def run_demo(args: argparse.Namespace) -> int:
     return serve_args.handler(serve_args)
 
 
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+def _has(target: str) -> bool:
+    return importlib.util.find_spec(target.split(":")[0]) is not None
 
 
 def _demo_marker(db: Path) -> Path:
