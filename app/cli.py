@@ -1,7 +1,7 @@
 """The ``conceptscope`` console script.
 
-Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
-this file only wires them together. ``demo`` chains the precompute stages into ``data/demo.db``
+Each command lives in its own module with an ``add_...(parser)`` and a ``run...(args) -> int``
+function, both named in ``COMMANDS``; this file only wires them together. ``demo`` chains the precompute stages into ``data/demo.db``
 and serves it.
 """
 
