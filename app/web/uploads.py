@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import time
 import warnings
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from starlette.requests import ClientDisconnect, Request
 
-Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF") + (
     ("AVIF",) if features.check("avif") else ()
@@ -170,79 +167,6 @@ def replay_request(request: Request, body: bytes) -> Request:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return Request(request.scope, receive)
-
-
-class UploadLimitMiddleware:
-    """ASGI middleware: bodies of POSTs to ``paths`` (prefixes) may not exceed ``limit`` bytes.
-
-    Rejects an announced oversize ``Content-Length`` before reading anything, and counts the
-    bytes of every body (chunked included) as they stream in; on overflow it answers 413 itself
-    when the response has not started yet. Views should still read with
-    :func:`read_body_limited` (defence in depth; it also produces the nicer error page).
-    """
-
-    def __init__(self, app: Callable[..., Awaitable[None]], *, limit: int, paths: tuple[str, ...]) -> None:
-        self.app = app
-        self.limit = limit
-        self.paths = paths
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or not scope["path"].startswith(self.paths)
-        ):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            check_content_length(headers, self.limit)
-        except UploadError as exc:
-            await _plain_error(send, exc)
-            return
-        received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise _Overflow
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _Overflow:
-            if not started:
-                await _plain_error(send, too_large(self.limit))
-
-
-class _Overflow(Exception):
-    pass
-
-
-async def _plain_error(send: Send, error: UploadError) -> None:
-    body = error.message.encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": error.status,
-            "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 # ----------------------------------------------------------------------------------- decoding
