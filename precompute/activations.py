@@ -21,6 +21,9 @@ import json
 import random
 import sys
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +51,15 @@ from app.db.schema import (
 from app.models import LayerInfo, LoadedModel, ModelSpec, load_model
 from app.neurons.capture import run_visual, spatial_maps
 from app.neurons.directions import unit_directions
-from precompute.datasets import Batch, Dataset, DatasetError, open_dataset, prepare, split_preprocess
+from precompute.datasets import (
+    Batch,
+    Dataset,
+    DatasetError,
+    iter_batches,
+    open_dataset,
+    prepare,
+    split_preprocess,
+)
 
 STAGE = "activations"
 DEFAULT_TOP_K = 64
@@ -61,6 +72,7 @@ CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (sta
 THUMB_MAX_SIDE = 320
 THUMB_QUALITY = 90
 MAX_CHECKPOINT_THUMB_BYTES = 256 * 1024 * 1024
+PENDING_THUMBS = 512  # model views held before the still-kept ones are JPEG-encoded (in threads)
 
 
 @dataclass
@@ -144,6 +156,22 @@ class Thumb:
 
 
 @dataclass
+class Pending:
+    """A kept image's model view, JPEG-encoded later only if it is still kept then."""
+
+    position: int
+    key: str
+    caption: str | None
+    meta: dict[str, Any]
+    width: int
+    height: int
+    view: PILImage.Image
+
+    def encode(self) -> Thumb:
+        return make_thumb(self.key, self.caption, self.meta, (self.width, self.height), self.view)
+
+
+@dataclass
 class PassState:
     """Everything needed to continue a pass: checkpointed into ``runs.state``."""
 
@@ -156,6 +184,20 @@ class PassState:
     batches_done: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     thumbs: dict[int, Thumb] = field(default_factory=dict)
+    pending: dict[int, Pending] = field(default_factory=dict)  # not yet encoded; never checkpointed
+
+    def flush_thumbs(self) -> None:
+        """Drop thumbnails of images no longer kept; JPEG-encode the pending ones still kept."""
+        kept = self.kept_positions()
+        self.thumbs = {p: t for p, t in self.thumbs.items() if p in kept}
+        todo = [pending for p, pending in sorted(self.pending.items()) if p in kept]
+        self.pending = {}
+        if todo:
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="thumbs") as pool:
+                for position, thumb in zip(
+                    (t.position for t in todo), pool.map(Pending.encode, todo), strict=True
+                ):
+                    self.thumbs[position] = thumb
 
     def slots(self, positions: torch.Tensor) -> torch.Tensor:
         """Sample row of each position; rows of positions outside the sample → scratch row."""
@@ -263,7 +305,7 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 
 
 def make_thumb(
-    item_key: str, caption: str | None, meta: dict[str, Any], original: PILImage.Image, view: PILImage.Image
+    item_key: str, caption: str | None, meta: dict[str, Any], original: tuple[int, int], view: PILImage.Image
 ) -> Thumb:
     """JPEG thumbnail of the model's view of an image (what heatmaps are aligned to)."""
     if max(view.size) > THUMB_MAX_SIDE:
@@ -271,7 +313,7 @@ def make_thumb(
         view.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), PILImage.Resampling.BICUBIC)
     buffer = io.BytesIO()
     view.convert("RGB").save(buffer, format="JPEG", quality=THUMB_QUALITY)
-    return Thumb(item_key, caption, meta, original.width, original.height, buffer.getvalue(), view.size)
+    return Thumb(item_key, caption, meta, original[0], original[1], buffer.getvalue(), view.size)
 
 
 def weights_fingerprint(loaded: LoadedModel) -> str:
@@ -438,24 +480,23 @@ def run_activations(
         dynamic_ncols=True,
     )
     try:
-        from precompute.datasets import iter_batches
-
-        for batch in iter_batches(
-            data, loaded.preprocess, state.batch_size, start=state.position, workers=workers
-        ):
-            process_batch(loaded, state, batch)
-            batches += 1
-            bar.update(batch.stop - batch.start)
-            bar.set_postfix(skipped=len(state.skipped), refresh=False)
-            since = time.monotonic() - last_checkpoint
-            due = state.batches_done % checkpoint_batches == 0 and since >= checkpoint_min_seconds
-            late = since > checkpoint_seconds
-            if state.position < len(data) and (due or late):
-                save_checkpoint(sessions, run_id, state, len(data))
-                last_checkpoint = time.monotonic()
-            if stop_after_batches is not None and batches >= stop_after_batches:
-                engine.dispose()
-                return report("interrupted", state, batches)
+        with fast_layout(loaded):
+            for batch in iter_batches(
+                data, loaded.preprocess, state.batch_size, start=state.position, workers=workers
+            ):
+                process_batch(loaded, state, batch)
+                batches += 1
+                bar.update(batch.stop - batch.start)
+                bar.set_postfix(skipped=len(state.skipped), refresh=False)
+                since = time.monotonic() - last_checkpoint
+                due = state.batches_done % checkpoint_batches == 0 and since >= checkpoint_min_seconds
+                late = since > checkpoint_seconds
+                if state.position < len(data) and (due or late):
+                    save_checkpoint(sessions, run_id, state, len(data))
+                    last_checkpoint = time.monotonic()
+                if stop_after_batches is not None and batches >= stop_after_batches:
+                    engine.dispose()
+                    return report("interrupted", state, batches)
     finally:
         bar.close()
 
@@ -464,6 +505,30 @@ def run_activations(
     engine.dispose()
     timings["finalize_s"] = time.perf_counter() - started - timings["setup_s"] - timings["pass_s"]
     return report("done", state, batches)
+
+
+@contextmanager
+def fast_layout(loaded: LoadedModel) -> Iterator[None]:
+    """Run a ModifiedResNet in channels-last memory layout on the CPU during the pass.
+
+    oneDNN convolutions are much faster in that layout (about 1.5x for the demo model on a
+    2-core CPU) and give the same values; the model's own layout is restored afterwards.
+    """
+    convs = [m for m in loaded.visual.modules() if isinstance(m, torch.nn.Conv2d)]
+    wanted = (
+        loaded.device.type == "cpu"
+        and bool(convs)
+        and any(layer.kind == "resnet_block" for layer in loaded.layers)
+        and not convs[0].weight.is_contiguous(memory_format=torch.channels_last)
+    )
+    if not wanted:
+        yield
+        return
+    loaded.visual.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        loaded.visual.to(memory_format=torch.contiguous_format)
 
 
 def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
@@ -485,9 +550,11 @@ def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
         for prepared, keep in zip(batch.prepared, kept.tolist(), strict=True):
             if keep:
                 item = prepared.item
-                state.thumbs[item.position] = make_thumb(
-                    item.key, item.caption, item.meta, item.image, prepared.view
+                state.pending[item.position] = Pending(
+                    item.position, item.key, item.caption, item.meta, *item.image.size, prepared.view
                 )
+        if len(state.pending) >= PENDING_THUMBS:
+            state.flush_thumbs()
         state.n_indexed += len(batch.prepared)
     state.position = batch.stop
     state.batches_done += 1
@@ -495,8 +562,7 @@ def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
 
 def save_checkpoint(sessions: Any, run_id: int, state: PassState, n_items: int) -> None:
     """Persist the pass state (and prune thumbnails no longer needed)."""
-    kept = state.kept_positions()
-    state.thumbs = {p: t for p, t in state.thumbs.items() if p in kept}
+    state.flush_thumbs()
     data = state.to_bytes()
     with sessions.begin() as session:
         run = session.get(Run, run_id)
@@ -511,6 +577,7 @@ def save_checkpoint(sessions: Any, run_id: int, state: PassState, n_items: int) 
 
 def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, state: PassState) -> None:
     """Write layers, neurons, images, thumbnails, top examples, samples and directions; mark done."""
+    state.flush_thumbs()
     kept = sorted(state.kept_positions())
     view, _ = split_preprocess(loaded.preprocess)
     thumbs: dict[int, Thumb] = {}
@@ -523,7 +590,7 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
         item = prepared.item
         if prepared.view is None:
             raise DatasetError(f"{item.key} was readable during the pass but not now: {item.error}")
-        thumbs[p] = make_thumb(item.key, item.caption, item.meta, item.image, prepared.view)
+        thumbs[p] = make_thumb(item.key, item.caption, item.meta, item.image.size, prepared.view)
 
     with sessions.begin() as session:
         run = session.get(Run, run_id)
@@ -642,21 +709,22 @@ def store_neurons(
     values = state.top_values.cpu().numpy()
     positions = state.top_positions.cpu().numpy()
     maps = state.top_maps.cpu().numpy().astype("<f2")
-    rows = []
-    for unit in range(layer.n_units):
-        for rank in range(values.shape[1]):
-            position = int(positions[unit, rank])
-            if position < 0:
-                break
-            rows.append(
-                (
-                    neuron_ids[unit],
-                    rank,
-                    image_ids[position],
-                    float(values[unit, rank]),
-                    maps[unit, rank].tobytes(),
-                )
-            )
+    units, ranks = np.nonzero(positions >= 0)  # unit-major, rank-minor; empty slots (-1) left out
+    unit_ids = np.array([neuron_ids[u] for u in range(layer.n_units)], dtype=np.int64)
+    stored = np.array(sorted(image_ids), dtype=np.int64)
+    stored_ids = np.array([image_ids[p] for p in stored.tolist()], dtype=np.int64)
+    images = stored_ids[np.searchsorted(stored, positions[units, ranks])]
+    heatmaps = maps.reshape(*values.shape, -1)[units, ranks]
+    rows = list(
+        zip(
+            unit_ids[units].tolist(),
+            ranks.tolist(),
+            images.tolist(),
+            values[units, ranks].tolist(),
+            [heatmap.tobytes() for heatmap in heatmaps],
+            strict=True,
+        )
+    )
     insert_many(session, TopExample.__table__, ("neuron_id", "rank", "image_id", "value", "heatmap"), rows)
 
 
