@@ -12,7 +12,11 @@ parses a spec:
 Loading an item never raises: an unreadable or corrupt image comes back as an :class:`Item`
 with ``error`` set. Images are converted to RGB with their EXIF orientation applied.
 :func:`iter_batches` decodes and preprocesses in a thread pool ahead of the consumer, so
-decoding overlaps with the model.
+decoding overlaps with the model. Threads rather than a torch ``DataLoader``: on the 2-core dev
+machine (200 photos, demo model, 128 px) decoding alone ran at ~600 img/s with 2 threads versus
+~200 img/s for a 2-worker DataLoader (worker start-up dominates) and ~320 img/s in one thread;
+with the model running both were within noise of each other (~180-210 img/s), and threads
+need no pickling, no start method care and no extra memory per worker.
 """
 
 from __future__ import annotations
