@@ -4,7 +4,8 @@ One run measures, for each model, in this process:
 
 * the bare model forward of one preprocessed image (``model.encode_image``, batch 1, the
   baseline), p50/p95;
-* an analysis request for the same image through ``conceptscope serve`` (a uvicorn subprocess,
+* alternating with it (so both see the same load on a shared machine), an analysis request for
+  the same image through ``conceptscope serve`` (a uvicorn subprocess,
   ``POST /analyze.json`` with the image file: upload parsing, validation, decoding,
   preprocessing, the queue, the forward with activation capture, top neurons, heatmaps,
   percentiles, storing the analysis, labels/thumbnails lookup, JSON), p50/p95;
@@ -128,36 +129,31 @@ class Server:
         self.log.close()
 
 
-def bare_forward_times(loaded: Any, image: Any, n: int, warmup: int = 3) -> list[float]:
+def interleaved_times(
+    loaded: Any, image: Any, base: str, payload: bytes, name: str, n: int, warmup: int = 3
+) -> tuple[list[float], list[float]]:
+    """(bare forward times, HTTP analysis times), alternating one of each so that both see the
+    same machine load (the CPU is shared with other work)."""
+    import httpx
     import torch
 
     tensor = loaded.preprocess(image)[None].to(loaded.device)
-    times = []
-    with torch.inference_mode():
+    bare, requests = [], []
+    with httpx.Client(base_url=base, timeout=120) as client, torch.inference_mode():
         for i in range(warmup + n):
             start = time.perf_counter()
             loaded.model.encode_image(tensor)
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    return times
-
-
-def request_times(base: str, payload: bytes, name: str, n: int, warmup: int = 3) -> list[float]:
-    import httpx
-
-    times = []
-    with httpx.Client(base_url=base, timeout=120) as client:
-        for i in range(warmup + n):
+            bare_s = time.perf_counter() - start
             start = time.perf_counter()
-            response = client.post(
-                "/analyze.json", files={"image": (name, payload, "application/octet-stream")}
-            )
-            elapsed = time.perf_counter() - start
+            files = {"image": (name, payload, "application/octet-stream")}
+            response = client.post("/analyze.json", files=files)
+            request_s = time.perf_counter() - start
             if response.status_code != 200:
                 raise RuntimeError(f"analysis failed: {response.status_code} {response.text[:300]}")
             if i >= warmup:
-                times.append(elapsed)
-    return times
+                bare.append(bare_s)
+                requests.append(request_s)
+    return bare, requests
 
 
 def throughput(base: str, payloads: list[bytes], clients: int, per_client: int) -> tuple[float, int]:
@@ -209,12 +205,9 @@ def measure_model(
     server = Server(db, env)
     try:
         server.wait()
-        bare = bare_forward_times(loaded, image, n)
-        req = request_times(server.base, payload, name, n)
-        bare2 = bare_forward_times(loaded, image, n)  # again, in case the machine got busier
+        bare_all, req = interleaved_times(loaded, image, server.base, payload, name, n)
     finally:
         server.stop()
-    bare_all = bare + bare2
     out = {
         "bare_p50": percentile(bare_all, 50),
         "bare_p95": percentile(bare_all, 95),
