@@ -797,4 +797,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {key}: {error}")
         if result.n_skipped > 50:
             print(f"  ... and {result.n_skipped - 50} more (see the runs table)")
+    if result.n_indexed == 0:
+        print("conceptscope: error: no image of the dataset could be read", file=sys.stderr)
+        return 1
     return 0

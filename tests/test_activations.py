@@ -471,3 +471,26 @@ def test_a_killed_process_resumes_to_the_same_database(tmp_path, demo_loaded):
     straight = tmp_path / "straight.db"
     run_activations(demo_loaded, DemoDataset(96), f"sqlite:///{straight}", **kwargs)
     assert dump(killed) == dump(straight)
+
+
+def test_a_dataset_without_one_readable_image_fails(tmp_path, capsys):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    args = ["precompute", "activations", "--dataset", str(tmp_path / "imgs"), "--db", str(tmp_path / "x.db")]
+    assert main([*args, "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "a.jpg" in captured.out and "no image of the dataset could be read" in captured.err
+    assert (
+        main(
+            [
+                "precompute",
+                "activations",
+                "--dataset",
+                str(tmp_path / "nothing"),
+                "--db",
+                str(tmp_path / "y.db"),
+            ]
+        )
+        == 2
+    )
+    assert "dataset not found" in capsys.readouterr().err
