@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
-IMAGE_SIZE = 96
+IMAGE_SIZE = 128
 """Side of every rendered image, in pixels."""
 
 TRAIN_SEED = 0
@@ -63,7 +63,7 @@ DEFAULT_MODALITY_WEIGHTS: dict[str, float] = {
     "text": 0.35,
     "labelled_object": 0.25,
 }
-DEFAULT_WORD_SIZE: tuple[int, int] = (18, 40)
+DEFAULT_WORD_SIZE: tuple[int, int] = (22, 54)
 """Range of the font size (px) of written words, before shrinking long words to fit."""
 
 _SS = 2  # supersampling factor for anti-aliased shapes
@@ -198,16 +198,14 @@ def _background(rng: random.Random, modality: str) -> dict[str, Any]:
     }
 
 
-def _pick_ink(rng: random.Random, bg: RGB, avoid: RGB | None = None) -> tuple[str, RGB]:
+def _pick_ink(rng: random.Random, bg: RGB, neutral: bool = False) -> tuple[str, RGB]:
     """An ink colour (concept colour or neutral) with enough contrast to the background."""
-    names = list(COLOURS) + list(NEUTRAL_INKS)
+    names = list(NEUTRAL_INKS) if neutral else list(COLOURS) + list(NEUTRAL_INKS)
     for _ in range(50):
         name = rng.choice(names)
         base = PALETTE.get(name) or NEUTRAL_INKS[name]
         rgb = shade(base, rng.uniform(-0.15, 0.15)) if name in PALETTE else base
         if abs(_luma(rgb) - _luma(bg)) < 60:
-            continue
-        if avoid is not None and abs(_luma(rgb) - _luma(avoid)) < 60:
             continue
         return name, rgb
     return ("black", NEUTRAL_INKS["black"]) if _luma(bg) > 128 else ("white", NEUTRAL_INKS["white"])
@@ -237,8 +235,12 @@ def _caption(
 ) -> tuple[str, str]:
     """A caption (and its template name) for the given ground truth."""
     if modality == "object":
-        tpl = rng.choice(["photo", "photo", "a", "bare", "colour_only", "shape_only"])
+        tpl = rng.choice(["photo", "photo", "a", "bare", "colour_only", "shape_only", "concept"])
+        if tpl == "concept":  # the concept name alone, as for written words
+            tpl = rng.choice(["colour_word", "shape_word"])
         text = {
+            "colour_word": f"{colour}",
+            "shape_word": f"{shape}",
             "photo": f"a photo of {_a(colour)} {colour} {shape}",
             "a": f"{_a(colour)} {colour} {shape}",
             "bare": f"{colour} {shape}",
@@ -279,7 +281,8 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
 
     ``overrides`` may fix ``colour``, ``shape``, ``word`` (any string; for text a word or
     "colour shape" pair), ``ink`` (a colour name), ``font``, ``word_size`` (a ``(lo, hi)`` font
-    size range), ``caption`` (a template name) and ``modality_weights``.
+    size range), ``caption`` (a template name) and ``modality_weights``; ``easy=True`` writes
+    single lower-case words in the first font with black/white/grey ink (curriculum start).
     """
     rng = _rng(seed, index)
     weights: dict[str, float] = overrides.get("modality_weights") or DEFAULT_MODALITY_WEIGHTS
@@ -293,12 +296,16 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
     word: str | None = None
     fonts = font_names()
     p: dict[str, Any] = {"modality": modality}
+    easy = bool(overrides.get("easy"))
+    if easy:
+        p["easy"] = True
     if modality == "text":
         if "word" in overrides:
             word = overrides["word"]
         else:
             u = rng.random()
-            word = colour if u < 0.45 else shape if u < 0.9 else f"{colour} {shape}"
+            pair = 0.0 if easy else 0.1
+            word = colour if u < (1 - pair) / 2 else shape if u < 1 - pair else f"{colour} {shape}"
         assert word is not None
         parts = word.split()
         colour = next((w for w in parts if w in COLOURS), None)
@@ -316,9 +323,9 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
         if modality == "labelled_object":
             lo, hi = max(12, int(lo * 0.7)), max(14, int(hi * 0.7))
         u = rng.random()
-        case = "lower" if u < 0.8 else "upper" if u < 0.9 else "title"
+        case = "lower" if u < 0.8 or easy else "upper" if u < 0.9 else "title"
         p.update(
-            font=overrides.get("font") or rng.choice(fonts),
+            font=overrides.get("font") or (fonts[0] if easy else rng.choice(fonts)),
             word_size=rng.randint(lo, hi),
             case=case,
         )
@@ -414,10 +421,10 @@ def draw(p: dict[str, Any], seed: int, index: int) -> Image.Image:
         mask = Image.new("L", (big, big), 0)
         md = ImageDraw.Draw(mask)
         if modality == "drawing":
-            wob = _densify(pts, 6 * _SS)
-            jit = rng.uniform(0.3, 1.6) * _SS
+            wob = _densify(pts, 6 * _SS * n / 96)
+            jit = rng.uniform(0.3, 1.6) * _SS * n / 96
             wob = [(x + rng.gauss(0, jit), y + rng.gauss(0, jit)) for x, y in wob]
-            lw = int(rng.uniform(1.5, 4.0) * _SS)
+            lw = int(rng.uniform(1.5, 4.0) * _SS * n / 96)
             md.line(wob + wob[:1], fill=255, width=lw, joint="curve")
         else:
             md.polygon(pts, fill=255)
@@ -457,7 +464,7 @@ def draw(p: dict[str, Any], seed: int, index: int) -> Image.Image:
             base = PALETTE.get(ink_name) or NEUTRAL_INKS[ink_name]
             ink = base
         else:
-            ink_name, ink = _pick_ink(rng, bg["rgb"])
+            ink_name, ink = _pick_ink(rng, bg["rgb"], neutral=bool(p.get("easy")))
         word = _case(p["word"], p["case"])
         tmask, used = _text_layer(word, p["font"], p["word_size"], int(n * 0.94), int(n * 0.9))
         tw, th = tmask.size

@@ -89,9 +89,9 @@ def test_dominant_colour_is_the_caption_colour(modality: str) -> None:
 
 
 def test_overrides() -> None:
-    s = world.render(world.HELDOUT_SEED, 3, "object", colour="pink", shape="heart")
+    s = world.render(world.HELDOUT_SEED, 3, "object", colour="pink", shape="heart", caption="photo")
     assert (s.truth["colour"], s.truth["shape"]) == ("pink", "heart")
-    assert "pink heart" in s.caption
+    assert s.caption == "a photo of a pink heart"
     t = world.render(world.HELDOUT_SEED, 4, "labelled_object", colour="red", word="blue")
     assert t.truth["word"] == "blue" and t.truth["colour"] == "red"
     u = world.render(world.HELDOUT_SEED, 5, "text", word="star", ink="red")
