@@ -8,8 +8,10 @@ with its preprocess, tokenizer and the layers Conceptscope indexes.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +158,8 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
 
 def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
     if spec.is_demo:
-        model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=None)
+        with _quiet_random_init_warning():
+            model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=None)
         weights = Path(spec.pretrained) if spec.pretrained else DEMO_WEIGHTS
         if spec.pretrained and not weights.is_file():
             raise ModelLoadError(f"demo weights file not found: {weights}")
@@ -170,7 +173,8 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
         if not path.is_file():
             raise ModelLoadError(f"checkpoint file not found: {path}")
         if path.suffix == ".safetensors":
-            model = open_clip.create_model(spec.name, pretrained=None)
+            with _quiet_random_init_warning():
+                model = open_clip.create_model(spec.name, pretrained=None)
             load_state_file(model, path)
             return model
         try:
@@ -191,6 +195,18 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
             f"download them where you have network access and pass the file instead: "
             f"--model {spec.name} --pretrained /path/to/checkpoint.pt"
         ) from exc
+
+
+@contextmanager
+def _quiet_random_init_warning() -> Iterator[None]:
+    """Silence open_clip's "initialized randomly" warning when we load the weights ourselves."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(previous)
 
 
 def load_state_file(model: nn.Module, path: Path) -> None:
