@@ -396,7 +396,7 @@ def test_vit_direction_matches_the_embedding_change_of_a_unit(vit_b32_random):
     try:
         with torch.no_grad():
             base = loaded.visual(image)[0]
-            for unit in (0, 100, 2047):
+            for unit in (100, 2047):
                 nudge["u"] = (unit, 1e-2)
                 change = (loaded.visual(image)[0] - base) / 1e-2
                 cosine = torch.nn.functional.cosine_similarity(change, directions[unit], dim=0)

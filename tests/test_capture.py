@@ -13,15 +13,24 @@ def _hook_count(module: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
+class _Seen(Exception):
+    pass
+
+
 def _input_of(visual: nn.Module, module_name: str, images: torch.Tensor) -> torch.Tensor:
     """The input tensor of ``module_name`` during a forward pass (recorded with a plain hook)."""
     seen: list[torch.Tensor] = []
-    handle = visual.get_submodule(module_name).register_forward_pre_hook(
-        lambda _m, args: seen.append(args[0].detach().clone())
-    )
+
+    def record(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(args[0].detach().clone())
+        raise _Seen  # no need to run the rest of the model
+
+    handle = visual.get_submodule(module_name).register_forward_pre_hook(record)
     try:
         with torch.no_grad():
             visual(images)
+    except _Seen:
+        pass
     finally:
         handle.remove()
     return seen[0]
@@ -33,7 +42,7 @@ def test_resnet_value_is_the_pre_relu_residual_sum(fixture, request):
     layer = loaded.layers[-1]
     block = loaded.visual.get_submodule(layer.name)
     torch.manual_seed(1)
-    images = torch.randn(2, 3, loaded.image_size, loaded.image_size)
+    images = torch.randn(1, 3, loaded.image_size, loaded.image_size)
     # open_clip zero-inits each block's last BN scale, which would make the residual branch
     # vanish (pre-ReLU == post-ReLU for identity blocks); give it random values for this test.
     saved_bn3 = block.bn3.weight.detach().clone()
@@ -50,7 +59,7 @@ def test_resnet_value_is_the_pre_relu_residual_sum(fixture, request):
     finally:
         with torch.no_grad():
             block.bn3.weight.copy_(saved_bn3)
-    assert maps.shape == (2, layer.n_units, *layer.grid)
+    assert maps.shape == (1, layer.n_units, *layer.grid)
     torch.testing.assert_close(maps, expected, rtol=1e-4, atol=1e-5)
     assert (maps < 0).any(), "values must be taken before the (in-place) ReLU"
 
@@ -81,10 +90,10 @@ def test_vit_token_maps_have_the_patch_grid(vit_b32_random):
     loaded = vit_b32_random
     layer = loaded.layers[-1]
     torch.manual_seed(2)
-    images = torch.randn(2, 3, 224, 224)
+    images = torch.randn(1, 3, 224, 224)
     with torch.inference_mode():
         raw = run_visual(loaded.visual, images, [layer])[layer.name]
-    assert raw.shape == (2, 1 + 7 * 7, layer.n_units)  # CLS + 7x7 patches
+    assert raw.shape == (1, 1 + 7 * 7, layer.n_units)  # CLS + 7x7 patches
 
     mlp = loaded.visual.get_submodule(layer.name)
     x = _input_of(loaded.visual, layer.name, images)
@@ -93,6 +102,6 @@ def test_vit_token_maps_have_the_patch_grid(vit_b32_random):
     torch.testing.assert_close(raw, expected, rtol=1e-4, atol=1e-5)
 
     maps = spatial_maps(raw, layer)
-    assert maps.shape == (2, layer.n_units, 7, 7)
+    assert maps.shape == (1, layer.n_units, 7, 7)
     for row, col in [(0, 0), (0, 6), (3, 2), (6, 6)]:  # row-major patch order, CLS dropped
         torch.testing.assert_close(maps[:, :, row, col], raw[:, 1 + row * 7 + col, :])
