@@ -580,17 +580,20 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
     state.flush_thumbs()
     kept = sorted(state.kept_positions())
     view, _ = split_preprocess(loaded.preprocess)
-    thumbs: dict[int, Thumb] = {}
+    thumbs = {p: state.thumbs[p] for p in kept if p in state.thumbs}
     missing = [p for p in kept if p not in state.thumbs]
-    for p in kept:
-        if p in state.thumbs:
-            thumbs[p] = state.thumbs[p]
-    for p in missing:  # e.g. resumed from a checkpoint too large to hold thumbnails
-        prepared = prepare(data, p, view, lambda img: img)
+
+    def reread(position: int) -> Thumb:
+        prepared = prepare(data, position, view, lambda img: img)
         item = prepared.item
         if prepared.view is None:
             raise DatasetError(f"{item.key} was readable during the pass but not now: {item.error}")
-        thumbs[p] = make_thumb(item.key, item.caption, item.meta, item.image.size, prepared.view)
+        return make_thumb(item.key, item.caption, item.meta, item.image.size, prepared.view)
+
+    if missing:  # e.g. resumed from a checkpoint too large to hold thumbnails
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="reread") as pool:
+            thumbs.update(zip(missing, pool.map(reread, missing), strict=True))
+    thumbs = dict(sorted(thumbs.items()))
 
     with sessions.begin() as session:
         run = session.get(Run, run_id)
