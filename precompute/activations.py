@@ -750,24 +750,19 @@ def insert_many(session: Session, table: Any, columns: tuple[str, ...], rows: li
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="demo", help="demo, or an open_clip name (RN50x4, ViT-B-32)")
-    parser.add_argument(
-        "--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local checkpoint path"
-    )
-    parser.add_argument(
-        "--dataset",
-        default="demo:2000",
-        help="image folder, .csv/.jsonl list of paths, or demo:N (default: %(default)s)",
-    )
-    parser.add_argument("--db", default=str(DEFAULT_DATA_DIR / "demo.db"), help="database file or URL")
-    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="examples kept per neuron")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument(
-        "--sample", type=int, default=DEFAULT_SAMPLE, help="images in the stored random sample (histograms)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--workers", type=int, default=2, help="decoding threads")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    """Flags of ``conceptscope precompute activations`` (every one has a default)."""
+    add = parser.add_argument
+    dflt = " (default: %(default)s)"
+    add("--model", default="demo", help="demo, or an open_clip name such as RN50x4 or ViT-B-32" + dflt)
+    add("--pretrained", default=None, help="open_clip pretrained tag (e.g. openai) or a local checkpoint")
+    add("--dataset", default="demo:2000", help="image folder, .csv/.jsonl list of paths, or demo:N" + dflt)
+    add("--db", default=str(DEFAULT_DATA_DIR / "demo.db"), help="database file or SQLAlchemy URL" + dflt)
+    add("--top-k", type=int, default=DEFAULT_TOP_K, help="top examples kept per neuron" + dflt)
+    add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass" + dflt)
+    add("--sample", type=int, default=DEFAULT_SAMPLE, help="images in the histogram sample" + dflt)
+    add("--device", default="auto", help="auto, cpu, cuda, cuda:1, ..." + dflt)
+    add("--workers", type=int, default=2, help="decoding threads" + dflt)
+    add("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
