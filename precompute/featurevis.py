@@ -6,8 +6,9 @@ share one optimisation batch (:func:`app.neurons.featurevis.render`). Images are
 blobs with a ``feature_visualizations`` row (objective reached, settings). Resumable: neurons
 whose visualizations are stored are skipped, and every batch is committed on its own.
 
-Defaults depend on the device: on a GPU Lucid's 512 steps; on a CPU a budget that keeps the
-``conceptscope demo`` build short (see ``CPU_STEPS``).
+Defaults depend on the device: on a GPU Lucid's 512 steps at the model's input size; on a CPU
+``CPU_STEPS`` steps at half the input size (:func:`cpu_size`), a budget that keeps the
+``conceptscope demo`` build short.
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ CPU_BATCH = 64
 GPU_BATCH = 256
 DEFAULT_DIVERSITY = 4
 KINDS = ("positive", "negative", "diversity")
+
+
+def cpu_size(loaded: LoadedModel) -> int:
+    """CPU default image side: half the model's input (Lucid renders below input size too);
+    a ViT needs its input size."""
+    if any(layer.kind == "vit_mlp" for layer in loaded.layers):
+        return loaded.image_size
+    return max(32, loaded.image_size // 2)
 
 
 @dataclass
@@ -268,7 +277,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"optimisation steps (default: {GPU_STEPS} on GPU, {CPU_STEPS} on CPU)",
     )
-    parser.add_argument("--size", type=int, default=None, help="image side in px (default: the model's)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        help="image side in px (default: the model's input size on GPU, half of it on CPU)",
+    )
     parser.add_argument(
         "--batch",
         type=int,

@@ -93,9 +93,8 @@ def default_vocabulary(is_demo: bool, limit: int = DEFAULT_VOCAB_SIZE) -> list[s
 
 def render_batch(loaded: LoadedModel, words: Sequence[str]) -> torch.Tensor:
     """Words → normalised image batch ``(B, 3, S, S)`` on the model's device (already at size S)."""
-    from app.neurons.render import render_text
-
     from app.neurons.featurevis import normalisation
+    from app.neurons.render import render_text
 
     size = loaded.image_size
     pixels = np.stack([np.asarray(render_text(w, size), dtype=np.uint8) for w in words])
@@ -197,12 +196,18 @@ def compute_words(
         }
         digest = params_hash(params)
         with sessions.begin() as session:
-            run = session.scalar(select(Run).where(
-                Run.model_id == model_row.id, Run.stage == STAGE, Run.params_hash == digest
-            ))
+            run = session.scalar(
+                select(Run).where(Run.model_id == model_row.id, Run.stage == STAGE, Run.params_hash == digest)
+            )
             if run is None:
-                run = Run(model_id=model_row.id, stage=STAGE, params=params, params_hash=digest,
-                          status="running", progress={"position": 0, "n_words": len(words)})
+                run = Run(
+                    model_id=model_row.id,
+                    stage=STAGE,
+                    params=params,
+                    params_hash=digest,
+                    status="running",
+                    progress={"position": 0, "n_words": len(words)},
+                )
                 session.add(run)
                 session.flush()
             run_id, status, saved = run.id, run.status, run.state
@@ -210,8 +215,14 @@ def compute_words(
             return WordsReport(model_row.slug, "already-done", len(words), time.perf_counter() - started)
 
         state = TopWords.from_bytes(saved, units, top) if saved else TopWords(units, top)
-        bar = tqdm(total=len(words), initial=state.position, unit="word", disable=not progress,
-                   desc=f"words {model_row.slug}", dynamic_ncols=True)
+        bar = tqdm(
+            total=len(words),
+            initial=state.position,
+            unit="word",
+            disable=not progress,
+            desc=f"words {model_row.slug}",
+            dynamic_ncols=True,
+        )
         last = time.monotonic()
         batches = 0
         try:
@@ -221,8 +232,9 @@ def compute_words(
                 bar.update(len(chunk))
                 batches += 1
                 if stop_after_batches is not None and batches >= stop_after_batches:
-                    return WordsReport(model_row.slug, "interrupted", len(words),
-                                       time.perf_counter() - started)
+                    return WordsReport(
+                        model_row.slug, "interrupted", len(words), time.perf_counter() - started
+                    )
                 if time.monotonic() - last > CHECKPOINT_SECONDS and state.position < len(words):
                     with sessions.begin() as session:
                         row = session.get(Run, run_id)
@@ -236,15 +248,20 @@ def compute_words(
             for name, (layer_id, _) in layer_rows.items():
                 if name not in units:
                     continue
-                neuron_ids = dict(session.execute(
-                    select(Neuron.unit, Neuron.id).where(Neuron.layer_id == layer_id)
-                ).all())
+                neuron_ids = dict(
+                    session.execute(select(Neuron.unit, Neuron.id).where(Neuron.layer_id == layer_id)).all()
+                )
                 session.execute(delete(NeuronWord).where(NeuronWord.neuron_id.in_(list(neuron_ids.values()))))
                 values, indices = state.values[name], state.indices[name]
                 rows = [
-                    {"neuron_id": neuron_ids[unit], "rank": rank, "word": words[int(indices[rank, unit])],
-                     "value": float(values[rank, unit])}
-                    for unit in range(values.shape[1]) if unit in neuron_ids
+                    {
+                        "neuron_id": neuron_ids[unit],
+                        "rank": rank,
+                        "word": words[int(indices[rank, unit])],
+                        "value": float(values[rank, unit]),
+                    }
+                    for unit in range(values.shape[1])
+                    if unit in neuron_ids
                     for rank in range(values.shape[0])
                 ]
                 if rows:
@@ -263,8 +280,11 @@ def compute_words(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--db", default=str(DEFAULT_DATA_DIR / "demo.db"), help="database file or URL")
     parser.add_argument("--model", default=None, help="model slug in the DB (default: its only model)")
-    parser.add_argument("--vocab", default=None,
-                        help="vocabulary file, one word or phrase a line (default: ~10k BPE whole words)")
+    parser.add_argument(
+        "--vocab",
+        default=None,
+        help="vocabulary file, one word or phrase a line (default: ~10k BPE whole words)",
+    )
     parser.add_argument("--top", type=int, default=DEFAULT_TOP, help="words kept per neuron")
     parser.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="words per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
@@ -276,15 +296,23 @@ def run(args: argparse.Namespace) -> int:
         vocab = read_vocab(args.vocab) if args.vocab else None
         if args.top < 1 or args.batch < 1:
             raise ValueError("--top and --batch must be at least 1")
-        report = compute_words(db_url_from_arg(args.db), model=args.model, vocab=vocab, top=args.top,
-                               batch=args.batch, device=args.device, progress=not args.no_progress)
+        report = compute_words(
+            db_url_from_arg(args.db),
+            model=args.model,
+            vocab=vocab,
+            top=args.top,
+            batch=args.batch,
+            device=args.device,
+            progress=not args.no_progress,
+        )
     except (OSError, ValueError) as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)
         return 2
     if report.status == "already-done":
         print(f"{report.model}: top words already computed for this vocabulary ({report.n_words} words)")
     else:
-        print(f"{report.model}: top {args.top} of {report.n_words} rendered words per neuron "
-              f"in {report.seconds:.1f}s")
+        print(
+            f"{report.model}: top {args.top} of {report.n_words} rendered words per neuron "
+            f"in {report.seconds:.1f}s"
+        )
     return 0
-

@@ -159,20 +159,21 @@ def random_affine(
 
     scale = pick(settings.scales)
     angle = pick(settings.angles) * (math.pi / 180)
-    shift1 = torch.randint(settings.jitter, (n, 2), generator=generator).float() - (settings.jitter - 1) / 2
-    shift2 = (
-        torch.randint(settings.jitter2, (n, 2), generator=generator).float() - (settings.jitter2 - 1) / 2
-        if settings.jitter2 > 0 else torch.zeros(n, 2)
-    )
+    def shift(d: int) -> torch.Tensor:  # crop offset in [0, d): a shift of the crop's centre
+        if d <= 1:
+            return torch.zeros(n, 2)
+        return torch.randint(d, (n, 2), generator=generator).float() - (d - 1) / 2
+
+    shift1, shift2 = shift(settings.jitter), shift(settings.jitter2)
     view = (size + 2 * settings.pad - settings.jitter - settings.jitter2) / scale / size
     cos, sin = torch.cos(angle) * view, torch.sin(angle) * view
     # the second jitter happens after rotation/scale: rotate it back into source coordinates
     s2 = torch.stack(
         [cos * shift2[:, 0] - sin * shift2[:, 1], sin * shift2[:, 0] + cos * shift2[:, 1]], dim=1
     )
-    shift = (shift1 + s2) * (2.0 / size)
+    offset = (shift1 + s2) * (2.0 / size)
     theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], dim=1
+        [torch.stack([cos, -sin, offset[:, 0]], 1), torch.stack([sin, cos, offset[:, 1]], 1)], dim=1
     )
     return theta.to(device)
 
@@ -276,6 +277,18 @@ def frozen(module: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
+
+
+@contextmanager
+def flushed_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero for the duration (Adam's second moments of tiny spectral
+    gradients go denormal, and denormal arithmetic is very slow on CPUs). Restores torch's default
+    (no flushing) afterwards; torch has no getter for the current mode."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def forward_to(
@@ -393,7 +406,7 @@ def render(
     visual = prepared_visual(loaded.visual, device) if settings.prepare else loaded.visual
     channels_last = visual is not loaded.visual and device.type == "cpu"
 
-    with frozen(visual):
+    with frozen(visual), flushed_denormals():
         for step in range(settings.steps):
             optimizer.zero_grad(set_to_none=True)
             pixels = image()

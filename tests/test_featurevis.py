@@ -1,0 +1,382 @@
+"""Feature visualization: the algorithm, the featurevis and words stages, and quality on the demo model.
+
+Fast tests use tiny settings (few steps, small images). The quality tests (``slow``) need the
+trained demo weights and are skipped until they exist.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import func, select
+
+from app.db import make_engine, session_factory
+from app.db.schema import FeatureVisualization, Layer, Neuron, NeuronWord
+from app.neurons import featurevis as fv
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "app" / "models" / "weights"
+WEIGHTS = WEIGHTS_DIR / "conceptscope-demo.safetensors"
+CARD = WEIGHTS_DIR / "MODEL_CARD.md"
+TINY = fv.Settings(steps=6, size=48)
+
+
+def last_layer(loaded):
+    return next(layer for layer in loaded.layers if layer.is_last)
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+def test_transforms_are_identity_without_randomness_and_independent_per_image() -> None:
+    image = torch.rand(3, 3, 32, 32)
+    plain = fv.Settings(pad=0, jitter=0, jitter2=0, scales=(1.0,), angles=(0,))
+    theta = fv.random_affine(3, 32, plain, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert torch.allclose(fv.apply_affine(image, theta), image, atol=1e-5)
+
+    theta = fv.random_affine(64, 32, fv.Settings(), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert len({tuple(t.flatten().tolist()) for t in theta}) > 32  # per-image parameters
+    # outside the image reads grey
+    out = fv.apply_affine(torch.zeros(1, 3, 32, 32), torch.tensor([[[2.0, 0, 0], [0, 2.0, 0]]]))
+    assert out[0, :, 0, 0].tolist() == pytest.approx([0.5] * 3)
+
+
+def test_fourier_image_is_in_unit_range_and_seeded() -> None:
+    a = fv.FourierImage(2, 40, generator=torch.Generator().manual_seed(3))()
+    b = fv.FourierImage(2, 40, generator=torch.Generator().manual_seed(3))()
+    assert a.shape == (2, 3, 40, 40) and torch.equal(a, b)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_prepared_model_matches_original(demo_loaded) -> None:
+    fast = fv.prepared_visual(demo_loaded.visual, demo_loaded.device)
+    assert fast is not demo_loaded.visual  # BatchNorm was folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    x = torch.rand(2, 3, 64, 64)
+    layer = last_layer(demo_loaded)
+    with torch.inference_mode():
+        ref = fv.forward_to(demo_loaded.visual, x, [layer])[layer.name]
+        out = fv.forward_to(fast, x, [layer])[layer.name]
+    assert torch.allclose(ref, out, atol=1e-4 * ref.abs().max().item() + 1e-6)
+    assert all(p.requires_grad for p in demo_loaded.visual.parameters())  # original untouched
+
+
+def test_deterministic_on_cpu_and_seed_matters(demo_loaded) -> None:
+    layer = last_layer(demo_loaded)
+    a = fv.render(demo_loaded, layer, [0, 1, 2], settings=TINY)
+    b = fv.render(demo_loaded, layer, [0, 1, 2], settings=TINY)
+    c = fv.render(demo_loaded, layer, [0, 1, 2], settings=TINY.with_(seed=1))
+    assert torch.equal(a.images, b.images) and a.objectives == b.objectives
+    assert not torch.equal(a.images, c.images)
+    assert a.settings["steps"] == 6 and a.settings["size"] == 48 and a.settings["precision"] == "fp32"
+    assert a.images.shape == (3, 3, 48, 48)
+
+
+def test_params_frozen_during_render_and_restored(demo_loaded) -> None:
+    seen = []
+    layer = last_layer(demo_loaded)
+    visual = demo_loaded.visual
+
+    def progress(step: int) -> None:
+        seen.append(any(p.requires_grad for p in visual.parameters()))
+
+    fv.render(demo_loaded, layer, [0], settings=TINY.with_(steps=2, prepare=False), progress=progress)
+    assert seen == [False, False]
+    assert all(p.requires_grad for p in visual.parameters())
+    assert all(p.grad is None for p in visual.parameters())
+
+
+@pytest.mark.parametrize("layer_index", [0, 1])
+def test_excites_and_inhibits_each_neuron_in_one_batch(demo_loaded, layer_index: int) -> None:
+    layer = demo_loaded.layers[layer_index]
+    units = [0, 1, 2, 3, 4, 5]
+    settings = fv.Settings(steps=24, size=64)
+    start = fv.render(demo_loaded, layer, units, settings=settings.with_(steps=0))
+    both = fv.render(demo_loaded, layer, units * 2, signs=[1] * 6 + [-1] * 6, settings=settings)
+    pos, neg = both.objectives[:6], both.objectives[6:]
+    for u, p, n, s in zip(units, pos, neg, start.objectives, strict=True):
+        assert p > s > n, (u, p, s, n)
+    # one batch of many neurons reaches about what separate runs reach
+    alone = [fv.render(demo_loaded, layer, [u], settings=settings).objectives[0] for u in units[:3]]
+    for a, p, s in zip(alone, pos, start.objectives, strict=True):
+        assert (p - s) > 0.5 * (a - s), (a, p, s)
+
+
+def test_objective_is_measured_on_the_untransformed_image(demo_loaded) -> None:
+    layer = last_layer(demo_loaded)
+    r = fv.render(demo_loaded, layer, [7, 9], settings=TINY)
+    again = fv.objectives(demo_loaded, layer, r.images, [7, 9])
+    assert again == pytest.approx(r.objectives, rel=1e-5, abs=1e-6)
+    # a PNG round trip (what is stored) keeps the objective close
+    from io import BytesIO
+
+    from PIL import Image
+
+    png = torch.stack([
+        torch.from_numpy(np.asarray(Image.open(BytesIO(fv.to_png(img))))).permute(2, 0, 1).float() / 255
+        for img in r.images
+    ])
+    assert fv.objectives(demo_loaded, layer, png, [7, 9]) == pytest.approx(r.objectives, rel=0.05, abs=0.05)
+
+
+def test_diversity_term_makes_group_images_differ(demo_loaded) -> None:
+    layer = last_layer(demo_loaded)
+    settings = fv.Settings(steps=16, size=48)
+    plain = fv.render(demo_loaded, layer, [3, 3, 3], settings=settings.with_(seed=5))
+    diverse = fv.render(demo_loaded, layer, [3, 3, 3], groups=[0, 0, 0], settings=settings.with_(seed=5))
+    assert diverse.settings["diversity_layer"] == "layer2"
+
+    def spread(images: torch.Tensor) -> float:
+        flat = images.flatten(1)
+        return float(torch.cdist(flat, flat).sum())
+
+    assert spread(diverse.images) > spread(plain.images)
+
+
+def test_bad_units_raise(demo_loaded) -> None:
+    layer = last_layer(demo_loaded)
+    with pytest.raises(ValueError):
+        fv.render(demo_loaded, layer, [layer.n_units], settings=TINY)
+    with pytest.raises(ValueError):
+        fv.render(demo_loaded, layer, [], settings=TINY)
+
+
+@pytest.mark.slow
+def test_vit_mlp_neurons_use_patch_tokens() -> None:
+    from app.models import ModelSpec, load_model
+
+    vit = load_model(ModelSpec.parse("ViT-B-32"), "cpu")
+    layer = vit.layers[-1]
+    assert layer.kind == "vit_mlp"
+    r = fv.render(vit, layer, [0, 1], settings=fv.Settings(steps=2))
+    assert r.images.shape == (2, 3, 224, 224)
+    with pytest.raises(ValueError):
+        fv.render(vit, layer, [0], settings=fv.Settings(steps=1, size=64))
+    # objective = mean over patch tokens only (CLS excluded)
+    mean, std = fv.normalisation(vit)
+    with torch.inference_mode():
+        raw = fv.forward_to(vit.visual, (r.images - mean) / std, [layer])[layer.name]
+    patches = raw[:, 1:, :]
+    expected = [float(patches[i, :, u].mean()) for i, u in enumerate([0, 1])]
+    assert r.objectives == pytest.approx(expected, rel=1e-4, abs=1e-5)
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+@pytest.fixture
+def db_copy(tiny_db, tmp_path):
+    path = tmp_path / "copy.db"
+    shutil.copy(tiny_db.path, path)
+    return f"sqlite:///{path}"
+
+
+def fv_counts(url: str) -> dict[str, int]:
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        rows = session.execute(
+            select(FeatureVisualization.kind, func.count()).group_by(FeatureVisualization.kind)
+        ).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def test_featurevis_stage_is_resumable(db_copy, demo_loaded) -> None:
+    from precompute.featurevis import render_missing
+
+    kwargs = dict(loaded=demo_loaded, units={0, 1, 2}, steps=2, size=32, batch=4, diversity=2,
+                  progress=False)
+    first = render_missing(db_copy, stop_after_batches=2, **kwargs)
+    assert 0 < first.n_images < 18
+    partial = fv_counts(db_copy)
+    rest = render_missing(db_copy, **kwargs)
+    # 2 layers x 3 units x (positive + negative) + 3 last-block units x 2 diversity images
+    assert first.n_images + rest.n_images == 18
+    assert fv_counts(db_copy) == {"positive": 6, "negative": 6, "diversity": 6}
+    assert sum(partial.values()) == first.n_images
+    again = render_missing(db_copy, **kwargs)
+    assert again.n_images == 0 and again.n_skipped_neurons == 6
+
+    engine = make_engine(db_copy)
+    with session_factory(engine)() as session:
+        rows = session.execute(
+            select(FeatureVisualization, Neuron.unit, Layer.name)
+            .join(Neuron, Neuron.id == FeatureVisualization.neuron_id)
+            .join(Layer, Layer.id == Neuron.layer_id)
+        ).all()
+        for row, unit, layer_name in rows:
+            assert row.settings["steps"] == 2 and row.settings["size"] == 32
+            assert row.settings["kind"] == row.kind
+            measured = fv.objectives(demo_loaded, layer_name, load_png(session, row.blob_sha256), [unit])[0]
+            assert measured == pytest.approx(row.objective, rel=0.1, abs=0.05)
+    engine.dispose()
+
+
+def load_png(session, digest: str) -> torch.Tensor:
+    from io import BytesIO
+
+    from PIL import Image
+
+    from app.db import get_blob
+
+    blob = get_blob(session, digest)
+    array = np.asarray(Image.open(BytesIO(blob.data)).convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255
+
+
+def test_featurevis_cli_rejects_unknown_layer(db_copy, capsys) -> None:
+    from app.cli import main
+
+    code = main(["precompute", "featurevis", "--db", db_copy.removeprefix("sqlite:///"),
+                 "--layers", "nope", "--no-progress"])
+    assert code == 2
+    assert "unknown layer" in capsys.readouterr().err
+
+
+def test_words_stage_tiny_vocab_and_resume(db_copy, demo_loaded, tmp_path) -> None:
+    from precompute.words import compute_words, read_vocab
+
+    vocab_file = tmp_path / "vocab.txt"
+    vocab_file.write_text("# colours\nred\nblue\n\ncircle\napple\nred\nice cream\n")
+    vocab = read_vocab(vocab_file)
+    assert vocab == ["red", "blue", "circle", "apple", "ice cream"]
+
+    interrupted = compute_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2,
+                                progress=False, stop_after_batches=1)
+    assert interrupted.status == "interrupted"
+    done = compute_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2, progress=False)
+    assert done.status == "done"
+    assert compute_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2,
+                         progress=False).status == "already-done"
+
+    from precompute.words import word_values
+
+    expected = word_values(demo_loaded, vocab)
+    engine = make_engine(db_copy)
+    with session_factory(engine)() as session:
+        n_neurons = session.scalar(select(func.count()).select_from(Neuron))
+        assert session.scalar(select(func.count()).select_from(NeuronWord)) == 3 * n_neurons
+        for layer in demo_loaded.layers:
+            for unit in (0, layer.n_units - 1):
+                rows = session.execute(
+                    select(NeuronWord.word, NeuronWord.value).join(Neuron).join(Layer)
+                    .where(Layer.name == layer.name, Neuron.unit == unit).order_by(NeuronWord.rank)
+                ).all()
+                values = expected[layer.name][:, unit]
+                order = torch.argsort(-values, stable=True)[:3]
+                assert [w for w, _ in rows] == [vocab[i] for i in order]
+                assert [v for _, v in rows] == pytest.approx(values[order].tolist(), rel=1e-4, abs=1e-5)
+    engine.dispose()
+
+
+def test_default_vocabulary() -> None:
+    from precompute.demo_world import CONCEPTS
+    from precompute.words import bpe_words, default_vocabulary
+
+    words = bpe_words()
+    assert len(words) == 10_000 and len(set(words)) == 10_000
+    assert words[0] == "the"
+    assert all(w.isalpha() and w.isascii() and len(w) >= 3 for w in words)
+    demo = default_vocabulary(is_demo=True)
+    assert set(CONCEPTS) <= set(demo)
+
+
+# --------------------------------------------------------------------------- quality (trained demo)
+
+needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="trained demo weights not there yet")
+
+
+def colour_neurons() -> dict[str, int]:
+    """The colour concepts' multimodal neurons named by eval-demo (from the model card's facts)."""
+    from precompute import eval_demo
+    from precompute.demo_world import COLOURS
+
+    if CARD.is_file() and (m := re.search(r"<!-- facts: (\{.*?\}) -->", CARD.read_text(), re.S)):
+        named = json.loads(m.group(1))["multimodal_neurons"]
+        threshold = json.loads(m.group(1)).get("threshold", eval_demo.THRESHOLD)
+    else:
+        model, tokenizer = eval_demo.load_demo_model(WEIGHTS)
+        result = eval_demo.evaluate(model, None, tokenizer, n_per_class=10)
+        named, threshold = result.multimodal_neurons, result.threshold
+    return {c: int(v[0]) for c, v in named.items() if c in COLOURS and min(v[1], v[2]) >= threshold}
+
+
+def dominant_colour(image: torch.Tensor) -> str:
+    """The demo palette colour that most chromatic pixels of ``image`` (3, H, W) are nearest to."""
+    from precompute.demo_world import PALETTE
+
+    names = list(PALETTE)
+    pixels = image.permute(1, 2, 0).reshape(-1, 3).numpy()
+    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in pixels])
+    chromatic = (hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.15)
+    if not chromatic.any():
+        return "none"
+    palette = np.array([PALETTE[n] for n in names], dtype=np.float32) / 255
+    p_hsv = np.array([colorsys.rgb_to_hsv(*p) for p in palette])
+
+    def hue_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        d = np.abs(a[:, None] - b[None, :])
+        return np.minimum(d, 1 - d)
+
+    # hue decides, value separates brown from orange, saturation pink from red
+    dist = hue_dist(hsv[chromatic, 0], p_hsv[:, 0]) * 4 + np.abs(
+        hsv[chromatic, 2][:, None] - p_hsv[None, :, 2]
+    ) + 0.5 * np.abs(hsv[chromatic, 1][:, None] - p_hsv[None, :, 1])
+    votes = np.bincount(dist.argmin(1), weights=hsv[chromatic, 1], minlength=len(names))
+    return names[int(votes.argmax())]
+
+
+@pytest.fixture(scope="module")
+def last_block_visualizations(demo_loaded):
+    """Positive visualizations of every last-block neuron at the CPU stage defaults."""
+    from precompute.featurevis import CPU_STEPS, cpu_size
+
+    layer = last_layer(demo_loaded)
+    settings = fv.Settings(steps=CPU_STEPS, size=cpu_size(demo_loaded))
+    return fv.render(demo_loaded, layer, list(range(layer.n_units)), settings=settings)
+
+
+@pytest.mark.slow
+@needs_weights
+def test_diagonal_dominance_of_last_block(demo_loaded, last_block_visualizations) -> None:
+    layer = last_layer(demo_loaded)
+    r = last_block_visualizations
+    mean, std = fv.normalisation(demo_loaded)
+    with torch.inference_mode():
+        raw = fv.forward_to(demo_loaded.visual, (r.images - mean) / std, [layer])[layer.name]
+    matrix = raw.mean(dim=(2, 3))  # (image i, neuron j); image i optimised for neuron i
+    n = matrix.shape[0]
+    own = matrix.diagonal()
+    others = (matrix.sum(dim=0) - own) / (n - 1)
+    share = float((own > others).float().mean())
+    assert share >= 0.9, share
+
+
+@pytest.mark.slow
+@needs_weights
+def test_colour_neurons_visualizations_show_their_colour(demo_loaded, last_block_visualizations) -> None:
+    neurons = colour_neurons()
+    assert neurons, "eval-demo names no colour neuron"
+    found = {c: dominant_colour(last_block_visualizations.images[u]) for c, u in neurons.items()}
+    assert found == {c: c for c in neurons}, found
+
+
+@pytest.mark.slow
+@needs_weights
+def test_colour_neurons_top_rendered_word_is_the_concept(demo_loaded) -> None:
+    from precompute.words import default_vocabulary, word_values
+
+    neurons = colour_neurons()
+    assert neurons
+    layer = last_layer(demo_loaded)
+    vocab = default_vocabulary(is_demo=True)
+    values = torch.cat([word_values(demo_loaded, vocab[i : i + 512])[layer.name]
+                        for i in range(0, len(vocab), 512)])
+    top = {c: vocab[int(values[:, u].argmax())] for c, u in neurons.items()}
+    assert top == {c: c for c in neurons}, top
