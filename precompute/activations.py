@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import random
 import sys
 import time
@@ -66,6 +67,7 @@ DEFAULT_TOP_K = 64
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_SAMPLE = 1000
 SAMPLE_SEED = 0
+DEFAULT_WORKERS = min(8, os.cpu_count() or 2)  # decoding threads
 CHECKPOINT_BATCHES = 8
 CHECKPOINT_SECONDS = 60.0  # checkpoint at least this often ...
 CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (state can be ~100 MB)
@@ -371,7 +373,7 @@ def run_activations(
     batch_size: int = DEFAULT_BATCH_SIZE,
     sample_size: int = DEFAULT_SAMPLE,
     device: str = "cpu",
-    workers: int = 2,
+    workers: int = DEFAULT_WORKERS,
     checkpoint_batches: int = CHECKPOINT_BATCHES,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     checkpoint_min_seconds: float = CHECKPOINT_MIN_SECONDS,
@@ -761,7 +763,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per forward pass" + dflt)
     add("--sample", type=int, default=DEFAULT_SAMPLE, help="images in the histogram sample" + dflt)
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1, ..." + dflt)
-    add("--workers", type=int, default=2, help="decoding threads" + dflt)
+    add("--workers", type=int, default=DEFAULT_WORKERS, help="decoding threads" + dflt)
     add("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -494,3 +494,25 @@ def test_a_dataset_without_one_readable_image_fails(tmp_path, capsys):
         == 2
     )
     assert "dataset not found" in capsys.readouterr().err
+
+
+def test_a_vision_transformer_is_indexed_end_to_end(tmp_path, vit_b32_random):
+    path = tmp_path / "vit.db"
+    report = run_activations(
+        vit_b32_random, "demo:6", f"sqlite:///{path}", top_k=2, batch_size=3, sample_size=4, progress=False
+    )
+    assert report.status == "done" and report.n_indexed == 6
+    con = sqlite3.connect(path)
+    layers = con.execute(
+        "SELECT id, n_units, grid_h, grid_w, is_last FROM layers ORDER BY position"
+    ).fetchall()
+    assert [layer[1:] for layer in layers] == [(3072, 7, 7, 0), (3072, 7, 7, 1)]
+    sizes = {r[0] for r in con.execute("SELECT length(heatmap) FROM top_examples")}
+    assert sizes == {7 * 7 * 2}  # float16 patch grid
+    assert con.execute("SELECT count(*) FROM top_examples").fetchone()[0] == 2 * 3072 * 2
+    values = [r[0] for r in con.execute("SELECT value FROM top_examples ORDER BY neuron_id, rank")]
+    assert all(a >= b for a, b in zip(values[::2], values[1::2], strict=True))
+    direction = con.execute("SELECT layer_id, n_units, embed_dim FROM directions").fetchall()
+    assert direction == [(layers[1][0], 3072, 512)]
+    assert con.execute("SELECT image_size, embed_dim FROM models").fetchone() == (224, 512)
+    con.close()
