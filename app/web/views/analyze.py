@@ -22,7 +22,8 @@ import io
 import json
 import logging
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -30,12 +31,12 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 from PIL import Image as PILImage
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.db import MIME_EXT, put_blob
+from app.db import MIME_EXT
 from app.db.schema import Analysis, Base, Blob, Image, Label, Layer, Model, Neuron, TopExample, utcnow
 from app.live.runner import Busy, LiveError, LiveRunner, LiveTimeout
 from app.neurons import analysis as core
@@ -61,6 +62,7 @@ STORED_QUALITY = 88
 MAX_TOP_K = 64
 FORM_FIELDS = ("image", "file", "upload")
 N_EXAMPLES = 8
+CARD_TTL_S = 30.0  # how long a layer's labels and thumbnails are cached
 
 
 # --------------------------------------------------------------------------- model context
@@ -86,6 +88,7 @@ class ModelContext:
     name: str
     layers: list[LayerMeta]
     percentiles: core.Percentiles
+    cards: dict[str, tuple[float, dict[int, tuple[Any, ...]]]] = field(default_factory=dict)
 
     def layer(self, name: str) -> LayerMeta | None:
         return next((layer for layer in self.layers if layer.name == name), None)
@@ -166,53 +169,63 @@ def _source_rank(source: str) -> int:
     return 0 if source == "manual" else 1 if source.startswith("imported") else 2
 
 
+def _layer_cards(
+    session: Session, urls: Urls, ctx: ModelContext, layer: LayerMeta
+) -> dict[int, tuple[Any, ...]]:
+    """unit → (label, label source, thumbnail URL) for every neuron of ``layer`` (two queries)."""
+    best: dict[int, tuple[Any, ...]] = {}
+    for unit, text, source, rank, score in session.execute(
+        select(Neuron.unit, Label.label, Label.source, Label.rank, Label.score)
+        .join(Label, Label.neuron_id == Neuron.id)
+        .where(Neuron.layer_id == layer.id)
+    ):
+        order = (_source_rank(source), rank, -(score or 0.0))
+        if unit not in best or order < best[unit][0]:
+            best[unit] = (order, text, source)
+    thumbs = {
+        unit: urls.blob(sha, MIME_EXT.get(mime, "bin"))
+        for unit, sha, mime in session.execute(
+            select(Neuron.unit, Blob.sha256, Blob.mime)
+            .join(TopExample, and_(TopExample.neuron_id == Neuron.id, TopExample.rank == 0))
+            .join(Image, Image.id == TopExample.image_id)
+            .join(Blob, Blob.sha256 == Image.thumb_sha256)
+            .where(Neuron.layer_id == layer.id)
+        )
+    }
+    units = set(best) | set(thumbs)
+    return {
+        u: (best[u][1] if u in best else None, best[u][2] if u in best else None, thumbs.get(u))
+        for u in units
+    }
+
+
 def neuron_cards(
     session: Session, urls: Urls, ctx: ModelContext, wanted: dict[str, set[int]]
 ) -> dict[tuple[str, int], dict[str, Any]]:
-    """Label, top-example thumbnail and page URL of the neurons in ``wanted`` (layer → units)."""
-    ids = {layer.name: layer.id for layer in ctx.layers}
-    names = {layer.id: layer.name for layer in ctx.layers}
-    clauses = [
-        and_(Neuron.layer_id == ids[name], Neuron.unit.in_(sorted(units)))
-        for name, units in wanted.items()
-        if units and name in ids
-    ]
-    cards: dict[tuple[str, int], dict[str, Any]] = {
-        (name, unit): {
-            "label": None,
-            "label_source": None,
-            "thumb": None,
-            "url": urls.neuron(ctx.slug, name, unit),
-        }
-        for name, units in wanted.items()
-        for unit in units
-    }
-    if not clauses:
-        return cards
-    where = or_(*clauses)
-    best: dict[tuple[str, int], tuple[Any, ...]] = {}
-    for layer_id, unit, text, source, rank, score in session.execute(
-        select(Neuron.layer_id, Neuron.unit, Label.label, Label.source, Label.rank, Label.score)
-        .join(Label, Label.neuron_id == Neuron.id)
-        .where(where)
-    ):
-        key = (names[layer_id], unit)
-        order = (_source_rank(source), rank, -(score or 0.0))
-        if key not in best or order < best[key][0]:
-            best[key] = (order, text, source)
-    for key, (_order, text, source) in best.items():
-        if key in cards:
-            cards[key]["label"], cards[key]["label_source"] = text, source
-    for layer_id, unit, sha, mime in session.execute(
-        select(Neuron.layer_id, Neuron.unit, Blob.sha256, Blob.mime)
-        .join(TopExample, and_(TopExample.neuron_id == Neuron.id, TopExample.rank == 0))
-        .join(Image, Image.id == TopExample.image_id)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .where(where)
-    ):
-        key = (names[layer_id], unit)
-        if key in cards:
-            cards[key]["thumb"] = urls.blob(sha, MIME_EXT.get(mime, "bin"))
+    """Label, top-example thumbnail and page URL of the neurons in ``wanted`` (layer → units).
+
+    Each layer's labels and thumbnails are read once and kept for :data:`CARD_TTL_S` seconds (a
+    label set from the CLI while the server runs shows up within that time).
+    """
+    cards: dict[tuple[str, int], dict[str, Any]] = {}
+    now = time.monotonic()
+    for name, units in wanted.items():
+        layer = ctx.layer(name)
+        table: dict[int, tuple[Any, ...]] = {}
+        if layer is not None:
+            cached = ctx.cards.get(name)
+            if cached is None or cached[0] < now:
+                cached = (now + CARD_TTL_S, _layer_cards(session, urls, ctx, layer))
+                ctx.cards[name] = cached
+            table = cached[1]
+        for unit in units:
+            label, source, thumb = table.get(unit, (None, None, None))
+            cards[(name, unit)] = {
+                "label": label,
+                "label_source": source,
+                "thumb": thumb,
+                "url": urls.neuron(ctx.slug, name, unit),
+            }
     return cards
 
 
@@ -287,7 +300,7 @@ def _blob_references() -> list[Any]:
 
 
 def store_analysis(
-    sessions: Any,
+    engine: Engine,
     analysis_id_: str,
     model_id: int,
     image: tuple[bytes, int, int],
@@ -296,49 +309,43 @@ def store_analysis(
     cap: int,
     created_at: datetime | None = None,
 ) -> None:
-    """Insert or refresh an analysis with its image copy, then evict the oldest beyond ``cap``."""
+    """Insert or refresh an analysis with its image copy, then evict the oldest beyond ``cap``.
+
+    Plain SQL in one transaction on the web's write engine (it writes only the web's own tables,
+    analyses and blobs; the ORM's bookkeeping cost more than the writes).
+    """
     created_at = created_at or utcnow()
     data, width, height = image
-    with sessions() as session:
-        sha = put_blob(session, data, "image/jpeg", width, height)
-        row = session.get(Analysis, analysis_id_)
-        if row is None:
-            session.add(
-                Analysis(
-                    id=analysis_id_,
-                    model_id=model_id,
-                    kind="image",
-                    image_sha256=sha,
-                    params=params,
-                    result=result,
-                    created_at=created_at,
-                )
+    sha = hashlib.sha256(data).hexdigest()
+    values = {"image_sha256": sha, "params": params, "result": result, "created_at": created_at}
+    with engine.begin() as conn:
+        if conn.execute(select(Blob.sha256).where(Blob.sha256 == sha)).first() is None:
+            conn.execute(
+                insert(Blob).values(sha256=sha, mime="image/jpeg", data=data, width=width, height=height)
             )
-        else:
-            row.image_sha256, row.params, row.result, row.created_at = sha, params, result, created_at
-        session.commit()
-        evict_oldest(session, cap)
+        updated = conn.execute(update(Analysis).where(Analysis.id == analysis_id_).values(**values))
+        if not updated.rowcount:
+            conn.execute(insert(Analysis).values(id=analysis_id_, model_id=model_id, kind="image", **values))
+        evict_oldest(conn, cap)
 
 
-def evict_oldest(session: Session, cap: int) -> int:
+def evict_oldest(conn: Connection, cap: int) -> int:
     """Delete the oldest analyses beyond ``cap`` and their image blobs when nothing else uses them."""
-    total = int(session.scalar(select(func.count()).select_from(Analysis)) or 0)
+    total = int(conn.execute(select(func.count()).select_from(Analysis)).scalar() or 0)
     excess = total - max(0, cap)
     if excess <= 0:
         return 0
-    old = session.execute(
+    old = conn.execute(
         select(Analysis.id, Analysis.image_sha256).order_by(Analysis.created_at, Analysis.id).limit(excess)
     ).all()
-    session.execute(delete(Analysis).where(Analysis.id.in_([r.id for r in old])))
-    session.flush()
+    conn.execute(delete(Analysis).where(Analysis.id.in_([r.id for r in old])))
     for sha in {r.image_sha256 for r in old if r.image_sha256}:
         used = any(
-            session.execute(select(column).where(column == sha).limit(1)).first() is not None
+            conn.execute(select(column).where(column == sha).limit(1)).first() is not None
             for column in _blob_references()
         )
         if not used:
-            session.execute(delete(Blob).where(Blob.sha256 == sha))
-    session.commit()
+            conn.execute(delete(Blob).where(Blob.sha256 == sha))
     return len(old)
 
 
@@ -604,7 +611,7 @@ def store_now(request: Request, c: Computed) -> bool:
     settings: Settings = request.app.state.settings
     try:
         store_analysis(
-            request.app.state.write_sessions,
+            request.app.state.write_engine,
             c.id,
             c.ctx.id,
             c.image,
