@@ -6,9 +6,9 @@ share one optimisation batch (:func:`app.neurons.featurevis.render`). Images are
 blobs with a ``feature_visualizations`` row (objective reached, settings). Resumable: neurons
 whose visualizations are stored are skipped, and every batch is committed on its own.
 
-Defaults depend on the device: on a GPU Lucid's 512 steps at the model's input size; on a CPU
-``CPU_STEPS`` steps at half the input size (:func:`cpu_size`), a budget that keeps the
-``conceptscope demo`` build short.
+Defaults depend on the device (:func:`app.neurons.featurevis.default_settings`): on a GPU
+Lucid's 512 steps at the model's input size; on a CPU fewer steps at half the input size, a
+budget that keeps the ``conceptscope demo`` build short.
 """
 
 from __future__ import annotations
@@ -29,20 +29,12 @@ from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons import featurevis as fv
 
 STAGE = "featurevis"
-CPU_STEPS = 48
-GPU_STEPS = 512
+CPU_STEPS = fv.CPU_STEPS
+GPU_STEPS = fv.GPU_STEPS
 CPU_BATCH = 64
 GPU_BATCH = 256
 DEFAULT_DIVERSITY = 4
 KINDS = ("positive", "negative", "diversity")
-
-
-def cpu_size(loaded: LoadedModel) -> int:
-    """CPU default image side: half the model's input (Lucid renders below input size too);
-    a ViT needs its input size."""
-    if any(layer.kind == "vit_mlp" for layer in loaded.layers):
-        return loaded.image_size
-    return max(32, loaded.image_size // 2)
 
 
 @dataclass
@@ -210,11 +202,7 @@ def render_missing(
         device = best_device() if device == "auto" else device
         loaded = load_model(ModelSpec(model_row.name, model_row.pretrained), device)
     on_gpu = loaded.device.type == "cuda"
-    settings = fv.Settings(
-        steps=steps or (GPU_STEPS if on_gpu else CPU_STEPS),
-        size=size,
-        seed=seed,
-    )
+    settings = fv.default_settings(loaded, steps=steps, size=size, seed=seed)
     batch = batch or (GPU_BATCH if on_gpu else CPU_BATCH)
     if diversity >= 2 and batch < diversity:
         raise ValueError(f"--batch ({batch}) must be at least --diversity ({diversity})")

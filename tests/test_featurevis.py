@@ -335,10 +335,8 @@ def dominant_colour(image: torch.Tensor) -> str:
 @pytest.fixture(scope="module")
 def last_block_visualizations(demo_loaded):
     """Positive visualizations of every last-block neuron at the CPU stage defaults."""
-    from precompute.featurevis import CPU_STEPS, cpu_size
-
     layer = last_layer(demo_loaded)
-    settings = fv.Settings(steps=CPU_STEPS, size=cpu_size(demo_loaded))
+    settings = fv.default_settings(demo_loaded)
     return fv.render(demo_loaded, layer, list(range(layer.n_units)), settings=settings)
 
 
@@ -380,3 +378,73 @@ def test_colour_neurons_top_rendered_word_is_the_concept(demo_loaded) -> None:
                         for i in range(0, len(vocab), 512)])
     top = {c: vocab[int(values[:, u].argmax())] for c, u in neurons.items()}
     assert top == {c: c for c in neurons}, top
+
+
+# --------------------------------------------------------------------------- on demand (web)
+
+
+def first_neuron(url: str) -> tuple[str, str, int]:
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        layer = session.scalar(select(Layer).where(Layer.is_last))
+        slug = layer.model.slug
+        name = layer.name
+    engine.dispose()
+    return slug, name, 5
+
+
+async def test_missing_visualization_is_rendered_on_demand_and_stored(db_copy, demo_loaded) -> None:
+    import asyncio
+
+    import httpx
+
+    from app.config import Settings
+    from app.web.app import create_app
+    from tests.live_support import make_runner
+
+    slug, layer, unit = first_neuron(db_copy)
+    runner = make_runner(demo_loaded, slug)
+    app = create_app(Settings(db_url=db_copy), live_runner=runner)
+    page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    async with runner, httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        page = (await c.get(page_url)).text
+        assert f'hx-get="{page_url}/featurevis"' in page and "load delay:1s" in page
+        first = await c.get(f"{page_url}/featurevis", headers={"HX-Request": "true"})
+        assert first.status_code == 200 and "Rendering on the live model" in first.text
+        assert "steps at 64 px on the CPU" in first.text and 'hx-trigger="load delay:2s"' in first.text
+        for _ in range(240):
+            status = (await c.get(f"{page_url}/featurevis.json")).json()
+            if status["status"] != "rendering":
+                break
+            await asyncio.sleep(0.25)
+        assert status["status"] == "done", status
+        assert [im["kind"] for im in status["images"]] == ["positive", "negative"]
+        done = await c.get(f"{page_url}/featurevis", headers={"HX-Request": "true"})
+        assert "<img" in done.text and "hx-trigger" not in done.text
+        data = (await c.get(page_url + ".json")).json()["sections"]["featurevis"]
+        assert [im["kind"] for im in data] == ["positive", "negative"]
+        assert data[0]["settings"]["on_demand"] is True and data[0]["settings"]["steps"] == fv.CPU_STEPS
+        assert data[0]["objective"] > data[1]["objective"]
+        blob = await c.get(data[0]["image"])
+        assert blob.status_code == 200 and blob.headers["content-type"] == "image/png"
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()
+
+
+async def test_featurevis_fragment_without_live_model(db_copy) -> None:
+    import httpx
+
+    from app.config import Settings
+    from app.web.app import create_app
+
+    slug, layer, unit = first_neuron(db_copy)
+    app = create_app(Settings(db_url=db_copy))
+    page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        data = (await c.get(f"{page_url}/featurevis.json")).json()
+        assert data["status"] == "unavailable" and "no live model" in data["error"]
+        assert "precompute featurevis" in (await c.get(f"{page_url}/featurevis")).text
+        assert "featurevis" not in (await c.get(page_url + ".json")).json()["sections"]
+        assert (await c.get(f"/models/{slug}/layers/{layer}/neurons/99999/featurevis")).status_code == 404
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()

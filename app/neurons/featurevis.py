@@ -90,6 +90,23 @@ class Settings:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+CPU_STEPS = 64
+GPU_STEPS = 512
+
+
+def default_settings(loaded: LoadedModel, **changes: Any) -> Settings:
+    """Settings for ``loaded``'s device: on a GPU Lucid's 512 steps at the model's input size; on a
+    CPU ``CPU_STEPS`` steps at half the input size (Lucid, too, renders below the input size; a
+    ViT needs its input size). ``changes`` override (``None`` values are ignored)."""
+    if loaded.device.type == "cuda":
+        base = Settings(steps=GPU_STEPS, size=loaded.image_size)
+    else:
+        vit = any(layer.kind == "vit_mlp" for layer in loaded.layers)
+        size = loaded.image_size if vit else max(32, loaded.image_size // 2)
+        base = Settings(steps=CPU_STEPS, size=size)
+    return base.with_(**changes)
+
+
 @dataclass
 class Result:
     """Optimised images and what they reached."""

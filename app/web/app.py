@@ -31,7 +31,8 @@ from app.web.urls import Urls
 log = logging.getLogger("conceptscope.web")
 
 #: Tables the web process may write; everything else is read-only to it.
-WEB_OWNED_TABLES = frozenset({"analyses", "blobs"})
+WEB_OWNED_TABLES = frozenset({"analyses", "blobs", "feature_visualizations"})
+# feature_visualizations: rendered on demand by app/web/views/featurevis.py when none is stored
 
 
 class ReadOnlyViolation(RuntimeError):

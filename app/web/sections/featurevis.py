@@ -1,13 +1,20 @@
-"""Neuron page section: feature visualizations (images optimised to excite the neuron)."""
+"""Neuron page section: feature visualizations (images optimised to excite the neuron).
+
+Stored visualizations: a list of images. None stored but the live model serves this model: a
+placeholder ``{"status": "pending", "poll": URL}`` whose partial asks
+:mod:`app.web.views.featurevis` (htmx) to render them on demand. Otherwise: no section.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from app.db import queries
 from app.web.sections import NeuronContext
 
 
-def load(ctx: NeuronContext) -> list[dict[str, object]] | None:
-    return [
+def load(ctx: NeuronContext) -> list[dict[str, object]] | dict[str, Any] | None:
+    stored = [
         {
             "kind": fv.kind,
             "index": fv.index,
@@ -18,4 +25,20 @@ def load(ctx: NeuronContext) -> list[dict[str, object]] | None:
             "settings": fv.settings,
         }
         for fv, thumb in queries.feature_visualizations(ctx.session, ctx.neuron)
-    ] or None
+    ]
+    if stored:
+        return stored
+    if _serves(ctx.live_runner, ctx.model.slug):
+        poll = ctx.urls.neuron(ctx.model.slug, ctx.layer.name, ctx.neuron.unit) + "/featurevis"
+        return {"status": "pending", "poll": poll}
+    return None
+
+
+def _serves(runner: Any, slug: str) -> bool:
+    """Whether ``runner`` is running and holds the model called ``slug``."""
+    if runner is None or not getattr(runner, "running", False):
+        return False
+    try:
+        return runner.loaded.spec.slug == slug
+    except Exception:
+        return False

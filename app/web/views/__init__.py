@@ -18,6 +18,7 @@ VIEW_MODULES: list[str] = [
     "app.web.views.model",
     "app.web.views.layer",
     "app.web.views.neuron",
+    "app.web.views.featurevis",  # on-demand feature visualization fragment (issue 5)
     "app.web.views.analyze",  # live endpoint (issue 4)
     "app.web.views.search",  # live endpoint (issue 4)
     "app.web.views.typographic",  # typographic attack lab (issue 6)
