@@ -54,9 +54,9 @@ from app.neurons.capture import run_visual, spatial_maps
 from app.neurons.directions import unit_directions
 from precompute.datasets import (
     Batch,
+    BatchLoader,
     Dataset,
     DatasetError,
-    iter_batches,
     open_dataset,
     prepare,
     split_preprocess,
@@ -402,6 +402,39 @@ def run_activations(
         device = best_device()
     loaded = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+    options = PassOptions(
+        top_k, batch_size, sample_size, workers, checkpoint_batches, checkpoint_seconds,
+        checkpoint_min_seconds, stop_after_batches, progress,
+    )  # fmt: skip
+    # Start decoding the first batches now (a fresh run starts at 0): it overlaps the set-up below.
+    first = BatchLoader(data, loaded.preprocess, batch_size, workers=workers)
+    try:
+        return _index(loaded, data, db_url, options, first, started)
+    finally:
+        first.close()
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    """The knobs of :func:`run_activations` (see there)."""
+
+    top_k: int
+    batch_size: int
+    sample_size: int
+    workers: int
+    checkpoint_batches: int
+    checkpoint_seconds: float
+    checkpoint_min_seconds: float
+    stop_after_batches: int | None
+    progress: bool
+
+
+def _index(
+    loaded: LoadedModel, data: Dataset, db_url: str, options: PassOptions, first: BatchLoader, started: float
+) -> ActivationsReport:
+    """Set up (or find) the run, resume or start the pass, finalize; see :func:`run_activations`."""
+    top_k, batch_size, sample_size = options.top_k, options.batch_size, options.sample_size
+    progress = options.progress
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     params = run_params(loaded, data, top_k, sample_size)
@@ -470,6 +503,12 @@ def run_activations(
             file=sys.stderr,
         )
 
+    loader = first
+    if (state.position, state.batch_size) != (first.start, first.batch_size):  # resuming elsewhere
+        first.close()
+        loader = BatchLoader(
+            data, loaded.preprocess, state.batch_size, start=state.position, workers=options.workers
+        )
     batches = 0
     timings = {"setup_s": time.perf_counter() - started}
     last_checkpoint = time.monotonic()
@@ -482,21 +521,20 @@ def run_activations(
         dynamic_ncols=True,
     )
     try:
-        with fast_layout(loaded):
-            for batch in iter_batches(
-                data, loaded.preprocess, state.batch_size, start=state.position, workers=workers
-            ):
+        with fast_layout(loaded), loader:
+            for batch in loader:
                 process_batch(loaded, state, batch)
                 batches += 1
                 bar.update(batch.stop - batch.start)
                 bar.set_postfix(skipped=len(state.skipped), refresh=False)
                 since = time.monotonic() - last_checkpoint
-                due = state.batches_done % checkpoint_batches == 0 and since >= checkpoint_min_seconds
-                late = since > checkpoint_seconds
+                due = state.batches_done % options.checkpoint_batches == 0
+                due = due and since >= options.checkpoint_min_seconds
+                late = since > options.checkpoint_seconds
                 if state.position < len(data) and (due or late):
                     save_checkpoint(sessions, run_id, state, len(data))
                     last_checkpoint = time.monotonic()
-                if stop_after_batches is not None and batches >= stop_after_batches:
+                if options.stop_after_batches is not None and batches >= options.stop_after_batches:
                     engine.dispose()
                     return report("interrupted", state, batches)
     finally:

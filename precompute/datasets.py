@@ -292,6 +292,73 @@ def prepare(dataset: Dataset, position: int, view: Callable, to_tensor: Callable
         return Prepared(item)
 
 
+class BatchLoader:
+    """Batches of ``batch_size`` consecutive positions from ``start``, decoded ahead in threads.
+
+    Decoding starts as soon as the loader is built, so it overlaps with whatever the caller
+    does before iterating (model set-up, database set-up). Batch boundaries depend only on
+    ``start`` and ``batch_size`` (resuming at a batch boundary reproduces the same batches).
+    Decoding (Pillow) and tensor ops release the GIL, so a thread pool overlaps with the model
+    without the start-up cost of worker processes. Iterate once; :meth:`close` (or leaving a
+    ``with`` block) drops the work queued ahead.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        batch_size: int,
+        *,
+        start: int = 0,
+        workers: int = 2,
+        prefetch_batches: int = 2,
+    ):
+        self.dataset, self.batch_size, self.start = dataset, batch_size, start
+        self._view, self._to_tensor = split_preprocess(preprocess)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+        self._pending: deque[Future[Prepared]] = deque()
+        self._next = start
+        self._lookahead = batch_size * (prefetch_batches + 1)
+        self._fill()
+
+    def _fill(self) -> None:
+        while self._next < len(self.dataset) and len(self._pending) < self._lookahead:
+            self._pending.append(
+                self._pool.submit(prepare, self.dataset, self._next, self._view, self._to_tensor)
+            )
+            self._next += 1
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.dataset)
+        batch_start = self.start
+        try:
+            while batch_start < n:
+                self._fill()
+                stop = min(batch_start + self.batch_size, n)
+                results = [self._pending.popleft().result() for _ in range(stop - batch_start)]
+                self._fill()
+                good = [r for r in results if r.pixels is not None]
+                errors = [r.item for r in results if r.pixels is None]
+                pixels = torch.stack([r.pixels for r in good]) if good else None
+                yield Batch(batch_start, stop, good, errors, pixels)
+                batch_start = stop
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Cancel the decoding queued ahead and stop the threads."""
+        for future in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BatchLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def iter_batches(
     dataset: Dataset,
     preprocess: Callable[[Image.Image], torch.Tensor],
@@ -301,37 +368,7 @@ def iter_batches(
     workers: int = 2,
     prefetch_batches: int = 2,
 ) -> Iterator[Batch]:
-    """Batches of ``batch_size`` consecutive positions from ``start``, decoded ahead in threads.
-
-    Batch boundaries depend only on ``start`` and ``batch_size`` (resuming at a batch boundary
-    reproduces the same batches). Decoding (Pillow) and tensor ops release the GIL, so a thread
-    pool overlaps with the model without the start-up cost of worker processes.
-    """
-    view, to_tensor = split_preprocess(preprocess)
-    n = len(dataset)
-    pending: deque[Future[Prepared]] = deque()
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
-        next_pos = start
-        lookahead = batch_size * (prefetch_batches + 1)
-
-        def fill() -> None:
-            nonlocal next_pos
-            while next_pos < n and len(pending) < lookahead:
-                pending.append(pool.submit(prepare, dataset, next_pos, view, to_tensor))
-                next_pos += 1
-
-        batch_start = start
-        try:
-            while batch_start < n:
-                fill()
-                stop = min(batch_start + batch_size, n)
-                results = [pending.popleft().result() for _ in range(stop - batch_start)]
-                fill()
-                good = [r for r in results if r.pixels is not None]
-                errors = [r.item for r in results if r.pixels is None]
-                pixels = torch.stack([r.pixels for r in good]) if good else None
-                yield Batch(batch_start, stop, good, errors, pixels)
-                batch_start = stop
-        finally:  # the consumer stopped early: drop the work queued ahead
-            for future in pending:
-                future.cancel()
+    """Iterate a :class:`BatchLoader` (decoding starts at the first ``next``)."""
+    yield from BatchLoader(
+        dataset, preprocess, batch_size, start=start, workers=workers, prefetch_batches=prefetch_batches
+    )
