@@ -291,3 +291,54 @@ def test_multimodal_view_lists_top_neurons_with_photo_and_text_evidence(client) 
     html = client.get("/models/demo/multimodal", params={"layer": "layer3.0", "n": 3}).text
     assert "Photo evidence" in html and "Text evidence" in html and html.count('class="panel mm-row"') == 3
     assert client.get("/models/demo/multimodal.json", params={"layer": "nope"}).status_code == 404
+
+
+# ----------------------------------------------------------------------------- other datasets
+
+
+@pytest.mark.slow
+def test_folder_dataset_gets_zero_shot_concepts_and_generic_word_renderings(rn50_random, tmp_path) -> None:
+    """Without ground truth (a plain image folder) the stage tags images by zero-shot pseudo-labels
+    and renders words with the generic text renderer (any open_clip model)."""
+    from PIL import Image
+
+    from app.db.schema import ConceptProfile
+    from precompute.activations import run_activations
+    from precompute.labels import LabelsOptions, compute_labels
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        Image.new("RGB", (40 + 8 * i, 48), (40 * i, 200 - 30 * i, 90)).save(folder / f"{i}.png")
+    url = f"sqlite:///{tmp_path / 'rn50.db'}"
+    report = run_activations(
+        rn50_random, str(folder), url, top_k=3, batch_size=6, sample_size=6, progress=False
+    )
+    assert report.status == "done"
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("red\ngreen\nblue\nsky\ngrass\n")
+    reports = compute_labels(
+        url, options=LabelsOptions(vocab=vocab, top=3, k=2, progress=False), loaded=rn50_random
+    )
+    assert reports[0].tag_source == "zero-shot" and reports[0].labelled == sum(
+        lr.n_units for lr in rn50_random.layers
+    )
+    with _session(url) as s:
+        for layer in s.scalars(select(Layer)):
+            profile = s.get(ConceptProfile, layer.id)
+            assert profile.source == "zero-shot" and profile.concepts == [
+                "red",
+                "green",
+                "blue",
+                "sky",
+                "grass",
+            ]
+            assert len(profile.image_tags) == 6 and all(len(t) <= 1 for t in profile.image_tags.values())
+            assert len(profile.word_blobs) == 5
+        assert set(s.scalars(select(Label.label).where(Label.source == "auto"))) <= {
+            "red",
+            "green",
+            "blue",
+            "sky",
+            "grass",
+        }
