@@ -11,7 +11,7 @@ alternate the order of the loops; the figures are medians of wall-clock images/s
 process CPU-second alongside, as the CPU is shared). The last line is ``ratio: X``: pass
 images/s divided by the images/s of ``encode_image`` on the model as loaded (1.0 = no overhead).
 
-    .venv/bin/python bench/precompute_overhead.py [--model demo] [--images N] [--repeats 5]
+    .venv/bin/python bench/precompute_overhead.py [--model demo] [--images N] [--repeats 7]
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--sample", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--source",

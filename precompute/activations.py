@@ -74,6 +74,7 @@ CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (sta
 THUMB_MAX_SIDE = 320
 THUMB_QUALITY = 90
 MAX_CHECKPOINT_THUMB_BYTES = 256 * 1024 * 1024
+CHECKPOINT_FORMAT = 1
 PENDING_THUMBS = 512  # model views held before the still-kept ones are JPEG-encoded (in threads)
 
 
@@ -255,6 +256,7 @@ class PassState:
                 offset += len(t.jpeg)
         tensors["thumb_bytes"] = torch.frombuffer(bytearray(b"".join(chunks) or b"\0"), dtype=torch.uint8)
         meta = {
+            "format": CHECKPOINT_FORMAT,
             "position": self.position,
             "batch_size": self.batch_size,
             "n_indexed": self.n_indexed,
@@ -270,6 +272,8 @@ class PassState:
 
         tensors = load(data)
         meta = json.loads(_safetensors_metadata(data)["state"])
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT}")
         layers = {
             name: LayerState(**{f: tensors[f"{name}/{f}"].to(device) for f in LayerState.FIELDS})
             for name in layer_names
@@ -486,9 +490,13 @@ def _index(
         return report("already-done", None, 0)
 
     dev = loaded.device
+    state = None
     if saved:
-        state = PassState.from_bytes(saved, layer_names, dev)
-    else:
+        try:
+            state = PassState.from_bytes(saved, layer_names, dev)
+        except Exception as exc:  # noqa: BLE001 - e.g. written by another version: start over
+            print(f"cannot resume from the saved checkpoint ({exc!r}); starting over", file=sys.stderr)
+    if state is None:
         n_sample = min(sample_size, len(data))
         chosen = sorted(random.Random(SAMPLE_SEED).sample(range(len(data)), n_sample))
         state = PassState(

@@ -516,3 +516,17 @@ def test_a_vision_transformer_is_indexed_end_to_end(tmp_path, vit_b32_random):
     assert direction == [(layers[1][0], 3072, 512)]
     assert con.execute("SELECT image_size, embed_dim FROM models").fetchone() == (224, 512)
     con.close()
+
+
+def test_an_unreadable_checkpoint_starts_the_pass_over(tmp_path, demo_loaded, tiny_db, capsys):
+    path = tmp_path / "garbled.db"
+    url = f"sqlite:///{path}"
+    _tiny_run(demo_loaded, url, checkpoint_batches=1, checkpoint_min_seconds=0, stop_after_batches=2)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE runs SET state = ?", (b"\x08\x00\x00\x00\x00\x00\x00\x00{garbage",))
+    con.commit()
+    con.close()
+    again = _tiny_run(demo_loaded, url)
+    assert (again.status, again.batches_run) == ("done", 3)
+    assert "starting over" in capsys.readouterr().err
+    assert dump(path) == dump(tiny_db.path)
