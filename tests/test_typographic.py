@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -204,3 +205,39 @@ def test_writing_blue_on_red_objects_moves_the_prediction(demo_loaded, tmp_path_
     # the written word, not the sticker covering the object, moves the prediction from red to blue
     assert np.mean(drops) > 0.2 and np.mean(gains) > 0.2, (drops, gains)
     assert flips >= len(drops) // 2, (flips, drops, gains)
+
+
+# ----------------------------------------------------------------------------- in a browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_lab_works_in_a_browser_without_javascript_tricks(server) -> None:
+    """Pick an image, type a word, submit: the before/after result appears (plain HTML forms)."""
+    from playwright.sync_api import sync_playwright
+
+    client, _ = server
+    base = str(client.base_url).rstrip("/")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(base + "/typographic")
+            page.locator(".pick-grid a").first.click()
+            page.wait_for_load_state("networkidle")
+            assert "image=" in page.url
+            page.fill("input[name=word]", "blue")
+            page.select_option("select[name=placement]", "label")
+            page.click("#attack-form button[type=submit]")
+            page.wait_for_load_state("networkidle")
+            assert "word=blue" in page.url and "placement=label" in page.url
+            assert page.locator(".pair img").count() == 2
+            assert page.locator(".prob-table tbody tr").count() == 14
+            assert page.locator(".change").count() > 0
+            assert not errors, errors
+        finally:
+            browser.close()
