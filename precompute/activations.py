@@ -70,7 +70,8 @@ SAMPLE_SEED = 0
 DEFAULT_WORKERS = min(8, os.cpu_count() or 2)  # decoding threads
 CHECKPOINT_BATCHES = 8
 CHECKPOINT_SECONDS = 60.0  # checkpoint at least this often ...
-CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (state can be ~100 MB)
+CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (state can be ~100 MB
+# for RN50x4; a checkpoint also waits 10x the time the previous one took)
 THUMB_MAX_SIDE = 320
 THUMB_QUALITY = 90
 MAX_CHECKPOINT_THUMB_BYTES = 256 * 1024 * 1024
@@ -387,8 +388,9 @@ def run_activations(
     """Index ``dataset`` with ``spec`` into the database at ``db_url`` (resuming if possible).
 
     The pass state is checkpointed every ``checkpoint_batches`` batches (but not more often than
-    every ``checkpoint_min_seconds``) and at least every ``checkpoint_seconds``; where the
-    checkpoints fall never changes the result. ``stop_after_batches`` ends the call after that
+    every ``checkpoint_min_seconds`` or 10x the time the last checkpoint took; 0 turns that
+    throttle off) and at least every ``checkpoint_seconds``; where the checkpoints fall never
+    changes the result. ``stop_after_batches`` ends the call after that
     many batches (and any checkpoint due then) without finalizing, exactly like a run killed
     there (tests use it to exercise resumption).
 
@@ -519,7 +521,7 @@ def _index(
         )
     batches = 0
     timings = {"setup_s": time.perf_counter() - started}
-    last_checkpoint = time.monotonic()
+    last_checkpoint, checkpoint_cost = time.monotonic(), 0.0
     bar = tqdm(
         total=len(data),
         initial=state.position,
@@ -537,11 +539,15 @@ def _index(
                 bar.set_postfix(skipped=len(state.skipped), refresh=False)
                 since = time.monotonic() - last_checkpoint
                 due = state.batches_done % options.checkpoint_batches == 0
-                due = due and since >= options.checkpoint_min_seconds
+                # by batch count, but spending at most ~10% of the time on checkpoints
+                throttle = max(options.checkpoint_min_seconds, 10 * checkpoint_cost)
+                due = due and (options.checkpoint_min_seconds <= 0 or since >= throttle)
                 late = since > options.checkpoint_seconds
                 if state.position < len(data) and (due or late):
+                    begun = time.monotonic()
                     save_checkpoint(sessions, run_id, state, len(data))
                     last_checkpoint = time.monotonic()
+                    checkpoint_cost = last_checkpoint - begun
                 if options.stop_after_batches is not None and batches >= options.stop_after_batches:
                     engine.dispose()
                     return report("interrupted", state, batches)
