@@ -370,9 +370,9 @@ def upsert_model(session: Session, loaded: LoadedModel) -> Model:
 
 
 def run_activations(
-    spec: ModelSpec | LoadedModel | argparse.Namespace,
-    dataset: str | Dataset | None = None,
-    db_url: str | None = None,
+    spec: ModelSpec | LoadedModel,
+    dataset: str | Dataset,
+    db_url: str,
     *,
     top_k: int = DEFAULT_TOP_K,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -393,14 +393,7 @@ def run_activations(
     changes the result. ``stop_after_batches`` ends the call after that
     many batches (and any checkpoint due then) without finalizing, exactly like a run killed
     there (tests use it to exercise resumption).
-
-    (``app.cli`` calls ``run_<command>(args)`` when a module defines it, so parsed CLI
-    arguments are accepted too and handed to :func:`run`.)
     """
-    if isinstance(spec, argparse.Namespace):
-        return run(spec)  # type: ignore[return-value]
-    if dataset is None or db_url is None:
-        raise TypeError("run_activations() needs a dataset and a db_url")
     started = time.perf_counter()
     if top_k < 1 or batch_size < 1 or sample_size < 0:
         raise ValueError("top_k and batch_size must be >= 1 and sample_size >= 0")
