@@ -41,6 +41,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# OpenMP threads that spin while waiting make a shared, oversubscribed CPU (other work running)
+# catastrophically slow for multi-threaded torch (seconds instead of 0.1 s for an RN50 forward):
+# both this process (the baseline) and the server run with passive waiting. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TARGET_RATIO = 1.3
 TARGET_OVERHEAD_MS = 15.0
@@ -264,7 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     n_rn50, n_demo = (10, 60) if args.quick else (30, 200)
     print(
         f"torch threads: {threads} · cpu cores: {os.cpu_count()} · live max batch {args.max_batch}, "
-        f"max wait {args.max_wait_ms} ms · torch {torch.__version__}",
+        f"max wait {args.max_wait_ms} ms · OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')} · "
+        f"torch {torch.__version__}",
         flush=True,
     )
 
