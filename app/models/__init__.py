@@ -158,7 +158,7 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
 
 def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
     if spec.is_demo:
-        with _quiet_random_init_warning():
+        with _quiet_open_clip_logging():
             model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=None)
         weights = Path(spec.pretrained) if spec.pretrained else DEMO_WEIGHTS
         if spec.pretrained and not weights.is_file():
@@ -173,7 +173,7 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
         if not path.is_file():
             raise ModelLoadError(f"checkpoint file not found: {path}")
         if path.suffix == ".safetensors":
-            with _quiet_random_init_warning():
+            with _quiet_open_clip_logging():
                 model = open_clip.create_model(spec.name, pretrained=None)
             load_state_file(model, path)
             return model
@@ -188,7 +188,8 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
             f"{', '.join(tags) or 'none'}; or pass a local checkpoint file path"
         )
     try:
-        return open_clip.create_model(spec.name, pretrained=spec.pretrained)
+        with _quiet_open_clip_logging():
+            return open_clip.create_model(spec.name, pretrained=spec.pretrained)
     except Exception as exc:
         raise ModelLoadError(
             f"could not download the {spec.pretrained!r} weights of {spec.name} ({_first_line(exc)}); "
@@ -198,11 +199,12 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
 
 
 @contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    """Silence open_clip's "initialized randomly" warning when we load the weights ourselves."""
+def _quiet_open_clip_logging() -> Iterator[None]:
+    """Silence open_clip's root-logger messages ("initialized randomly", "failed to download")
+    where we load the weights ourselves or report the failure in one line."""
     root = logging.getLogger()
     previous = root.level
-    root.setLevel(logging.ERROR)
+    root.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
