@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from app.neurons.render import render_text
 from tests.live_support import copy_db, live_server
 
 MODEL_CARD = DEMO_WEIGHTS.parent / "MODEL_CARD.md"
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,14 @@ def test_empty_query_is_a_helpful_page(http: httpx.Client) -> None:
 def test_zero_shot_ranking_is_direction_dot_text_embedding(http: httpx.Client, demo_loaded, index) -> None:
     data = http.get("/search.json", params={"q": "red"}).json()
     assert data["used_query"] == "red" and not data["truncated"]
-    text = core.encode_texts(demo_loaded, ["red"])[0]
+    raw_text = core.encode_texts(demo_loaded, ["red"])[0]
+    # the score removes the mean embedding of the vocabulary (the fixture DB has none: the default
+    # vocabulary file) and rescales to unit length
+    lines = (REPO / "app" / "neurons" / "vocab" / "concepts.txt").read_text().splitlines()
+    vocabulary = [w.strip() for w in lines if w.strip() and not w.strip().startswith("#")]
+    assert data["centre"] == f"{len(vocabulary)} common concepts"
+    text = raw_text - core.encode_texts(demo_loaded, vocabulary).mean(0)
+    text /= np.linalg.norm(text)
     layers = data["zero_shot"]["layers"]
     assert [layer["name"] for layer in layers] == list(index["directions"])
     for layer in layers:
@@ -74,6 +83,7 @@ def test_zero_shot_ranking_is_direction_dot_text_embedding(http: httpx.Client, d
         for n in layer["neurons"]:
             assert abs(n["score"] - scores[n["unit"]]) < 1e-4
             assert abs(n["cosine"] - scores[n["unit"]] / np.linalg.norm(matrix[n["unit"]])) < 1e-4
+            assert abs(n["raw"] - float(matrix[n["unit"]] @ raw_text)) < 1e-4
             assert n["url"].endswith(f"/neurons/{n['unit']}")
         values = [n["score"] for n in layer["neurons"]]
         assert values == sorted(values, reverse=True)

@@ -22,6 +22,7 @@ import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from app.db import from_bytes
+from app.db.meaning import concepts_of
 from app.db.schema import Direction, Label, Layer, Model, Neuron
 from app.live.runner import LiveError, LiveRunner
 from app.neurons import analysis as core
@@ -43,15 +45,18 @@ from app.web.views.analyze import ModelContext, live_http_error, model_context, 
 router = APIRouter()
 
 MAX_QUERY_CHARS = 500
+DEFAULT_VOCABULARY = Path(core.__file__).resolve().parent / "vocab" / "concepts.txt"
 N_ZERO_SHOT = 20
 N_READING = 10
 CACHE_SIZE = 512
 FALLBACK_SUGGESTIONS = ("red", "a dog", "a face", "text", "water", "a star")
 
 SCORE_HELP = (
-    "score = the neuron's direction in the joint image–text embedding space · the query's "
-    "unit-length text embedding: how far one unit of this neuron's activation moves the image "
-    "embedding towards the query. cos = the same, divided by the direction's length."
+    "score = the neuron's direction in the joint image–text embedding space · the query's text "
+    "embedding with the average embedding of {vocabulary} removed (what every text shares) and "
+    "rescaled to unit length: how far one unit of this neuron's activation moves the image embedding "
+    "towards what is specific to the query. cos = score ÷ the direction's length; raw = the dot "
+    "product with the query's embedding as it is."
 )
 READING_HELP = (
     "The query written as an image of text (dark on white, at the model's input size); value = the "
@@ -203,11 +208,50 @@ async def reading_activations(request: Request, runner: LiveRunner, text: str) -
     return cached
 
 
-def zero_shot_ranking(dirs: dict[str, np.ndarray], embedding: np.ndarray, n: int) -> list[dict[str, Any]]:
-    """Per last-block layer: the ``n`` units with the highest direction · embedding."""
+def load_vocabulary(request: Request, ctx: ModelContext) -> tuple[list[str], str]:
+    """The concept vocabulary whose mean text embedding is removed from queries, and its name."""
+    with request.app.state.sessions() as session:
+        model = session.get(Model, ctx.id)
+        words = concepts_of(session, model) if model is not None else []
+    if len(words) >= 2:
+        return words, f"the index's {len(words)} vocabulary concepts"
+    lines = DEFAULT_VOCABULARY.read_text().splitlines() if DEFAULT_VOCABULARY.exists() else []
+    words = [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
+    return words, f"{len(words)} common concepts"
+
+
+async def text_centre(
+    request: Request, runner: LiveRunner, ctx: ModelContext
+) -> tuple[np.ndarray | None, str]:
+    """Mean (unit-length) text embedding of the vocabulary, computed once per model."""
+    cache: dict[str, tuple[np.ndarray | None, str]] = request.app.state.__dict__.setdefault(
+        "_live_text_centres", {}
+    )
+    if ctx.slug not in cache:
+        words, name = await run_in_threadpool(load_vocabulary, request, ctx)
+        centre = (await runner.encode_texts(words)).mean(0) if len(words) >= 2 else None
+        cache[ctx.slug] = (centre, name if centre is not None else "nothing")
+    return cache[ctx.slug]
+
+
+def centred(embedding: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
+    """``embedding`` minus ``centre``, back at unit length (unchanged without a centre)."""
+    if centre is None:
+        return embedding
+    query = embedding - centre
+    norm = float(np.linalg.norm(query))
+    return query / norm if norm > 1e-8 else embedding
+
+
+def zero_shot_ranking(
+    dirs: dict[str, np.ndarray], embedding: np.ndarray, n: int, centre: np.ndarray | None = None
+) -> list[dict[str, Any]]:
+    """Per last-block layer: the ``n`` units with the highest direction · centred query embedding."""
+    query = centred(embedding, centre)
     layers = []
     for name, matrix in dirs.items():
-        scores = matrix @ embedding
+        scores = matrix @ query
+        raw = matrix @ embedding
         norms = np.linalg.norm(matrix, axis=1)
         top = np.argsort(-scores, kind="stable")[:n]
         layers.append(
@@ -218,6 +262,7 @@ def zero_shot_ranking(dirs: dict[str, np.ndarray], embedding: np.ndarray, n: int
                         "unit": int(u),
                         "score": float(scores[u]),
                         "cosine": float(scores[u] / norms[u]) if norms[u] > 0 else None,
+                        "raw": float(raw[u]),
                     }
                     for u in top
                 ],
@@ -276,8 +321,12 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         "zero_shot": None,
         "reading": None,
         "recipe": None,  # concept recipe (issue 6, app/web/recipe.py)
+        "centre": None,  # what the zero-shot score removes from the query embedding
         "suggestions": [],
-        "explain": {"zero_shot": SCORE_HELP, "reading": READING_HELP},
+        "explain": {
+            "zero_shot": SCORE_HELP.format(vocabulary="a concept vocabulary"),
+            "reading": READING_HELP,
+        },
     }
     if model and ctx is None:
         raise HTTPException(404, f"No model {model!r} in this index.")
@@ -308,7 +357,10 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
     except LiveError as exc:
         raise live_http_error(exc) from exc
     dirs = await run_in_threadpool(directions, request, ctx)
-    zero_layers = zero_shot_ranking(dirs, embedding, N_ZERO_SHOT)
+    centre, vocabulary = await text_centre(request, runner, ctx)
+    data["explain"]["zero_shot"] = SCORE_HELP.format(vocabulary=vocabulary)
+    data["centre"] = vocabulary
+    zero_layers = zero_shot_ranking(dirs, embedding, N_ZERO_SHOT, centre)
     reading_layers = reading_ranking(ctx, acts)
     data["recipe"] = await search_recipe(request, runner, ctx.slug, embedding, dirs)
     await run_in_threadpool(_enrich, request, ctx, zero_layers, reading_layers)
