@@ -74,6 +74,7 @@ class Settings:
     angles: tuple[float, ...] = tuple(range(-10, 11)) + (0,) * 5
     jitter2: int = 4
     transforms: bool = True
+    canvas: bool | None = None  # transformed view on Lucid's larger canvas; None: yes unless ViT
     diversity_weight: float = 100.0  # Lucid's weight in its diversity examples
     diversity_layer: str | None = None  # module path in model.visual; None = a sensible default
     autocast: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -195,9 +196,14 @@ def random_affine(
     return theta.to(device)
 
 
-def apply_affine(images: torch.Tensor, theta: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
-    """Resample each image with its own affine map; outside the image reads ``fill`` (grey)."""
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+def apply_affine(
+    images: torch.Tensor, theta: torch.Tensor, fill: float = 0.5, out_size: int | None = None
+) -> torch.Tensor:
+    """Resample each image with its own affine map onto an ``out_size`` square (default: the
+    input size); outside the image reads ``fill`` (grey)."""
+    n, c, h, w = images.shape
+    shape = [n, c, out_size or h, out_size or w]
+    grid = F.affine_grid(theta.to(images.dtype), shape, align_corners=False)
     out = F.grid_sample(images - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out + fill
 
@@ -421,6 +427,10 @@ def render(
     mean, std = normalisation(loaded)
     use_autocast = settings.autocast and device.type == "cuda"
     visual = prepared_visual(loaded.visual, device) if settings.prepare else loaded.visual
+    # Lucid feeds the padded, jittered canvas (content at scale ~1) to the network; a ViT needs a
+    # fixed input size, so there the view is resampled to ``size`` (as Lucent's fixed_image_size).
+    lucid_canvas = layer.kind == "resnet_block" if settings.canvas is None else settings.canvas
+    canvas = size + 2 * settings.pad - settings.jitter - settings.jitter2 if lucid_canvas else size
     channels_last = visual is not loaded.visual and device.type == "cpu"
 
     with frozen(visual), flushed_denormals():
@@ -428,7 +438,8 @@ def render(
             optimizer.zero_grad(set_to_none=True)
             pixels = image()
             if settings.transforms:
-                pixels = apply_affine(pixels, random_affine(n, size, settings, generator, device))
+                theta = random_affine(n, size, settings, generator, device)
+                pixels = apply_affine(pixels, theta, out_size=canvas)
             if channels_last:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
