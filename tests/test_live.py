@@ -10,11 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -414,3 +416,64 @@ def test_stored_image_is_the_model_view(http: httpx.Client, demo_loaded) -> None
     side = demo_loaded.image_size
     assert stored.size == (side, side) == (result["image"]["width"], result["image"]["height"])
     assert np.asarray(stored.convert("L")).mean() < 20  # the centre square only, as the model saw it
+
+
+# ------------------------------------------------------------------------------ in a browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_browser_upload_paste_heatmap_swap_and_live_search(server, tmp_path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    base = server[0]
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(demo_png(21))
+    pasted = base64.b64encode(demo_png(22)).decode()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            # file picker + class names → 303 → the analysis page
+            page.goto(base + "/analyze")
+            page.set_input_files("input[name=image]", str(photo))
+            page.fill("input[name=classes]", "red, blue, star")
+            page.click("button[type=submit].primary")
+            page.wait_for_url("**/analyses/*")
+            assert page.locator(".prob-bars li").count() == 3
+            # a neuron click swaps the heatmap in place (htmx), without reloading the page
+            page.evaluate("window.__stayed = true")
+            link = page.locator(".hit-main").nth(2)
+            unit = link.get_attribute("data-unit")
+            link.click()
+            caption = "document.querySelector('#analysis-figure figcaption').textContent"
+            page.wait_for_function(f"() => {caption}.includes('unit {unit}')")
+            assert page.evaluate("window.__stayed === true")
+            overlay = page.locator("[data-overlay-img]")
+            assert overlay.get_attribute("src").startswith("data:image/png") and overlay.is_visible()
+            # pasting an image on the form uploads it
+            page.goto(base + "/analyze")
+            page.evaluate(
+                """(b64) => {
+                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                    const data = new DataTransfer();
+                    data.items.add(new File([bytes], "pasted.png", {type: "image/png"}));
+                    document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: data}));
+                }""",
+                pasted,
+            )
+            page.wait_for_url("**/analyses/*")
+            assert page.locator(".hit").count() > 0
+            # live search: typing updates the results fragment in place
+            page.goto(base + "/search")
+            page.evaluate("window.__stayed = true")
+            page.locator("input[name=q]").type("blue", delay=30)
+            page.wait_for_function("() => document.querySelectorAll('#search-results .result').length > 0")
+            assert page.evaluate("window.__stayed === true") and "q=blue" in page.url
+            assert not errors, errors
+        finally:
+            browser.close()
