@@ -95,11 +95,25 @@ class ModelContext:
 
 
 _context_lock = threading.Lock()
+_state_lock = threading.Lock()
+
+
+def app_cache(request: Request, name: str, factory: Any) -> Any:
+    """A per-app object kept on ``app.state`` (created by ``factory()`` on first use)."""
+    state = request.app.state
+    value = getattr(state, name, None)
+    if value is None:
+        with _state_lock:
+            value = getattr(state, name, None)
+            if value is None:
+                value = factory()
+                setattr(state, name, value)
+    return value
 
 
 def model_context(request: Request, slug: str) -> ModelContext | None:
     """The cached :class:`ModelContext` of model ``slug`` (``None`` when not in the DB)."""
-    cache: dict[str, ModelContext] = request.app.state.__dict__.setdefault("_live_models", {})
+    cache: dict[str, ModelContext] = app_cache(request, "live_models", dict)
     if slug in cache:
         return cache[slug]
     with _context_lock:

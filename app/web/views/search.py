@@ -40,7 +40,14 @@ from app.neurons.render import render_text
 from app.web.formats import respond
 from app.web.recipe import search_recipe
 from app.web.urls import Urls
-from app.web.views.analyze import ModelContext, live_http_error, model_context, neuron_cards, runner_of
+from app.web.views.analyze import (
+    ModelContext,
+    app_cache,
+    live_http_error,
+    model_context,
+    neuron_cards,
+    runner_of,
+)
 
 router = APIRouter()
 
@@ -137,12 +144,12 @@ class _LRU:
 
 
 def _cache(request: Request) -> _LRU:
-    return request.app.state.__dict__.setdefault("_live_search_cache", _LRU(CACHE_SIZE))
+    return app_cache(request, "live_search_cache", lambda: _LRU(CACHE_SIZE))
 
 
 def directions(request: Request, ctx: ModelContext) -> dict[str, np.ndarray]:
     """The stored unit directions of the model's last-block layers (cached per app)."""
-    cache: dict[str, dict[str, np.ndarray]] = request.app.state.__dict__.setdefault("_live_directions", {})
+    cache: dict[str, dict[str, np.ndarray]] = app_cache(request, "live_directions", dict)
     if ctx.slug not in cache:
         with request.app.state.sessions() as session:
             rows = session.execute(
@@ -224,9 +231,7 @@ async def text_centre(
     request: Request, runner: LiveRunner, ctx: ModelContext
 ) -> tuple[np.ndarray | None, str]:
     """Mean (unit-length) text embedding of the vocabulary, computed once per model."""
-    cache: dict[str, tuple[np.ndarray | None, str]] = request.app.state.__dict__.setdefault(
-        "_live_text_centres", {}
-    )
+    cache: dict[str, tuple[np.ndarray | None, str]] = app_cache(request, "live_text_centres", dict)
     if ctx.slug not in cache:
         words, name = await run_in_threadpool(load_vocabulary, request, ctx)
         centre = (await runner.encode_texts(words)).mean(0) if len(words) >= 2 else None
