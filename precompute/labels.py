@@ -176,19 +176,23 @@ def vocabulary_for(spec: ModelSpec, vocab: Path | None) -> tuple[list[str], Call
 
 
 def word_renderer(spec: ModelSpec) -> Callable[[str], list[PILImage.Image]]:
-    """Renderings of a word as text: neutral inks, light and dark backgrounds, two fonts."""
+    """Renderings of a word as text: neutral inks on light and dark backgrounds, every font.
+
+    Inks are never concept colours, so a colour neuron's response to a written word is about
+    reading, not about the ink.
+    """
     if spec.is_demo:
         from precompute import demo_world as world
 
-        fonts = world.font_names()[:2]
+        fonts = world.font_names()
         variants = [("black", (255, 255, 255)), ("white", (25, 25, 25)),
                     ("black", (205, 205, 200)), ("white", (95, 90, 100))]  # fmt: skip
 
         def render_demo(word: str) -> list[PILImage.Image]:
             return [
                 world.render_word(word, world.HELDOUT_SEED, 10 * i + j, font=font, ink=ink, background=bg)
-                for i, (ink, bg) in enumerate(variants)
                 for j, font in enumerate(fonts)
+                for i, (ink, bg) in enumerate(variants)
             ]
 
         return render_demo
