@@ -155,7 +155,8 @@ class FourierImage(nn.Module):
         """Images in ``[0, 1]``, shape ``(n, 3, size, size)``."""
         spectrum = torch.view_as_complex(self.scale * self.spectrum)
         image = torch.fft.irfftn(spectrum, s=(self.size, self.size), norm="ortho") / 4.0
-        image = torch.einsum("nchw,dc->ndhw", image, self.color)  # Lucid: t @ color.T
+        n, c, h, w = image.shape
+        image = (self.color @ image.reshape(n, c, h * w)).reshape(n, c, h, w)  # Lucid: t @ color.T
         return torch.sigmoid(image)
 
 
