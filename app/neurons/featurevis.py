@@ -75,7 +75,7 @@ class Settings:
     jitter2: int = 4
     transforms: bool = True
     canvas: bool | None = None  # transformed view on Lucid's larger canvas; None: yes unless ViT
-    diversity_weight: float = 100.0  # Lucid's weight in its diversity examples
+    diversity_weight: float = 2.0  # Lucid used 1e2 at InceptionV1 scale; 2 balances the demo model
     diversity_layer: str | None = None  # module path in model.visual; None = a sensible default
     autocast: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     prepare: bool = True  # optimise through a BatchNorm-folded (and, on CPU, channels-last) copy
