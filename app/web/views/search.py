@@ -22,7 +22,6 @@ import io
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,6 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from app.db import from_bytes
-from app.db.meaning import concepts_of
 from app.db.schema import Direction, Label, Layer, Model, Neuron
 from app.live.runner import LiveError, LiveRunner
 from app.neurons import analysis as core
@@ -52,18 +50,17 @@ from app.web.views.analyze import (
 router = APIRouter()
 
 MAX_QUERY_CHARS = 500
-DEFAULT_VOCABULARY = Path(core.__file__).resolve().parent / "vocab" / "concepts.txt"
 N_ZERO_SHOT = 20
 N_READING = 10
 CACHE_SIZE = 512
 FALLBACK_SUGGESTIONS = ("red", "a dog", "a face", "text", "water", "a star")
 
 SCORE_HELP = (
-    "score = the neuron's direction in the joint image–text embedding space · the query's text "
-    "embedding with the average embedding of {vocabulary} removed (what every text shares) and "
-    "rescaled to unit length: how far one unit of this neuron's activation moves the image embedding "
-    "towards what is specific to the query. cos = score ÷ the direction's length; raw = the dot "
-    "product with the query's embedding as it is."
+    "score = (the neuron's direction in the joint image–text embedding space · the query's "
+    "unit-length text embedding) × the standard deviation of the neuron's value over the indexed "
+    "dataset: how far a typical change of this neuron's activation moves the image embedding "
+    "towards the query. raw = the dot product per unit of activation; cos = raw ÷ the direction's "
+    "length."
 )
 READING_HELP = (
     "The query written as an image of text (dark on white, at the model's input size); value = the "
@@ -147,19 +144,35 @@ def _cache(request: Request) -> _LRU:
     return app_cache(request, "live_search_cache", lambda: _LRU(CACHE_SIZE))
 
 
-def directions(request: Request, ctx: ModelContext) -> dict[str, np.ndarray]:
-    """The stored unit directions of the model's last-block layers (cached per app)."""
-    cache: dict[str, dict[str, np.ndarray]] = app_cache(request, "live_directions", dict)
+@dataclass
+class LayerDirections:
+    """A last-block layer's unit directions and each unit's activation spread over the dataset."""
+
+    directions: np.ndarray  # (units, embed_dim) float32
+    scale: np.ndarray  # (units,) the std of each unit's value over the indexed dataset (1 if unknown)
+
+
+def directions(request: Request, ctx: ModelContext) -> dict[str, LayerDirections]:
+    """The stored unit directions of the model's last-block layers and unit stds (cached per app)."""
+    cache: dict[str, dict[str, LayerDirections]] = app_cache(request, "live_directions", dict)
     if ctx.slug not in cache:
+        found = {}
         with request.app.state.sessions() as session:
             rows = session.execute(
-                select(Layer.name, Direction)
+                select(Layer.id, Layer.name, Direction)
                 .join(Direction, Direction.layer_id == Layer.id)
                 .where(Layer.model_id == ctx.id)
             ).all()
-            cache[ctx.slug] = {
-                name: from_bytes(d.values, "float32", (d.n_units, d.embed_dim)) for name, d in rows
-            }
+            for layer_id, name, d in rows:
+                matrix = from_bytes(d.values, "float32", (d.n_units, d.embed_dim))
+                scale = np.ones(d.n_units, dtype=np.float32)
+                for unit, std in session.execute(
+                    select(Neuron.unit, Neuron.std).where(Neuron.layer_id == layer_id)
+                ):
+                    if 0 <= unit < d.n_units and std is not None and np.isfinite(std):
+                        scale[unit] = std
+                found[name] = LayerDirections(matrix, scale)
+        cache[ctx.slug] = found
     return cache[ctx.slug]
 
 
@@ -215,49 +228,16 @@ async def reading_activations(request: Request, runner: LiveRunner, text: str) -
     return cached
 
 
-def load_vocabulary(request: Request, ctx: ModelContext) -> tuple[list[str], str]:
-    """The concept vocabulary whose mean text embedding is removed from queries, and its name."""
-    with request.app.state.sessions() as session:
-        model = session.get(Model, ctx.id)
-        words = concepts_of(session, model) if model is not None else []
-    if len(words) >= 2:
-        return words, f"the index's {len(words)} vocabulary concepts"
-    lines = DEFAULT_VOCABULARY.read_text().splitlines() if DEFAULT_VOCABULARY.exists() else []
-    words = [w.strip() for w in lines if w.strip() and not w.lstrip().startswith("#")]
-    return words, f"{len(words)} common concepts"
-
-
-async def text_centre(
-    request: Request, runner: LiveRunner, ctx: ModelContext
-) -> tuple[np.ndarray | None, str]:
-    """Mean (unit-length) text embedding of the vocabulary, computed once per model."""
-    cache: dict[str, tuple[np.ndarray | None, str]] = app_cache(request, "live_text_centres", dict)
-    if ctx.slug not in cache:
-        words, name = await run_in_threadpool(load_vocabulary, request, ctx)
-        centre = (await runner.encode_texts(words)).mean(0) if len(words) >= 2 else None
-        cache[ctx.slug] = (centre, name if centre is not None else "nothing")
-    return cache[ctx.slug]
-
-
-def centred(embedding: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
-    """``embedding`` minus ``centre``, back at unit length (unchanged without a centre)."""
-    if centre is None:
-        return embedding
-    query = embedding - centre
-    norm = float(np.linalg.norm(query))
-    return query / norm if norm > 1e-8 else embedding
-
-
 def zero_shot_ranking(
-    dirs: dict[str, np.ndarray], embedding: np.ndarray, n: int, centre: np.ndarray | None = None
+    dirs: dict[str, LayerDirections], embedding: np.ndarray, n: int
 ) -> list[dict[str, Any]]:
-    """Per last-block layer: the ``n`` units with the highest direction · centred query embedding."""
-    query = centred(embedding, centre)
+    """Per last-block layer: the ``n`` units whose typical activation moves the image embedding
+    furthest towards the text ``embedding``: (direction · embedding) × the unit's std."""
     layers = []
-    for name, matrix in dirs.items():
-        scores = matrix @ query
-        raw = matrix @ embedding
-        norms = np.linalg.norm(matrix, axis=1)
+    for name, layer in dirs.items():
+        raw = layer.directions @ embedding
+        scores = raw * layer.scale
+        norms = np.linalg.norm(layer.directions, axis=1)
         top = np.argsort(-scores, kind="stable")[:n]
         layers.append(
             {
@@ -266,8 +246,9 @@ def zero_shot_ranking(
                     {
                         "unit": int(u),
                         "score": float(scores[u]),
-                        "cosine": float(scores[u] / norms[u]) if norms[u] > 0 else None,
                         "raw": float(raw[u]),
+                        "cosine": float(raw[u] / norms[u]) if norms[u] > 0 else None,
+                        "std": float(layer.scale[u]),
                     }
                     for u in top
                 ],
@@ -326,7 +307,6 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         "zero_shot": None,
         "reading": None,
         "recipe": None,  # concept recipe (issue 6, app/web/recipe.py)
-        "centre": None,  # what the zero-shot score removes from the query embedding
         "suggestions": [],
         "explain": {
             "zero_shot": SCORE_HELP.format(vocabulary="a concept vocabulary"),
@@ -362,12 +342,10 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
     except LiveError as exc:
         raise live_http_error(exc) from exc
     dirs = await run_in_threadpool(directions, request, ctx)
-    centre, vocabulary = await text_centre(request, runner, ctx)
-    data["explain"]["zero_shot"] = SCORE_HELP.format(vocabulary=vocabulary)
-    data["centre"] = vocabulary
-    zero_layers = zero_shot_ranking(dirs, embedding, N_ZERO_SHOT, centre)
+    zero_layers = zero_shot_ranking(dirs, embedding, N_ZERO_SHOT)
     reading_layers = reading_ranking(ctx, acts)
-    data["recipe"] = await search_recipe(request, runner, ctx.slug, embedding, dirs)
+    matrices = {name: layer.directions for name, layer in dirs.items()}
+    data["recipe"] = await search_recipe(request, runner, ctx.slug, embedding, matrices)
     await run_in_threadpool(_enrich, request, ctx, zero_layers, reading_layers)
     data["zero_shot"] = (
         {"layers": zero_layers}
