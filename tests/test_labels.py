@@ -136,7 +136,7 @@ def test_named_demo_neurons_get_their_concept_as_label(demo_loaded, tmp_path_fac
     """The neurons eval-demo names as multimodal are labelled with their concept (top-1)."""
     url = trained_db(demo_loaded, tmp_path_factory.mktemp("trained"))
     named = named_multimodal_neurons()
-    assert len(named) >= 6, named
+    assert named, "eval-demo names no multimodal neuron"
     with _session(url) as s:
         layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
         hits = []
