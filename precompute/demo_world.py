@@ -253,6 +253,8 @@ def _caption(
             "drawing": f"a drawing of {_a(colour)} {colour} {shape}",
             "sketch": f"a sketch of {_a(colour)} {colour} {shape}",
             "shape_only": f"a drawing of a {shape}",
+            "colour_word": f"{colour}",
+            "shape_word": f"{shape}",
         }[tpl]
     elif modality == "text":
         tpl = rng.choice(["word", "word", "bare", "says", "written"])
@@ -282,7 +284,9 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
     ``overrides`` may fix ``colour``, ``shape``, ``word`` (any string; for text a word or
     "colour shape" pair), ``ink`` (a colour name), ``font``, ``word_size`` (a ``(lo, hi)`` font
     size range), ``caption`` (a template name) and ``modality_weights``; ``easy=True`` writes
-    single lower-case words in the first font with black/white/grey ink (curriculum start).
+    single lower-case words in the first font with black/white/grey ink (curriculum start);
+    ``bare_captions=p`` captions objects, drawings and text by the concept name alone ("red",
+    "star") with probability ``p``, as real captions sometimes do for a thing and a written word.
     """
     rng = _rng(seed, index)
     weights: dict[str, float] = overrides.get("modality_weights") or DEFAULT_MODALITY_WEIGHTS
@@ -330,8 +334,19 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
             case=case,
         )
     cap_rng = _rng(seed, index, "caption")
+    bare = float(overrides.get("bare_captions") or 0.0)
+    bare_rng = _rng(seed, index, "bare")
+    if "caption" not in overrides and bare and modality != "labelled_object" and bare_rng.random() < bare:
+        if modality == "text":
+            tpl = "bare"
+        else:
+            tpl = "colour_word" if bare_rng.random() < 0.5 else "shape_word"
+        overrides = {**overrides, "caption": tpl}
     if "caption" in overrides:
-        caption, tpl = _caption(_FixedChoice(overrides["caption"]), modality, colour, shape, word)
+        try:
+            caption, tpl = _caption(_FixedChoice(overrides["caption"]), modality, colour, shape, word)
+        except KeyError:
+            raise ValueError(f"no caption template {overrides['caption']!r} for {modality}") from None
     else:
         caption, tpl = _caption(cap_rng, modality, colour, shape, word)
     p.update(colour=colour, shape=shape, word=word, caption=caption, template=tpl)
@@ -347,8 +362,6 @@ class _FixedChoice(random.Random):
         self._value = value
 
     def choice(self, seq: Any) -> Any:  # noqa: D102
-        if self._value not in seq:
-            raise ValueError(f"caption template {self._value!r} not in {list(seq)}")
         return self._value
 
 
