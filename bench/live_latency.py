@@ -217,6 +217,7 @@ def measure_model(
         "bare_p95": percentile(bare_all, 95),
         "req_p50": percentile(req, 50),
         "req_p95": percentile(req, 95),
+        "paired_p50": float(np.median((np.asarray(req) - np.asarray(bare_all)) * 1000.0)),
         "loaded": loaded,
         "db": db,
     }
@@ -309,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     overhead = demo["req_p50"] - demo["bare_p50"]
     gain = conc_rate / seq_rate
     print()
+    print(f"demo median of paired differences (request - the bare forward just before it): "
+          f"{demo['paired_p50']:.2f} ms")
+    for label, m in (("RN50", rn50), ("demo", demo)):
+        if m["bare_p50"] > m["req_p50"]:
+            print(f"WARNING: the {label} bare forward (baseline) was slower than the whole request: other "
+                  "work on this machine disturbed the measurement; run again when it is quieter")
     for what, value, target, ok in (
         (
             "RN50 latency ratio (p50 request / p50 bare forward)",
