@@ -135,6 +135,12 @@ def model_context(request: Request, slug: str) -> ModelContext | None:
         return ctx
 
 
+async def get_model_context(request: Request, slug: str) -> ModelContext | None:
+    """:func:`model_context` without a worker-thread hop once it is cached."""
+    cached = app_cache(request, "live_models", dict).get(slug)
+    return cached if cached is not None else await run_in_threadpool(model_context, request, slug)
+
+
 def runner_of(request: Request) -> LiveRunner | None:
     return getattr(request.app.state, "live_runner", None)
 
@@ -600,7 +606,7 @@ async def compute(request: Request, upload: Upload) -> Computed:
     decoded, image, tensor = await run_in_threadpool(
         decode_and_preprocess, runner, upload.data, settings.max_image_pixels
     )
-    ctx = await run_in_threadpool(model_context, request, runner.slug)
+    ctx = await get_model_context(request, runner.slug)
     if ctx is None:
         raise HTTPException(503, f"The live model {runner.slug!r} is not in this index.")
     try:
@@ -825,7 +831,7 @@ async def analysis_page(
             "replace them (oldest first); upload the image again to recreate it.",
         )
     row, slug, width, height = found
-    ctx = await run_in_threadpool(model_context, request, slug)
+    ctx = await get_model_context(request, slug)
     if ctx is None:
         raise HTTPException(404, f"The model {slug!r} of analysis {the_id!r} is no longer indexed.")
     class_names = core.parse_class_names(classes)

@@ -41,8 +41,8 @@ from app.web.urls import Urls
 from app.web.views.analyze import (
     ModelContext,
     app_cache,
+    get_model_context,
     live_http_error,
-    model_context,
     neuron_cards,
     runner_of,
 )
@@ -297,7 +297,7 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
     urls: Urls = request.app.state.urls
     text = clean_query(q)
     slug = model or await run_in_threadpool(default_model, request)
-    ctx = await run_in_threadpool(model_context, request, slug) if slug else None
+    ctx = await get_model_context(request, slug) if slug else None
     data: dict[str, Any] = {
         "query": text,
         "model": {"slug": slug, "url": urls.model(slug)} if ctx else None,
