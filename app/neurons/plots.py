@@ -16,9 +16,27 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22")
 OTHER = "other"
 OTHER_COLOUR = "#cfcfcf"
+COLOUR_WORDS = {
+    "red": "#d7262b", "orange": "#f5871a", "yellow": "#e8cf19", "green": "#23a037", "blue": "#234bdc",
+    "purple": "#7d2daf", "pink": "#f57db9", "brown": "#78481e", "black": "#222222", "white": "#f4f4f4",
+    "grey": "#8a8a8a", "gray": "#8a8a8a", "gold": "#d4af37", "silver": "#b8b8c0",
+}  # fmt: skip
+"""A category named after a colour is drawn in that colour (a "(text)" category in a lighter tint)."""
+
+
+def category_colour(name: str, index: int) -> str:
+    """The fill of category ``name`` (the ``index``-th shown)."""
+    base, _, rest = name.partition(" (")
+    hex_colour = COLOUR_WORDS.get(base.strip().lower())
+    if hex_colour is None:
+        return PALETTE[index % len(PALETTE)]
+    if not rest:
+        return hex_colour
+    rgb = [int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{(c + 255) // 2:02x}" for c in rgb)  # halfway to white
 
 
 @dataclass
@@ -126,7 +144,7 @@ def condprob_plot(
         return None
     cat_of = assign(tags, categories)
     names = [*categories, OTHER]
-    colours = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(categories)} | {OTHER: OTHER_COLOUR}
+    colours = {c: category_colour(c, i) for i, c in enumerate(categories)} | {OTHER: OTHER_COLOUR}
     lo, hi = float(np.floor(x.min() * 2) / 2), float(np.ceil(x.max() * 2) / 2)
     if hi <= lo:
         hi = lo + 1
