@@ -155,7 +155,7 @@ def condprob_plot(
         per[c][b] += 1
     totals = sum(per.values())
 
-    pad_left, pad_right, top_y = 36.0, 8.0, 6.0
+    pad_left, pad_right, top_y = 36.0, 18.0, 6.0
     count_h, gap, axis_h = 32.0, 6.0, 22.0
     plot_bottom = height - axis_h - count_h - gap
     count_top, count_bottom = plot_bottom + gap, height - axis_h
