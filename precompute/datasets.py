@@ -35,6 +35,9 @@ from typing import Any
 import torch
 from PIL import Image, ImageFile, ImageOps
 
+from app.images import to_rgb
+from app.neurons.analysis import split_preprocess
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 DEMO_PREFIX = "demo:"
 
@@ -196,22 +199,6 @@ def read_image(path: Path) -> Image.Image:
             return to_rgb(img)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Greyscale, palette, RGBA (composited on white), CMYK, ... → RGB."""
-    if img.mode == "RGB":
-        return img
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = img.point(lambda v: v / 256).convert("L")
-    return img.convert("RGB")
-
-
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
@@ -222,36 +209,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # --- preprocessing and batching --------------------------------------------------------------
-
-
-def split_preprocess(
-    preprocess: Callable[[Image.Image], torch.Tensor],
-) -> tuple[Callable[[Image.Image], Image.Image], Callable[[Image.Image], torch.Tensor]]:
-    """Split an open_clip/torchvision ``Compose`` into (PIL → model-view PIL, PIL → tensor).
-
-    The first part (resize + centre crop) gives exactly the pixels the model sees, which makes
-    a thumbnail that heatmaps overlay without any offset. Unknown transforms: (identity, all).
-    """
-    transforms = getattr(preprocess, "transforms", None)
-    if not transforms:
-        return (lambda img: img), preprocess
-    cut = next((i for i, t in enumerate(transforms) if "totensor" in type(t).__name__.lower()), None)
-    if cut is None:
-        return (lambda img: img), preprocess
-    geometric, tensorize = transforms[:cut], transforms[cut:]
-
-    def view(img: Image.Image) -> Image.Image:
-        for t in geometric:
-            img = t(img)
-        return img
-
-    def to_tensor(img: Image.Image) -> torch.Tensor:
-        out: Any = img
-        for t in tensorize:
-            out = t(out)
-        return out
-
-    return view, to_tensor
 
 
 @dataclass
