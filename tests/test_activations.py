@@ -80,8 +80,10 @@ def test_topk_equals_a_brute_force_ranking(tiny_db, tiny_brute):
                 grid = maps[name].shape[2:]
                 stored = from_bytes(heatmap, "float16", grid)
                 # float16 storage; the pass may use another (equivalent) conv memory layout
+                # and summation order, so near-zero cells get an absolute tolerance at the map's scale
                 expected = maps[name][position, unit]
-                np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=1e-7)
+                scale = float(np.abs(expected).max())
+                np.testing.assert_allclose(stored, expected, rtol=2e-3, atol=1e-4 * scale)
             checked += 1
         stats = con.execute(
             "SELECT unit, mean, std, max FROM neurons WHERE layer_id = ? ORDER BY unit", (layer_id,)
