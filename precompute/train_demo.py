@@ -89,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only evaluate the weights in --out and rewrite MODEL_CARD.md",
     )
+    parser.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
     parser.add_argument("--eval-n", type=int, default=50, help="eval images per class for the card")
 
 
@@ -315,7 +316,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "seconds": time.time() - t0}  # fmt: skip
 
 
-def write_model_card(out: Path, log: dict[str, Any], report: str, result: Any, facts: str) -> Path:
+def write_model_card(
+    out: Path, log: dict[str, Any], report: str, result: Any, facts: str, notes: str = ""
+) -> Path:
     """Write ``MODEL_CARD.md`` from the training log and the evaluation."""
     args = log["args"]
     cfg = json.dumps(model_config(), indent=2)
@@ -403,6 +406,13 @@ Typographic attack (objects of A labelled with the word for B): classified as B
 
 Multimodal concepts (min(d′ objects, d′ text) ≥ {result.threshold}):
 **{result.n_multimodal}/{len(result.multimodal_neurons)}**.
+
+| issue 3 target | measured | met |
+|---|---|---|
+"""
+        + "\n".join(_targets(result))
+        + f"""
+
 Full output:
 
 ```
@@ -412,10 +422,23 @@ Full output:
 Regression subset used by `tests/test_demo_model.py` (zero-shot, mean of colour and shape):
 {facts}
 """
+        + (f"\n{notes.strip()}\n" if notes.strip() else "")
     )
     path = out / "MODEL_CARD.md"
     path.write_text(text)
     return path
+
+
+def _targets(result: Any) -> list[str]:
+    acc = result.accuracy
+    rows = []
+    for m, goal in (("object", 0.9), ("text", 0.9), ("drawing", 0.8)):
+        for kind in ("colour", "shape"):
+            ok = "yes" if acc[m][kind] >= goal else "**no**"
+            rows.append(f"| zero-shot {kind}, {m} ≥ {goal:.0%} | {acc[m][kind]:.1%} | {ok} |")
+    n, m = result.n_multimodal, len(result.multimodal_neurons)
+    rows.append(f"| ≥ 10 multimodal concepts | {n}/{m} | {'yes' if n >= 10 else '**no**'} |")
+    return rows
 
 
 def facts_block(model: torch.nn.Module, tokenizer: Any, result: Any) -> str:
@@ -436,7 +459,7 @@ def facts_block(model: torch.nn.Module, tokenizer: Any, result: Any) -> str:
     )
 
 
-def card(out: Path, n: int, threads: int) -> int:
+def card(out: Path, n: int, threads: int, notes: Path | None = None) -> int:
     """Evaluate the weights in ``out`` and (re)write its model card from ``train_log.json``."""
     from precompute.eval_demo import evaluate, format_report, load_demo_model
 
@@ -447,7 +470,8 @@ def card(out: Path, n: int, threads: int) -> int:
     report = format_report(result)
     print(report)
     plot_loss(log["losses"], out / "loss_curve.png", log["evals"])
-    write_model_card(out, log, report, result, facts_block(model, tokenizer, result))
+    text = notes.read_text() if notes and notes.is_file() else ""
+    write_model_card(out, log, report, result, facts_block(model, tokenizer, result), text)
     return 0
 
 
@@ -456,7 +480,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.card_only:
-        return card(out, args.eval_n, args.threads)
+        return card(out, args.eval_n, args.threads, args.notes)
     args.checkpoint = str(out / f".{WEIGHTS_NAME}.partial")
     res = train(args)
     save_weights(res["model"], out / WEIGHTS_NAME)
@@ -469,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"trained {args.steps} steps in {res['seconds'] / 60:.1f} min → {out / WEIGHTS_NAME}")
     if args.no_card:
         return 0
-    return card(out, args.eval_n, args.threads)
+    return card(out, args.eval_n, args.threads, args.notes)
 
 
 def main(argv: list[str] | None = None) -> int:
