@@ -263,6 +263,9 @@ def format_report(r: EvalResult) -> str:
     for c, (u, do, dt, dd) in r.multimodal_neurons.items():
         mark = "✓" if min(do, dt) >= r.threshold else " "
         lines.append(f"  {c:<9} {u:5d}  {do:6.2f}  {dt:6.2f}  {dd:6.2f}  {mark}")
+    if r.n_per_class < 30:
+        lines.append(f"  (only {r.n_per_class} images per class: the best of {len(r.dprime['red'][0])} units "
+                     "is picked on the same images, so d′ is biased upward; use --n ≥ 50)")  # fmt: skip
     lines += ["", f"multimodal concepts: {r.n_multimodal}/{len(r.multimodal_neurons)}"]
     return "\n".join(lines)
 
