@@ -332,21 +332,82 @@ def store_analysis(
     """Insert or refresh an analysis with its image copy, then evict the oldest beyond ``cap``.
 
     Plain SQL in one transaction on the web's write engine (it writes only the web's own tables,
-    analyses and blobs; the ORM's bookkeeping cost more than the writes).
+    analyses and blobs; the ORM's bookkeeping cost more than the writes). Concurrent calls in this
+    process are group-committed: whoever takes the write lock writes every analysis waiting for
+    it in one transaction (same rows, same eviction as one transaction each, applied in order).
     """
-    created_at = created_at or utcnow()
-    data, width, height = image
+    job = _StoreJob(analysis_id_, model_id, image, params, result, created_at or utcnow())
+    writer = _writer(engine)
+    with writer.mutex:
+        writer.pending.append(job)
+    with writer.lock:
+        if not job.done:
+            with writer.mutex:
+                group, writer.pending = writer.pending, []
+            try:
+                with engine.begin() as conn:
+                    for each in group:
+                        _write_one(conn, each)
+                    evict_oldest(conn, cap)
+                outcome: bool | None = True
+            except Exception:  # e.g. a read-only DB: each call tries (and fails) on its own
+                outcome = None
+            for each in group:
+                each.stored = outcome
+                each.done = True
+    if job.stored is None:  # the group failed: this analysis alone, in its own transaction
+        with writer.lock, engine.begin() as conn:
+            _write_one(conn, job)
+            evict_oldest(conn, cap)
+
+
+@dataclass(eq=False)
+class _StoreJob:
+    id: str
+    model_id: int
+    image: tuple[bytes, int, int]
+    params: dict[str, Any]
+    result: dict[str, Any]
+    created_at: datetime
+    done: bool = False
+    stored: bool | None = None
+
+
+@dataclass(eq=False)
+class _Writer:
+    """This process's writes through one engine: a lock held while writing, the waiting jobs.
+
+    Concurrent requests queue on the lock instead of inside SQLite, whose busy handler sleeps
+    (1, 2, 5, 10 ms ...) between retries of a locked database; and one transaction (one commit)
+    per group instead of one per analysis. Other processes still meet SQLite's own locking.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+    pending: list[_StoreJob] = field(default_factory=list)
+
+
+_writers: dict[int, _Writer] = {}  # id(engine) -> its writer
+
+
+def _writer(engine: Engine) -> _Writer:
+    writer = _writers.get(id(engine))
+    if writer is None:
+        with _state_lock:
+            writer = _writers.setdefault(id(engine), _Writer())
+    return writer
+
+
+def _write_one(conn: Connection, job: _StoreJob) -> None:
+    data, width, height = job.image
     sha = hashlib.sha256(data).hexdigest()
-    values = {"image_sha256": sha, "params": params, "result": result, "created_at": created_at}
-    with engine.begin() as conn:
-        if conn.execute(select(Blob.sha256).where(Blob.sha256 == sha)).first() is None:
-            conn.execute(
-                insert(Blob).values(sha256=sha, mime="image/jpeg", data=data, width=width, height=height)
-            )
-        updated = conn.execute(update(Analysis).where(Analysis.id == analysis_id_).values(**values))
-        if not updated.rowcount:
-            conn.execute(insert(Analysis).values(id=analysis_id_, model_id=model_id, kind="image", **values))
-        evict_oldest(conn, cap)
+    values = {"image_sha256": sha, "params": job.params, "result": job.result, "created_at": job.created_at}
+    if conn.execute(select(Blob.sha256).where(Blob.sha256 == sha)).first() is None:
+        blob = {"sha256": sha, "mime": "image/jpeg", "data": data, "width": width, "height": height}
+        conn.execute(insert(Blob).values(**blob))
+    updated = conn.execute(update(Analysis).where(Analysis.id == job.id).values(**values))
+    if not updated.rowcount:
+        conn.execute(insert(Analysis).values(id=job.id, model_id=job.model_id, kind="image", **values))
 
 
 def evict_oldest(conn: Connection, cap: int) -> int:
