@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     try:
-        app = create_app(settings, live_runner=build_live_runner(settings))
+        app = create_app(settings, live_runner=build_live_runner(settings), freeze_gc=True)
     except FileNotFoundError as exc:
         print(f"conceptscope serve: error: {exc}", file=sys.stderr)
         return 2
