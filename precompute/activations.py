@@ -61,6 +61,7 @@ from precompute.datasets import (
     prepare,
     split_preprocess,
 )
+from precompute.runs import find_or_start_run
 
 STAGE = "activations"
 DEFAULT_TOP_K = 64
@@ -442,20 +443,9 @@ def _index(
 
     with sessions.begin() as session:
         model = upsert_model(session, loaded)
-        run_row = session.scalar(
-            select(Run).where(Run.model_id == model.id, Run.stage == STAGE, Run.params_hash == digest)
+        run_row = find_or_start_run(
+            session, model.id, STAGE, params, digest, {"position": 0, "n_items": len(data)}
         )
-        if run_row is None:
-            run_row = Run(
-                model_id=model.id,
-                stage=STAGE,
-                params=params,
-                params_hash=digest,
-                status="running",
-                progress={"position": 0, "n_items": len(data)},
-            )
-            session.add(run_row)
-            session.flush()
         run_id, status, saved = run_row.id, run_row.status, run_row.state
 
     def report(status: str, state: PassState | None, batches: int) -> ActivationsReport:

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
+from app.neurons.typographic import NAMED_COLOURS
+
 IMAGE_SIZE = 128
 """Side of every rendered image, in pixels."""
 
@@ -42,16 +44,7 @@ MODALITIES: tuple[str, ...] = ("object", "drawing", "text", "labelled_object")
 
 RGB = tuple[int, int, int]
 
-PALETTE: dict[str, RGB] = {
-    "red": (215, 30, 35),
-    "orange": (245, 135, 20),
-    "yellow": (240, 215, 25),
-    "green": (35, 160, 55),
-    "blue": (35, 75, 220),
-    "purple": (125, 45, 175),
-    "pink": (245, 125, 185),
-    "brown": (120, 72, 30),
-}
+PALETTE: dict[str, RGB] = {name: NAMED_COLOURS[name] for name in COLOURS}
 """Base RGB of each colour concept; samples vary its shade around it."""
 
 NEUTRAL_INKS: dict[str, RGB] = {"black": (20, 20, 20), "white": (245, 245, 245), "grey": (120, 120, 120)}

@@ -35,6 +35,7 @@ from app.db import make_engine, session_factory
 from app.db.schema import Neuron, NeuronWord, Run, utcnow
 from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons.capture import run_visual, spatial_maps
+from precompute.runs import find_or_start_run
 
 STAGE = "words"
 DEFAULT_VOCAB_SIZE = 10_000
@@ -196,20 +197,9 @@ def compute_words(
         }
         digest = params_hash(params)
         with sessions.begin() as session:
-            run = session.scalar(
-                select(Run).where(Run.model_id == model_row.id, Run.stage == STAGE, Run.params_hash == digest)
+            run = find_or_start_run(
+                session, model_row.id, STAGE, params, digest, {"position": 0, "n_words": len(words)}
             )
-            if run is None:
-                run = Run(
-                    model_id=model_row.id,
-                    stage=STAGE,
-                    params=params,
-                    params_hash=digest,
-                    status="running",
-                    progress={"position": 0, "n_words": len(words)},
-                )
-                session.add(run)
-                session.flush()
             run_id, status, saved = run.id, run.status, run.state
         if status == "done":
             return WordsReport(model_row.slug, "already-done", len(words), time.perf_counter() - started)
