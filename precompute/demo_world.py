@@ -40,6 +40,8 @@ COLOURS: tuple[str, ...] = (
 )  # fmt: skip
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star", "heart", "cross")
 CONCEPTS: tuple[str, ...] = COLOURS + SHAPES
+MATCHED_LABELS = 0.1
+"""Default share of labelled objects whose word names their own colour or shape."""
 MODALITIES: tuple[str, ...] = ("object", "drawing", "text", "labelled_object")
 
 RGB = tuple[int, int, int]
@@ -278,6 +280,8 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
     "colour shape" pair), ``ink`` (a colour name), ``font``, ``word_size`` (a ``(lo, hi)`` font
     size range), ``caption`` (a template name) and ``modality_weights``; ``easy=True`` writes
     single lower-case words in the first font with black/white/grey ink (curriculum start);
+    ``matched_labels=p`` writes the object's own colour or shape on a labelled object with
+    probability ``p`` (default ``MATCHED_LABELS``; otherwise another concept of that kind);
     ``bare_captions=p`` captions objects, drawings and text by the concept name alone ("red",
     "star") with probability ``p``, as real captions sometimes do for a thing and a written word.
     """
@@ -313,7 +317,8 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
         else:
             kind = COLOURS if rng.random() < 0.5 else SHAPES
             own = colour if kind is COLOURS else shape
-            word = rng.choice([c for c in kind if c != own] if rng.random() < 0.85 else list(kind))
+            matched = float(overrides.get("matched_labels", MATCHED_LABELS))
+            word = own if rng.random() < matched else rng.choice([c for c in kind if c != own])
     if modality in ("text", "labelled_object"):
         assert word is not None
         lo, hi = overrides.get("word_size") or DEFAULT_WORD_SIZE

@@ -65,10 +65,11 @@ def load_demo_model(weights: str | Path | None = None) -> tuple[torch.nn.Module,
     """The demo model with shipped (or given) fp16 weights, in fp32 eval mode, and its tokenizer."""
     from safetensors.torch import load_file
 
-    from precompute.train_demo import DEFAULT_OUT, WEIGHTS_NAME, create_model
+    from precompute.train_demo import DEFAULT_OUT, WEIGHTS_NAME, config_dir_for, create_model
 
-    model, tokenizer = create_model()
-    state = load_file(str(weights or DEFAULT_OUT / WEIGHTS_NAME))
+    path = Path(weights or DEFAULT_OUT / WEIGHTS_NAME)
+    model, tokenizer = create_model(config_dir_for(path))
+    state = load_file(str(path))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     model.eval()
     return model, tokenizer

@@ -11,7 +11,11 @@ from app.db.schema import Run
 
 
 def find_or_start_run(
-    session: Session, model_id: int, stage: str, params: dict[str, Any], digest: str,
+    session: Session,
+    model_id: int,
+    stage: str,
+    params: dict[str, Any],
+    digest: str,
     progress: dict[str, Any],
 ) -> Run:
     """The run of ``stage`` with these parameters, created (status ``running``) if there is none."""
@@ -19,8 +23,14 @@ def find_or_start_run(
         select(Run).where(Run.model_id == model_id, Run.stage == stage, Run.params_hash == digest)
     )
     if run is None:
-        run = Run(model_id=model_id, stage=stage, params=params, params_hash=digest,
-                  status="running", progress=progress)
+        run = Run(
+            model_id=model_id,
+            stage=stage,
+            params=params,
+            params_hash=digest,
+            status="running",
+            progress=progress,
+        )
         session.add(run)
         session.flush()
     return run

@@ -14,6 +14,7 @@ import json
 import math
 import multiprocessing
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,18 @@ CURRICULUM: tuple[tuple[float, dict[str, Any]], ...] = (
 )  # fmt: skip
 """Large, plain (black/white ink, one font) words and more text first; the world's default
 distribution at the end."""
+
+TEXT_FIRST_STAGE: dict[str, Any] = {
+    "word_size": (30, 60), "easy": True,
+    "modality_weights": {"text": 0.75, "labelled_object": 0.25},
+}  # fmt: skip
+"""Optional first stage (``--text-first F``): written words and labelled objects only, so the
+units that read a concept exist before plain objects and drawings of it are seen."""
+
+
+def curriculum(text_first: float = 0.0) -> tuple[tuple[float, dict[str, Any]], ...]:
+    """``CURRICULUM``, preceded by ``TEXT_FIRST_STAGE`` until ``text_first`` of the steps."""
+    return ((text_first, TEXT_FIRST_STAGE),) + CURRICULUM if text_first > 0 else CURRICULUM
 
 MAX_SAME_KEY = 5
 """At most this many captions with the same content per batch. With only 14 words, a stricter
@@ -90,22 +103,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only evaluate the weights in --out and rewrite MODEL_CARD.md",
     )
     parser.add_argument("--notes", type=Path, default=None, help="markdown appended to the card")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="model config JSON to train instead of the shipped one (copied next to the weights)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--matched-labels", type=float, default=None,
+        help="share of labelled objects that carry their own colour/shape word (default: the world's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--text-first", type=float, default=0.0,
+        help="fraction of steps at the start with written words and labelled objects only",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sparsity", type=float, default=0.0,
+        help="weight of the activation-sparsity penalty on the last block (L1/L2 over channels)",
+    )  # fmt: skip
     parser.add_argument("--eval-n", type=int, default=50, help="eval images per class for the card")
 
 
-def create_model() -> tuple[torch.nn.Module, Any]:
-    """A freshly initialised ``conceptscope-demo`` model and its tokenizer."""
+def config_dir_for(weights: Path) -> Path:
+    """Where the config of ``weights`` lives: beside them (experiments) or the shipped one."""
+    beside = Path(weights).parent / f"{MODEL_NAME}.json"
+    return beside.parent if beside.is_file() else CONFIG_DIR
+
+
+def create_model(config_dir: Path = CONFIG_DIR) -> tuple[torch.nn.Module, Any]:
+    """A freshly initialised ``conceptscope-demo`` model (config from ``config_dir``), tokenizer."""
     import open_clip
 
-    open_clip.add_model_config(str(CONFIG_DIR))
+    open_clip.add_model_config(str(Path(config_dir) / f"{MODEL_NAME}.json"))
     model = open_clip.create_model(MODEL_NAME)
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     return model, tokenizer
 
 
-def model_config() -> dict[str, Any]:
+def model_config(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     """The JSON model config."""
-    return json.loads((CONFIG_DIR / f"{MODEL_NAME}.json").read_text())
+    return json.loads((Path(config_dir) / f"{MODEL_NAME}.json").read_text())
 
 
 def to_tensor(images: list[Any], size: int | None = None) -> torch.Tensor:
@@ -130,22 +165,30 @@ def caption_key(caption: str) -> str:
     return key
 
 
-def stage(progress: float) -> dict[str, Any]:
+def stage(progress: float, text_first: float = 0.0) -> dict[str, Any]:
     """World overrides (word sizes, modality mix, easy text) at ``progress`` ∈ [0, 1]."""
-    for until, overrides in CURRICULUM:
+    stages = curriculum(text_first)
+    for until, overrides in stages:
         if progress < until:
             return overrides
-    return CURRICULUM[-1][1]
+    return stages[-1][1]
 
 
 class BatchStream(torch.utils.data.Dataset):
     """Batch ``b`` of the training stream: at most ``MAX_SAME_KEY`` captions per content."""
 
     def __init__(
-        self, steps: int, batch: int, seed: int = world.TRAIN_SEED, bare_captions: float = 0.0
+        self,
+        steps: int,
+        batch: int,
+        seed: int = world.TRAIN_SEED,
+        bare_captions: float = 0.0,
+        matched_labels: float | None = None,
+        text_first: float = 0.0,
     ) -> None:
         self._steps = multiprocessing.Value("i", steps)  # shared with DataLoader workers
         self.batch, self.seed, self.bare_captions = batch, seed, bare_captions
+        self.matched_labels, self.text_first = matched_labels, text_first
 
     @property
     def steps(self) -> int:
@@ -161,9 +204,11 @@ class BatchStream(torch.utils.data.Dataset):
 
     def captions(self, b: int) -> list[tuple[int, dict[str, Any]]]:
         """(index, plan) of the samples of batch ``b``."""
-        overrides = stage(b / max(1, self.steps))
+        overrides = stage(b / max(1, self.steps), self.text_first)
         if self.bare_captions:
             overrides = {**overrides, "bare_captions": self.bare_captions}
+        if self.matched_labels is not None:
+            overrides = {**overrides, "matched_labels": self.matched_labels}
         seen: dict[str, int] = {}
         out: list[tuple[int, dict[str, Any]]] = []
         j = 0
@@ -242,6 +287,35 @@ def plot_loss(losses: list[float], path: Path, evals: list[dict[str, Any]] | Non
     plt.close(fig)
 
 
+class _LastBlockSparsity:
+    """Penalty pushing the last block's post-ReLU units towards sparse codes.
+
+    Per position, the L1/L2 ratio over channels divided by √channels (1 for a flat code,
+    1/√channels for a single active unit); scale-free, so it cannot be met by shrinking
+    activations. Averaged over positions and images.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        block = model.visual.layer4[-1]
+        self._value: torch.Tensor | None = None
+        self._handle = block.act3.register_forward_hook(self._hook)
+
+    def _hook(self, _mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        a = out.float()
+        ratio = a.sum(1) / (a.pow(2).sum(1).sqrt() + 1e-6) / math.sqrt(a.shape[1])
+        self._value = ratio.mean()
+
+    def pop(self) -> torch.Tensor:
+        """The penalty of the last forward pass."""
+        value, self._value = self._value, None
+        assert value is not None, "no forward pass since the last pop"
+        return value
+
+    def remove(self) -> None:
+        """Remove the hook."""
+        self._handle.remove()
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
     """Train; returns the model, tokenizer, per-step losses, quick evals and timings."""
     from open_clip.loss import ClipLoss
@@ -249,8 +323,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, tokenizer = create_model()
+    model, tokenizer = create_model(config_dir_for(Path(args.out) / WEIGHTS_NAME))
     model.train()
+    sparse = _LastBlockSparsity(model) if args.sparsity else None
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(p)
@@ -259,7 +334,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         lr=args.lr, betas=(0.9, 0.98), eps=1e-6,
     )  # fmt: skip
     loss_fn = ClipLoss()
-    stream = BatchStream(args.steps, args.batch, bare_captions=args.bare_captions)
+    stream = BatchStream(
+        args.steps, args.batch, bare_captions=args.bare_captions,
+        matched_labels=args.matched_labels, text_first=args.text_first,
+    )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, shuffle=False, num_workers=args.workers,
         worker_init_fn=_worker_init if args.workers else None,
@@ -293,6 +371,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             img_f, txt_f, scale = model(images, tokens)
         loss = loss_fn(img_f.float(), txt_f.float(), scale.float())
+        if sparse is not None:
+            loss = loss + args.sparsity * sparse.pop()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -312,6 +392,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if step + 1 >= args.steps:
             break
     model.eval()
+    if sparse is not None:
+        sparse.remove()
     return {"model": model, "tokenizer": tokenizer, "losses": losses, "evals": evals,
             "seconds": time.time() - t0}  # fmt: skip
 
@@ -321,14 +403,15 @@ def write_model_card(
 ) -> Path:
     """Write ``MODEL_CARD.md`` from the training log and the evaluation."""
     args = log["args"]
-    cfg = json.dumps(model_config(), indent=2)
+    config = model_config(config_dir_for(out / WEIGHTS_NAME))
+    cfg = json.dumps(config, indent=2)
     weights = out / WEIGHTS_NAME
     size_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
-    curriculum = "\n".join(
+    stages = "\n".join(
         f"| until {until:.0%} of steps | {o['word_size'][0]}–{o['word_size'][1]} px | "
         + ", ".join(f"{m} {w:.0%}" for m, w in o["modality_weights"].items())
         + (" | single lower-case words, one font, black/white/grey ink |" if o.get("easy") else " | all |")
-        for until, o in CURRICULUM
+        for until, o in curriculum(float(args.get("text_first", 0.0)))
     )
     evals = "\n".join(
         f"| {e['step']} | {e['loss']:.3f} | {e['object']:.1%} | {e['drawing']:.1%} | "
@@ -336,6 +419,16 @@ def write_model_card(
         for e in log["evals"]
     )
     acc = result.accuracy
+    lam = float(args.get("sparsity", 0.0))
+    matched = args.get("matched_labels")
+    matched = world.MATCHED_LABELS if matched in (None, "None") else float(matched)
+    sparsity_text = (
+        f" plus {lam:g} × an activation-sparsity penalty on the last block's post-ReLU units (per "
+        "position, L1/L2 over channels ÷ √channels: 1 for a flat code, 1/√channels for one active "
+        "unit; scale-free, so it cannot be met by shrinking activations)"
+        if lam
+        else ""
+    )
     text = (
         f"""# conceptscope-demo
 
@@ -344,7 +437,8 @@ synthetic shapes-and-words world of `precompute/demo_world.py`, so that the demo
 real multimodal neurons without downloading anything. Weights: `{WEIGHTS_NAME}` (fp16
 safetensors of `model.state_dict()`, {size_mb:.1f} MB). Reproduce with
 `conceptscope train-demo --steps {args["steps"]} --batch {args["batch"]} --seed {args["seed"]}
---bare-captions {args.get("bare_captions", 0.0)}`;
+--bare-captions {args.get("bare_captions", 0.0)} --sparsity {args.get("sparsity", 0.0)}
+--matched-labels {matched} --text-first {args.get("text_first", 0.0)}`;
 evaluate with `conceptscope eval-demo`.
 
 ## Model config (`app/models/configs/{MODEL_NAME}.json`)
@@ -354,7 +448,7 @@ evaluate with `conceptscope eval-demo`.
 ```
 
 Preprocessing: {world.IMAGE_SIZE}×{world.IMAGE_SIZE} RGB, OpenAI CLIP mean/std. Tokenizer: open_clip's
-standard BPE tokenizer (context length {model_config()["text_cfg"]["context_length"]}).
+standard BPE tokenizer (context length {config["text_cfg"]["context_length"]}).
 
 ## Data recipe
 
@@ -366,18 +460,19 @@ word, a shape word or both, ink colour independent of the word, fonts: {", ".joi
 *labelled object* (object with a usually different concept word written on it or on a label).
 Captions come from several templates per modality ("a photo of a red star", "a drawing of a
 blue circle", "the word red", "a sign that says star", "a green square labelled star", …);
-labelled objects are captioned by both object and word, by the word only, or by the object only.
+labelled objects are captioned by both object and word, by the word only, or by the object only;
+{float(matched):.0%} of them carry the object's own colour or shape word (the others another one).
 In addition, {float(args.get("bare_captions", 0.0)):.0%} of object, drawing and text captions are the
 concept name alone ("red", "star"), the same caption for a red thing and the written word red.
 At most {MAX_SAME_KEY} captions of the same content (template words removed) per batch. Curriculum:
 
 | stage | word font size | modality mix | text styles |
 |---|---|---|---|
-{curriculum}
+{stages}
 
 ## Training
 
-open_clip `ClipLoss`, AdamW (β = 0.9/0.98, weight decay 0.1 on matrices), peak lr {args["lr"]},
+open_clip `ClipLoss`{sparsity_text}, AdamW (β = 0.9/0.98, weight decay 0.1 on matrices), peak lr {args["lr"]},
 {args["warmup"]} warm-up steps then cosine decay, batch {args["batch"]}, {args["steps"]} steps,
 torch seed {args["seed"]}, bfloat16 autocast: {args.get("bf16", "False")}, {args["threads"]} CPU
 thread(s). Training time: {log["seconds"] / 60:.1f} min on a 2-core CPU shared with other jobs
@@ -481,6 +576,8 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.card_only:
         return card(out, args.eval_n, args.threads, args.notes)
+    if args.config and Path(args.config).resolve() != (out / f"{MODEL_NAME}.json").resolve():
+        shutil.copyfile(args.config, out / f"{MODEL_NAME}.json")
     args.checkpoint = str(out / f".{WEIGHTS_NAME}.partial")
     res = train(args)
     save_weights(res["model"], out / WEIGHTS_NAME)

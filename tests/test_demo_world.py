@@ -147,3 +147,17 @@ def test_render_word_and_builtin_font(monkeypatch: pytest.MonkeyPatch) -> None:
     s = world.render(world.HELDOUT_SEED, 1, "text", word="circle")
     assert s.truth["font"] == "builtin" and _ink_mask(s).sum() > 15
     assert world.render_word("star", font="builtin").size == (world.IMAGE_SIZE, world.IMAGE_SIZE)
+
+
+def test_matched_labels_share() -> None:
+    def words(p: float) -> list[bool]:
+        out = []
+        for i in range(40):
+            s = world.render(world.HELDOUT_SEED, 7_000 + i, "labelled_object", matched_labels=p)
+            own = s.truth["colour"] if s.truth["word"] in world.COLOURS else s.truth["shape"]
+            out.append(s.truth["word"] == own)
+        return out
+
+    assert all(words(1.0))
+    assert not any(words(0.0))
+    assert 0 < sum(words(0.5)) < 40

@@ -1,0 +1,72 @@
+"""``conceptscope train-demo``: curriculum, sparsity penalty and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from precompute import demo_world as world
+from precompute import train_demo
+
+
+def test_text_first_stage_precedes_the_curriculum() -> None:
+    assert train_demo.curriculum(0.0) == train_demo.CURRICULUM
+    stages = train_demo.curriculum(0.2)
+    assert stages[0] == (0.2, train_demo.TEXT_FIRST_STAGE)
+    assert train_demo.stage(0.1, text_first=0.2) is train_demo.TEXT_FIRST_STAGE
+    assert train_demo.stage(0.21, text_first=0.2) is train_demo.CURRICULUM[0][1]
+    assert train_demo.stage(0.99, text_first=0.2) is train_demo.CURRICULUM[-1][1]
+
+
+def test_batch_stream_follows_the_text_first_stage() -> None:
+    stream = train_demo.BatchStream(100, 32, text_first=0.5, matched_labels=1.0)
+    early = [p for _, p in stream.captions(0)]
+    assert {p["modality"] for p in early} <= {"text", "labelled_object"}
+    for p in early:
+        if p["modality"] == "labelled_object":
+            assert p["word"] in (p["colour"], p["shape"])
+    late = {p["modality"] for _, p in stream.captions(90)}
+    assert {"object", "drawing"} <= late
+
+
+def test_sparsity_penalty_is_scale_free_and_removes_its_hook() -> None:
+    model, _ = train_demo.create_model()
+    model.eval()
+    penalty = train_demo._LastBlockSparsity(model)  # noqa: SLF001
+    x = torch.randn(2, 3, world.IMAGE_SIZE, world.IMAGE_SIZE)
+    with torch.no_grad():
+        model.encode_image(x)
+    value = float(penalty.pop())
+    channels = model.visual.layer4[-1].conv3.out_channels
+    assert 1 / math.sqrt(channels) - 1e-3 <= value <= 1.0
+    with pytest.raises(AssertionError):
+        penalty.pop()
+    penalty.remove()
+    with torch.no_grad():
+        model.encode_image(x)
+    assert penalty._value is None  # noqa: SLF001
+
+
+@pytest.mark.slow
+def test_tiny_training_run_writes_weights_card_and_curve(tmp_path: Path) -> None:
+    config = json.loads((train_demo.CONFIG_DIR / "conceptscope-demo.json").read_text())
+    config["vision_cfg"]["layers"] = [1, 1, 1, 2]
+    src = tmp_path / "deeper.json"
+    src.write_text(json.dumps(config))
+    out = tmp_path / "run"
+    args = [
+        "--steps", "2", "--batch", "8", "--out", str(out), "--config", str(src), "--threads", "1",
+        "--workers", "0", "--eval-every", "2", "--eval-n", "2", "--sparsity", "0.5",
+        "--matched-labels", "0.6", "--text-first", "0.5",
+    ]  # fmt: skip
+    assert train_demo.main(args) == 0
+    for name in ("conceptscope-demo.safetensors", "MODEL_CARD.md", "loss_curve.png", "train_log.json"):
+        assert (out / name).is_file(), name
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "--sparsity 0.5" in card and "--text-first 0.5" in card and "60% of them carry" in card
+    assert "visual.layer4.1" in card  # the experiment's own config was trained and evaluated
+    assert '"layers": [\n      1,\n      1,\n      1,\n      2\n    ]' in card
