@@ -144,6 +144,25 @@ async def test_microbatch_of_8_concurrent_equals_8_sequential(demo_loaded, facts
         np.testing.assert_allclose(many.embedding, one.embedding, rtol=1e-5, atol=1e-5)
 
 
+async def test_batcher_waits_only_for_requests_on_their_way(demo_loaded, facts) -> None:
+    # A minute of max wait: a batcher that waited for nobody would hang this test.
+    async with make_runner(demo_loaded, facts["slug"], max_batch=8, max_wait_ms=60_000) as runner:
+        tensor = runner.preprocess(decode_upload(demo_png(3), max_pixels=10**8).image)
+        await asyncio.wait_for(runner.analyze(tensor), 30)  # nothing incoming: runs alone at once
+        assert runner.stats.batch_sizes[1] == 1
+
+        async def late() -> Any:
+            with runner.incoming():  # being decoded, say
+                await asyncio.sleep(0.05)
+            return await runner.analyze(tensor)
+
+        late_task = asyncio.create_task(late())
+        await asyncio.sleep(0)  # late() is now marked incoming
+        await asyncio.wait_for(asyncio.gather(runner.analyze(tensor), late_task), 30)
+        assert runner.stats.batch_sizes[2] == 1, runner.stats.batch_sizes  # it waited for late()
+        assert runner._incoming == 0  # noqa: SLF001
+
+
 def test_http_concurrent_requests_equal_sequential(http: httpx.Client, server) -> None:
     runner = server[1]
     files = [demo_png(100 + i) for i in range(8)]

@@ -26,7 +26,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -166,7 +166,7 @@ class LiveRunner:
         self._executor: ThreadPoolExecutor | None = None
         self._batcher: asyncio.Task[None] | None = None
         self._model_thread: threading.Thread | None = None
-        self._under_load = False
+        self._incoming = 0  # requests being read or decoded that will be queued soon
         self._batch_seconds = 0.05  # running estimate of one batch's duration (for Retry-After)
         self._logit_scale = 100.0
         self.error: str | None = None
@@ -273,6 +273,17 @@ class LiveRunner:
         """The model's preprocessing of one RGB image → ``(3, S, S)`` float tensor (thread-safe)."""
         return self.loaded.preprocess(image)
 
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Mark a request on its way to the queue (its upload being read or decoded): the
+        batcher waits up to ``max_wait_ms`` for such requests before it runs a batch without
+        them. Leave the block before awaiting the model (on the event loop thread only)."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
     async def analyze(
         self,
         image: PILImage.Image | torch.Tensor,
@@ -351,7 +362,8 @@ class LiveRunner:
 
     async def _collect(self) -> list[_Job]:
         """The next batch: one job, plus compatible jobs that are queued or arrive within
-        ``max_wait`` (the wait only applies under load, so a lone request is not delayed)."""
+        ``max_wait`` (the wait only lasts while requests are on their way, see :meth:`incoming`,
+        so a lone request is not delayed and the model never idles waiting for nobody)."""
         assert self._queue is not None
         first = self._next_nowait() or await self._queue.get()
         while first.future.done():  # cancelled (timed out) while queued
@@ -360,12 +372,12 @@ class LiveRunner:
         if first.kind == CALL:
             return batch
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + (self.max_wait_s if self._under_load else 0.0)
+        deadline = loop.time() + self.max_wait_s
         skipped: list[_Job] = []
         while len(batch) < self.max_batch:
             job = self._next_nowait()
             if job is None:
-                if loop.time() >= deadline:
+                if self._incoming <= 0 or loop.time() >= deadline:
                     break
                 await asyncio.sleep(min(0.0005, max(0.0, deadline - loop.time())))
                 continue
@@ -382,7 +394,6 @@ class LiveRunner:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            self._under_load = len(batch) > 1 or self.queued > 0
             started = time.perf_counter()
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)

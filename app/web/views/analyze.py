@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -143,6 +144,12 @@ async def get_model_context(request: Request, slug: str) -> ModelContext | None:
 
 def runner_of(request: Request) -> LiveRunner | None:
     return getattr(request.app.state, "live_runner", None)
+
+
+def arriving(request: Request) -> contextlib.AbstractContextManager[None]:
+    """``runner.incoming()`` when a live model runs (see :meth:`LiveRunner.incoming`)."""
+    runner = runner_of(request)
+    return runner.incoming() if runner is not None else contextlib.nullcontext()
 
 
 def live_status(request: Request) -> dict[str, Any]:
@@ -662,12 +669,13 @@ async def compute(request: Request, upload: Upload) -> Computed:
     """Decode and run the live model; the stored copy of the image is encoded meanwhile."""
     settings: Settings = request.app.state.settings
     runner = require_runner(request)
-    if upload.example is not None:
-        upload.data = await run_in_threadpool(example_bytes, request, upload.example)
-    decoded, image, tensor = await run_in_threadpool(
-        decode_and_preprocess, runner, upload.data, settings.max_image_pixels
-    )
-    ctx = await get_model_context(request, runner.slug)
+    with runner.incoming():  # the batcher may wait for this request (left before the model call)
+        if upload.example is not None:
+            upload.data = await run_in_threadpool(example_bytes, request, upload.example)
+        decoded, image, tensor = await run_in_threadpool(
+            decode_and_preprocess, runner, upload.data, settings.max_image_pixels
+        )
+        ctx = await get_model_context(request, runner.slug)
     if ctx is None:
         raise HTTPException(503, f"The live model {runner.slug!r} is not in this index.")
     try:
@@ -827,7 +835,8 @@ async def analyze_post(request: Request) -> Response:
     classes_text = ""
     failure: tuple[int, str, dict[str, str]] | None = None
     try:
-        upload = await read_upload(request, settings)
+        with arriving(request):
+            upload = await read_upload(request, settings)
         classes_text = ", ".join(upload.classes)
         c = await compute(request, upload)
     except UploadError as exc:
@@ -863,7 +872,8 @@ async def analyze_post_json(request: Request) -> Response:
     """The JSON API: an image (multipart ``image`` or raw body) → the analysis, directly."""
     settings: Settings = request.app.state.settings
     try:
-        upload = await read_upload(request, settings)
+        with arriving(request):
+            upload = await read_upload(request, settings)
         c = await compute(request, upload)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
