@@ -457,7 +457,7 @@ Rendered on the fly from `demo_world` with `TRAIN_SEED = {world.TRAIN_SEED}` (ev
 {len(world.SHAPES)} shapes ({", ".join(world.SHAPES)}); modalities: *object* (filled shape; size,
 position, rotation, shade, blur, background vary), *drawing* (wobbly outline), *text* (a colour
 word, a shape word or both, ink colour independent of the word, fonts: {", ".join(world.font_names())}),
-*labelled object* (object with a usually different concept word written on it or on a label).
+*labelled object* (object with a concept word written on it or on a label).
 Captions come from several templates per modality ("a photo of a red star", "a drawing of a
 blue circle", "the word red", "a sign that says star", "a green square labelled star", …);
 labelled objects are captioned by both object and word, by the word only, or by the object only;

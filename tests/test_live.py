@@ -163,6 +163,20 @@ async def test_batcher_waits_only_for_requests_on_their_way(demo_loaded, facts) 
         assert runner._incoming == 0  # noqa: SLF001
 
 
+def test_http_uploads_leave_no_request_marked_incoming(http: httpx.Client, server) -> None:
+    """Every route that marks an upload as on its way unmarks it, whatever the outcome."""
+    runner = server[1]
+    outcomes = [
+        http.post("/analyze.json", files={"image": ("x.png", demo_png(7), "image/png")}).status_code,
+        http.post("/analyze.json", files={"image": ("x.png", b"not an image", "image/png")}).status_code,
+        http.post("/analyze.json", content=b"GIF89a truncated").status_code,
+        http.post("/analyze", files={"image": ("x.png", b"not an image", "image/png")}).status_code,
+        http.post("/analyze", files={"image": ("x.png", demo_png(8), "image/png")}).status_code,
+    ]
+    assert outcomes[0] == 200 and all(400 <= s < 500 for s in outcomes[1:4]) and outcomes[4] in (200, 303)
+    assert runner._incoming == 0  # noqa: SLF001
+
+
 def test_http_concurrent_requests_equal_sequential(http: httpx.Client, server) -> None:
     runner = server[1]
     files = [demo_png(100 + i) for i in range(8)]
