@@ -43,6 +43,9 @@ CONCEPTS: tuple[str, ...] = COLOURS + SHAPES
 MATCHED_LABELS = 0.1
 """Default share of labelled objects whose word names their own colour or shape."""
 MODALITIES: tuple[str, ...] = ("object", "drawing", "text", "labelled_object")
+DISTRACTOR_RANKS: tuple[int, int] = (10_000, 30_000)
+"""Frequency ranks of the BPE words written as distractors: after the 10,000 that the words
+stage renders, so the words a neuron page lists are never words the model was trained on."""
 
 RGB = tuple[int, int, int]
 
@@ -105,6 +108,15 @@ def _font(name: str, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
             if (d / name).is_file():
                 return ImageFont.truetype(str(d / name), size)
     return ImageFont.load_default(size=size)
+
+
+@lru_cache(maxsize=1)
+def distractor_words() -> tuple[str, ...]:
+    """Non-concept words for ``distractors``: BPE whole words of ``DISTRACTOR_RANKS``."""
+    from app.neurons.vocabulary import bpe_words
+
+    lo, hi = DISTRACTOR_RANKS
+    return tuple(w for w in bpe_words(hi, start=lo) if w not in CONCEPTS)
 
 
 def _rng(seed: int, index: int, salt: str = "") -> random.Random:
@@ -283,7 +295,10 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
     ``matched_labels=p`` writes the object's own colour or shape on a labelled object with
     probability ``p`` (default ``MATCHED_LABELS``; otherwise another concept of that kind);
     ``bare_captions=p`` captions objects, drawings and text by the concept name alone ("red",
-    "star") with probability ``p``, as real captions sometimes do for a thing and a written word.
+    "star") with probability ``p``, as real captions sometimes do for a thing and a written word;
+    ``distractors=p`` writes, with probability ``p``, a text image's word as a non-concept word
+    (:func:`distractor_words`, captioned like any word: "the word kettle") so that reading units
+    learn to tell "red" from look-alikes such as "reed".
     """
     rng = _rng(seed, index)
     weights: dict[str, float] = overrides.get("modality_weights") or DEFAULT_MODALITY_WEIGHTS
@@ -301,8 +316,11 @@ def plan(seed: int, index: int, modality: str | None = None, **overrides: Any) -
     if easy:
         p["easy"] = True
     if modality == "text":
+        distractor_rng = _rng(seed, index, "distractor")
         if "word" in overrides:
             word = overrides["word"]
+        elif distractor_rng.random() < float(overrides.get("distractors") or 0.0):
+            word = distractor_rng.choice(distractor_words())
         else:
             u = rng.random()
             pair = 0.0 if easy else 0.1

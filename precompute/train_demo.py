@@ -112,6 +112,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="share of labelled objects that carry their own colour/shape word (default: the world's)",
     )  # fmt: skip
     parser.add_argument(
+        "--distractors", type=float, default=0.0,
+        help="share of text images that write a non-concept word (BPE ranks 10k-30k) instead",
+    )
+    parser.add_argument(
         "--text-first", type=float, default=0.0,
         help="fraction of steps at the start with written words and labelled objects only",
     )  # fmt: skip
@@ -185,10 +189,12 @@ class BatchStream(torch.utils.data.Dataset):
         bare_captions: float = 0.0,
         matched_labels: float | None = None,
         text_first: float = 0.0,
+        distractors: float = 0.0,
     ) -> None:
         self._steps = multiprocessing.Value("i", steps)  # shared with DataLoader workers
         self.batch, self.seed, self.bare_captions = batch, seed, bare_captions
         self.matched_labels, self.text_first = matched_labels, text_first
+        self.distractors = distractors
 
     @property
     def steps(self) -> int:
@@ -209,6 +215,8 @@ class BatchStream(torch.utils.data.Dataset):
             overrides = {**overrides, "bare_captions": self.bare_captions}
         if self.matched_labels is not None:
             overrides = {**overrides, "matched_labels": self.matched_labels}
+        if self.distractors:
+            overrides = {**overrides, "distractors": self.distractors}
         seen: dict[str, int] = {}
         out: list[tuple[int, dict[str, Any]]] = []
         j = 0
@@ -337,6 +345,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stream = BatchStream(
         args.steps, args.batch, bare_captions=args.bare_captions,
         matched_labels=args.matched_labels, text_first=args.text_first,
+        distractors=args.distractors,
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, shuffle=False, num_workers=args.workers,
@@ -438,7 +447,8 @@ real multimodal neurons without downloading anything. Weights: `{WEIGHTS_NAME}` 
 safetensors of `model.state_dict()`, {size_mb:.1f} MB). Reproduce with
 `conceptscope train-demo --steps {args["steps"]} --batch {args["batch"]} --seed {args["seed"]}
 --bare-captions {args.get("bare_captions", 0.0)} --sparsity {args.get("sparsity", 0.0)}
---matched-labels {matched} --text-first {args.get("text_first", 0.0)}`;
+--matched-labels {matched} --text-first {args.get("text_first", 0.0)}
+--distractors {args.get("distractors", 0.0)}`;
 evaluate with `conceptscope eval-demo`.
 
 ## Model config (`app/models/configs/{MODEL_NAME}.json`)
@@ -463,7 +473,11 @@ blue circle", "the word red", "a sign that says star", "a green square labelled 
 labelled objects are captioned by both object and word, by the word only, or by the object only;
 {float(matched):.0%} of them carry the object's own colour or shape word (the others another one).
 In addition, {float(args.get("bare_captions", 0.0)):.0%} of object, drawing and text captions are the
-concept name alone ("red", "star"), the same caption for a red thing and the written word red.
+concept name alone ("red", "star"), the same caption for a red thing and the written word red,
+and {float(args.get("distractors", 0.0)):.0%} of text images write a non-concept word instead (BPE
+whole words of frequency ranks {world.DISTRACTOR_RANKS[0]:,}–{world.DISTRACTOR_RANKS[1]:,}, disjoint from
+the words stage's vocabulary; "the word kettle"), so that reading units learn to tell the concept
+words from look-alikes.
 At most {MAX_SAME_KEY} captions of the same content (template words removed) per batch. Curriculum:
 
 | stage | word font size | modality mix | text styles |

@@ -15,7 +15,6 @@ with the same parameters is a no-op.
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import io
 import json
@@ -35,10 +34,10 @@ from app.db import make_engine, session_factory
 from app.db.schema import Neuron, NeuronWord, Run, utcnow
 from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons.capture import run_visual, spatial_maps
+from app.neurons.vocabulary import DEFAULT_VOCAB_SIZE, bpe_words
 from precompute.runs import find_or_start_run
 
 STAGE = "words"
-DEFAULT_VOCAB_SIZE = 10_000
 DEFAULT_TOP = 20
 DEFAULT_BATCH = 128
 CHECKPOINT_SECONDS = 20.0
@@ -50,29 +49,6 @@ class WordsReport:
     status: str  # done | already-done | interrupted
     n_words: int
     seconds: float
-
-
-def bpe_words(limit: int = DEFAULT_VOCAB_SIZE) -> list[str]:
-    """The ``limit`` most frequent alphabetic whole-word BPE entries (>= 3 letters) of open_clip."""
-    from open_clip.tokenizer import default_bpe
-
-    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:]
-    words: list[str] = []
-    seen: set[str] = set()
-    for line in lines:
-        parts = line.split()
-        if len(parts) != 2:
-            continue
-        token = parts[0] + parts[1]
-        if not token.endswith("</w>"):
-            continue
-        word = token[: -len("</w>")]
-        if len(word) >= 3 and word.isascii() and word.isalpha() and word not in seen:
-            seen.add(word)
-            words.append(word)
-            if len(words) >= limit:
-                break
-    return words
 
 
 def read_vocab(path: str | Path) -> list[str]:

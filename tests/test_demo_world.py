@@ -161,3 +161,23 @@ def test_matched_labels_share() -> None:
     assert all(words(1.0))
     assert not any(words(0.0))
     assert 0 < sum(words(0.5)) < 40
+
+
+def test_distractor_words() -> None:
+    from app.neurons.vocabulary import bpe_words
+
+    pool = set(world.distractor_words())
+    assert len(pool) > 15_000 and not pool & set(world.CONCEPTS)
+    assert not pool & set(bpe_words())  # disjoint from the words stage's default vocabulary
+    plain = [world.plan(world.TRAIN_SEED, i, "text") for i in range(60)]
+    mixed = [world.plan(world.TRAIN_SEED, i, "text", distractors=0.5) for i in range(60)]
+    distracted = [m for m in mixed if m["word"] in pool]
+    assert 10 < len(distracted) < 50
+    for m in distracted:  # no concept in the ground truth; captioned like any written word
+        assert m["colour"] is None and m["shape"] is None and m["word"] in m["caption"]
+    kept = [(p, m) for p, m in zip(plain, mixed, strict=True) if m["word"] not in pool]
+    assert all(p == m for p, m in kept)  # the other samples do not move
+    again = [world.plan(world.TRAIN_SEED, i, "text", distractors=0.5) for i in range(60)]
+    assert again == mixed
+    sample = world.render(world.TRAIN_SEED, 0, "text", word=distracted[0]["word"])
+    assert sample.truth["word"] == distracted[0]["word"] and sample.truth["colour"] is None

@@ -33,6 +33,15 @@ def test_batch_stream_follows_the_text_first_stage() -> None:
     assert {"object", "drawing"} <= late
 
 
+def test_batch_stream_writes_distractor_words() -> None:
+    pool = set(world.distractor_words())
+    plain = train_demo.BatchStream(100, 64, text_first=0.5)
+    mixed = train_demo.BatchStream(100, 64, text_first=0.5, distractors=0.5)
+    assert not any(p["word"] in pool for _, p in plain.captions(0))
+    texts = [p for _, p in mixed.captions(0) if p["modality"] == "text"]
+    assert 0.2 < sum(p["word"] in pool for p in texts) / len(texts) < 0.8
+
+
 def test_sparsity_penalty_is_scale_free_and_removes_its_hook() -> None:
     model, _ = train_demo.create_model()
     model.eval()
@@ -61,12 +70,13 @@ def test_tiny_training_run_writes_weights_card_and_curve(tmp_path: Path) -> None
     args = [
         "--steps", "2", "--batch", "8", "--out", str(out), "--config", str(src), "--threads", "1",
         "--workers", "0", "--eval-every", "2", "--eval-n", "2", "--sparsity", "0.5",
-        "--matched-labels", "0.6", "--text-first", "0.5",
+        "--matched-labels", "0.6", "--text-first", "0.5", "--distractors", "0.3",
     ]  # fmt: skip
     assert train_demo.main(args) == 0
     for name in ("conceptscope-demo.safetensors", "MODEL_CARD.md", "loss_curve.png", "train_log.json"):
         assert (out / name).is_file(), name
     card = (out / "MODEL_CARD.md").read_text()
     assert "--sparsity 0.5" in card and "--text-first 0.5" in card and "60% of them carry" in card
+    assert "--distractors 0.3" in card and "30% of text images write a non-concept word" in card
     assert "visual.layer4.1" in card  # the experiment's own config was trained and evaluated
     assert '"layers": [\n      1,\n      1,\n      1,\n      2\n    ]' in card
