@@ -136,8 +136,10 @@ def create_model(config_dir: Path = CONFIG_DIR) -> tuple[torch.nn.Module, Any]:
     """A freshly initialised ``conceptscope-demo`` model (config from ``config_dir``), tokenizer."""
     import open_clip
 
-    open_clip.add_model_config(str(Path(config_dir) / f"{MODEL_NAME}.json"))
-    model = open_clip.create_model(MODEL_NAME)
+    from app.models import register_configs
+
+    register_configs()  # the shipped entry; an experiment's config overrides it for this model only
+    model = open_clip.create_model(MODEL_NAME, **model_config(config_dir))
     tokenizer = open_clip.get_tokenizer(MODEL_NAME)
     return model, tokenizer
 

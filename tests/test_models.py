@@ -118,3 +118,23 @@ def test_cli_exits_2_with_one_line_when_weights_cannot_be_downloaded(tmp_path, c
     errors = [line for line in captured.err.splitlines() if line.startswith("conceptscope: error:")]
     assert len(errors) == 1 and "Traceback" not in captured.err
     assert not db.exists()  # nothing is created for a model that cannot be loaded
+
+
+def test_demo_experiment_weights_bring_their_own_config(tmp_path):
+    """``demo:PATH`` builds the config saved beside PATH; the shipped ``demo`` is unaffected."""
+    from safetensors.torch import save_file
+
+    from precompute.train_demo import create_model
+
+    config = json.loads((CONFIG_DIR / "conceptscope-demo.json").read_text())
+    config["vision_cfg"]["layers"] = [1, 1, 1, 2]
+    (tmp_path / "conceptscope-demo.json").write_text(json.dumps(config))
+    model, _ = create_model(tmp_path)
+    weights = tmp_path / "conceptscope-demo.safetensors"
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(weights))
+
+    experiment = load_model(ModelSpec.parse("demo", str(weights)))
+    assert [layer.name for layer in experiment.layers] == ["layer3.0", "layer4.1"]
+    shipped = load_model(ModelSpec.parse("demo"))
+    shipped_layers = json.loads((CONFIG_DIR / "conceptscope-demo.json").read_text())["vision_cfg"]["layers"]
+    assert shipped.layers[-1].name == f"layer4.{shipped_layers[-1] - 1}"

@@ -8,6 +8,7 @@ with its preprocess, tokenizer and the layers Conceptscope indexes.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -156,13 +157,21 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
     return loaded
 
 
+def demo_config_beside(weights: Path) -> dict[str, Any] | None:
+    """The model config that ``train-demo --config`` saves beside experiment weights, if any."""
+    beside = Path(weights).parent / f"{DEMO_MODEL_NAME}.json"
+    return json.loads(beside.read_text()) if beside.is_file() else None
+
+
 def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
     if spec.is_demo:
-        with _quiet_open_clip_logging():
-            model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=None)
         weights = Path(spec.pretrained) if spec.pretrained else DEMO_WEIGHTS
         if spec.pretrained and not weights.is_file():
             raise ModelLoadError(f"demo weights file not found: {weights}")
+        # experiment weights bring their own config; open_clip's registry entry stays the shipped one
+        config = demo_config_beside(weights) if spec.pretrained else None
+        with _quiet_open_clip_logging():
+            model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=None, **(config or {}))
         if weights.is_file():
             load_state_file(model, weights)
         return model
