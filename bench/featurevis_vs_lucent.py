@@ -1,8 +1,8 @@
 """Feature visualization: Conceptscope vs Lucent (torch-lucent 0.1.8) vs the limit, on the demo model.
 
-Same model (the demo CLIP's vision tower), the same 32 last-block neurons (``layer4.0``, every 16th
-unit), the same number of steps and the same image size (Lucent's ``fixed_image_size``, so it does
-not upsample to 224). Measured in one run:
+Same model (the demo CLIP's vision tower), the same 32 last-block neurons (the last Bottleneck
+of ``layer4``, e.g. ``layer4.2``; every 16th unit), the same number of steps and the same image
+size (Lucent's ``fixed_image_size``, so it does not upsample to 224). Measured in one run:
 
 * **ours**: :func:`app.neurons.featurevis.render`, all 32 neurons in one batch (CPU defaults
   otherwise: Lucid's transforms per image, BN-folded channels-last copy of the model);
@@ -14,8 +14,8 @@ not upsample to 224). Measured in one run:
   batch and steps (no parameterisation, no transforms, no optimiser).
 
 Fairness: both optimise the same objective, the spatial mean of the *pre-ReLU* residual sum of
-``layer4.0``. Lucent hooks module outputs, so its copy of the model has ``act3`` replaced by
-``Sequential(pre=Identity(), relu=ReLU())`` and Lucent hooks ``body_layer4_0_act3_pre`` (a
+that block. Lucent hooks module outputs, so its copy of the model has ``act3`` replaced by
+``Sequential(pre=Identity(), relu=ReLU())`` and Lucent hooks ``body_layer4_2_act3_pre`` (a
 non-in-place ReLU, so the hooked tensor is not overwritten). Lucent gets the model at its best:
 eval mode, parameters frozen, the tower truncated after ``layer4`` (no attention pool). Lucent
 and kornia 0.4.1 run unpatched in their own virtual environment (``data/bench-venv-lucent``,
@@ -45,14 +45,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-LAYER = "layer4.0"
-LUCENT_LAYER = "body_layer4_0_act3_pre"
 DEFAULT_VENV = ROOT / "data" / "bench-venv-lucent"
 LUCENT_PACKAGES = ["torch-lucent==0.1.8", "kornia==0.4.1"]
 LUCENT_IMPORT_NEEDS = ["decorator", "ipython"]  # lucent imports these at import time
 
 
 # --------------------------------------------------------------------------- the Lucent venv
+
+
+def lucent_layer(layer: str) -> str:
+    """Lucent's name for the pre-ReLU output of block ``layer`` in the ``Body`` wrapper below."""
+    return f"body_{layer.replace('.', '_')}_act3_pre"
 
 
 def ensure_venv(venv: Path) -> Path:
@@ -99,12 +102,12 @@ def lucent_worker(config: dict) -> None:
     mean, std = normalisation(loaded)
 
     class Body(nn.Module):
-        """The vision tower up to layer4, pre-ReLU output of layer4.0 exposed as a module output."""
+        """The vision tower up to layer4, the target block's pre-ReLU output exposed as a module."""
 
         def __init__(self, visual: nn.Module) -> None:
             super().__init__()
             self.body = copy.deepcopy(visual).eval()
-            block = self.body.get_submodule(LAYER)
+            block = self.body.get_submodule(config["layer"])
             block.act3 = nn.Sequential(OrderedDict(pre=nn.Identity(), relu=nn.ReLU()))
             self.body.requires_grad_(False)
 
@@ -119,7 +122,7 @@ def lucent_worker(config: dict) -> None:
 
     def call(batch_units: list[int]) -> np.ndarray:
         n = len(batch_units)
-        objective = sum(objectives.channel(LUCENT_LAYER, u, batch=i if n > 1 else None)
+        objective = sum(objectives.channel(lucent_layer(config["layer"]), u, batch=i if n > 1 else None)
                         for i, u in enumerate(batch_units))
         images = render.render_vis(
             model, objective, lambda: param.image(size, batch=n), transforms=list(transforms),
@@ -194,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     loaded = load_model(ModelSpec.parse("demo", args.weights), "cpu")
-    layer = loaded.layer(LAYER)
+    layer = loaded.layers[-1]  # the last block of layer4, where the multimodal neurons are
     size = args.size or loaded.image_size
     stride = max(1, layer.n_units // args.neurons)
     units = list(range(0, layer.n_units, stride))[: args.neurons]
     n = len(units)
-    print(f"demo model, {LAYER} (pre-ReLU), {n} neurons (every {stride}th unit), {args.steps} steps, "
+    print(f"demo model, {layer.name} (pre-ReLU), {n} neurons (every {stride}th unit), {args.steps} steps, "
           f"{size} px, {args.threads} threads, CPU")
 
     # Lucent, in its own environment
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             out = str(Path(tmp) / "lucent.npz")
             config = {"size": size, "steps": args.steps, "units": units, "threads": args.threads,
                       "repeats": args.repeats, "single_repeats": args.single_repeats, "out": out,
-                      "weights": args.weights}
+                      "weights": args.weights, "layer": layer.name}
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             command = [str(python), str(Path(__file__).resolve()), "--worker", json.dumps(config)]
             proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
