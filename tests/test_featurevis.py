@@ -340,13 +340,13 @@ def dominant_colour(image: torch.Tensor) -> str:
 KNOWN_WEAK_WEIGHTS = pytest.mark.xfail(
     strict=True,
     reason=(
-        "known failure on the shipped demo weights (7/14 multimodal concepts in MODEL_CARD.md), "
-        "measured on its 5 named colour neurons: hues at the CPU stage defaults (64 steps, 64 px) "
-        "red/yellow/green/blue/brown -> blue/blue/blue/blue/brown (4 of 5 right at 256 steps and 96 "
-        "px, green stays blue); the "
-        "concept word ranks 44/22/30/847/2853 among the ~10k rendered words (top words are "
-        "look-alikes: ney/pei/jee for red). strict: when better weights make it pass, CI reports "
-        "XPASS and this marker must go"
+        "known failure on the shipped demo weights (11/14 multimodal concepts in MODEL_CARD.md), "
+        "measured on its 6 named colour neurons: hues at the CPU stage defaults (64 steps, 64 px) "
+        "red/yellow/green/blue/purple/brown -> blue/blue/brown/blue/blue/brown (2 of 6 right; 3 of "
+        "6 at 256 steps and 64 or 128 px); the concept word ranks 619/77/1362/94/589/322 among the "
+        "~10k rendered words (long words written small, e.g. 'commonwealth', or look-alikes such as "
+        "'mill' for red, come first; 'circle' is the circle neuron's top word). strict: when better "
+        "weights make it pass, CI reports XPASS and this marker must go"
     ),
 )
 

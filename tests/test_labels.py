@@ -155,15 +155,15 @@ def test_named_demo_neurons_get_their_concept_as_label(demo_loaded, tmp_path_fac
 # ----------------------------------------------------------------------------- import / set
 
 CSV = """model,layer,unit,label,source
-demo,layer4.2,5,reddish,mine
-demo,visual.layer4.2,5,roundish,mine
+demo,layer4.5,5,reddish,mine
+demo,visual.layer4.5,5,roundish,mine
 conceptscope-demo,layer3.0,7,from the name,
-demo,layer4.2,5,reddish,mine
+demo,layer4.5,5,reddish,mine
 RN50x4,layer4.5,3,Minecraft,distill
 demo,layer9.9,1,x,
-demo,layer4.2,999999,x,
-demo,layer4.2,abc,x,
-demo,layer4.2,3,   ,
+demo,layer4.5,999999,x,
+demo,layer4.5,abc,x,
+demo,layer4.5,3,   ,
 """
 
 
@@ -187,8 +187,8 @@ def test_import_csv_adds_labels_and_reports_every_rejected_row(scratch, tmp_path
             .order_by(Label.rank)
         ).all()
     assert set(rows) == {
-        ("layer4.2", 5, "reddish", "imported:mine", 0),
-        ("layer4.2", 5, "roundish", "imported:mine", 1),
+        ("layer4.5", 5, "reddish", "imported:mine", 0),
+        ("layer4.5", 5, "roundish", "imported:mine", 1),
         ("layer3.0", 7, "from the name", "imported:mine", 0),
     }
     assert main(["labels", "import", str(path), "--db", db]) == 1
@@ -199,8 +199,8 @@ def test_import_tsv_with_distill_layer_names_source_override_and_dry_run(scratch
     path = tmp_path / "neurons.tsv"
     path.write_text(
         "# a comment line\nmodel\tpretrained\tlayer\tunit\tlabel\tfamily\tsource\n"
-        "demo\t\timage_block_4/2/Add_6:0\t11\tSpider-Man\tFictional\tdistill-2021\n"
-        "demo\t\tlayer4.2\t11\t“quoted” label\t\tdistill-2021\n"
+        "demo\t\timage_block_4/5/Add_6:0\t11\tSpider-Man\tFictional\tdistill-2021\n"
+        "demo\t\tlayer4.5\t11\t“quoted” label\t\tdistill-2021\n"
     )
     db = scratch.removeprefix("sqlite:///")
     assert main(["labels", "import", str(path), "--db", db, "--dry-run"]) == 0
@@ -228,7 +228,7 @@ def test_import_rejects_a_file_without_the_required_columns(scratch, tmp_path, c
 
 def test_manual_label_replaces_the_previous_one_and_can_be_cleared(scratch, capsys) -> None:
     db = scratch.removeprefix("sqlite:///")
-    base = ["labels", "set", "--db", db, "--model", "demo", "--layer", "layer4.2", "--unit", "3"]
+    base = ["labels", "set", "--db", db, "--model", "demo", "--layer", "layer4.5", "--unit", "3"]
     assert main([*base, "--label", "first"]) == 0
     assert main([*base, "--label", "  the   red neuron "]) == 0
     with _session(scratch) as s:
@@ -255,15 +255,15 @@ def test_labels_show_on_the_neuron_page_and_filter_the_layer_grid(scratch) -> No
     from app.web.app import create_app
 
     with _session(scratch) as s:
-        neuron = s.scalar(select(Neuron).join(Layer).where(Layer.name == "layer4.2", Neuron.unit == 9))
+        neuron = s.scalar(select(Neuron).join(Layer).where(Layer.name == "layer4.5", Neuron.unit == 9))
         s.add(Label(neuron_id=neuron.id, label="zebra crossing", source="manual", rank=0))
         s.commit()
     with TestClient(create_app(Settings(db_url=scratch, device="cpu"))) as client:
-        data = client.get("/models/demo/layers/layer4.2/neurons/9.json").json()
+        data = client.get("/models/demo/layers/layer4.5/neurons/9.json").json()
         labels = data["sections"]["labels"]
         assert labels[0] == {"label": "zebra crossing", "source": "manual", "score": None, "rank": 0}
         assert [lb["source"] for lb in labels[1:]] == ["auto"] * 3
-        grid = client.get("/models/demo/layers/layer4.2.json", params={"q": "zebra"}).json()
+        grid = client.get("/models/demo/layers/layer4.5.json", params={"q": "zebra"}).json()
         assert [n["unit"] for n in grid["neurons"]] == [9]
 
 

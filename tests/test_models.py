@@ -32,9 +32,9 @@ def test_spec_parse_and_slug(text, pretrained, name, tag, slug):
 
 def test_demo_model_layers(demo_loaded):
     names = [layer.name for layer in demo_loaded.layers]
-    assert names == ["layer3.0", "layer4.2"]
+    assert names == ["layer3.0", "layer4.5"]
     assert [layer.is_last for layer in demo_loaded.layers] == [False, True]
-    assert demo_loaded.layer("layer4.2").kind == "resnet_block"
+    assert demo_loaded.layer("layer4.5").kind == "resnet_block"
     config = json.loads((CONFIG_DIR / "conceptscope-demo.json").read_text())
     assert demo_loaded.image_size == config["vision_cfg"]["image_size"]
 

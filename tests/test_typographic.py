@@ -113,7 +113,7 @@ def test_attack_result_json_twin_and_permalink(server) -> None:
     assert sum(c["before"] for c in classes.values()) == pytest.approx(1, abs=1e-4)
     assert sum(c["after"] for c in classes.values()) == pytest.approx(1, abs=1e-4)
     assert result["images"]["before"] != result["images"]["after"]
-    assert [layer["layer"] for layer in result["changes"]] == ["layer4.2", "layer3.0"]  # deepest first
+    assert [layer["layer"] for layer in result["changes"]] == ["layer4.5", "layer3.0"]  # deepest first
     for layer in result["changes"]:
         rose, fell = layer["rose"], layer["fell"]
         assert rose or fell
@@ -203,7 +203,7 @@ def test_writing_blue_on_red_objects_moves_the_prediction(demo_loaded, tmp_path_
                 gains.append(attacked["blue"] - control["blue"])
                 flips += control["top"] == "red" and attacked["top"] == "blue"
     # the written word, not the sticker covering the object, moves the prediction from red to blue
-    # (shipped weights: mean drop 0.26, mean gain 0.12; the earlier weights gave more than 0.2 each)
+    # (shipped weights: mean drop 0.21, mean gain 0.19, 1 flip; the 7/14 weights gave 0.26 and 0.12)
     assert np.mean(drops) > 0.2 and np.mean(gains) > 0.1, (drops, gains)
     assert flips >= 1, (flips, drops, gains)
 
