@@ -36,6 +36,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train-demo",), "precompute.train_demo:add_arguments:run", "train the bundled demo CLIP"),
     (("eval-demo",), "precompute.eval_demo:add_arguments:run",
      "evaluate the demo CLIP on held-out renderings"),
+    (("eval-featurevis",), "precompute.featurevis_quality:add_arguments:run",
+     "feature-visualization quality checks on the demo CLIP"),
 ]
 
 DEMO_DB = Path("data/demo.db")

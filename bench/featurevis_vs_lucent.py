@@ -1,11 +1,17 @@
 """Feature visualization: Conceptscope vs Lucent (torch-lucent 0.1.8) vs the limit, on the demo model.
 
 Same model (the demo CLIP's vision tower), the same 32 last-block neurons (the last Bottleneck
-of ``layer4``, e.g. ``layer4.2``; every 16th unit), the same number of steps and the same image
-size (Lucent's ``fixed_image_size``, so it does not upsample to 224). Measured in one run:
+of ``layer4``, ``layer4.5`` for the shipped weights; every 16th unit), the same number of steps
+and the same image size (Lucent's ``fixed_image_size``, so it does not upsample to 224).
+Measured in one run:
 
-* **ours**: :func:`app.neurons.featurevis.render`, all 32 neurons in one batch (CPU defaults
-  otherwise: Lucid's transforms per image, BN-folded channels-last copy of the model);
+* **ours**: :func:`app.neurons.featurevis.render`, all 32 neurons in one batch, Lucid's transforms
+  per image, Adam 0.05, our colour start (one extra forward pass of 51 flat colours; Lucent starts
+  at grey), through a BN-folded channels-last copy of the model. The headline figures
+  use ``canvas=False``: the transformed view is resampled to ``size`` px, so the network sees the
+  same input size as Lucent's ``fixed_image_size`` and the limit. Also printed: ours on Lucid's
+  padded canvas (our default for ResNets), where the network sees ``size + 2*pad - jitters`` px
+  (140 px for 128), about 20 % more pixels per step;
 * **Lucent batched**: ``render_vis`` with ``param.image(size, batch=32)`` and the sum of 32
   ``objectives.channel(layer, unit, batch=i)`` objectives, Lucid's standard transforms, Adam 0.05
   (Lucent's defaults), the model's own normalisation as the last transform;
@@ -15,7 +21,7 @@ size (Lucent's ``fixed_image_size``, so it does not upsample to 224). Measured i
 
 Fairness: both optimise the same objective, the spatial mean of the *pre-ReLU* residual sum of
 that block. Lucent hooks module outputs, so its copy of the model has ``act3`` replaced by
-``Sequential(pre=Identity(), relu=ReLU())`` and Lucent hooks ``body_layer4_2_act3_pre`` (a
+``Sequential(pre=Identity(), relu=ReLU())`` and Lucent hooks ``body_layer4_5_act3_pre`` (a
 non-in-place ReLU, so the hooked tensor is not overwritten). Lucent gets the model at its best:
 eval mode, parameters frozen, the tower truncated after ``layer4`` (no attention pool). Lucent
 and kornia 0.4.1 run unpatched in their own virtual environment (``data/bench-venv-lucent``,
@@ -225,13 +231,21 @@ def main(argv: list[str] | None = None) -> int:
     except (RuntimeError, subprocess.CalledProcessError, OSError) as exc:
         lucent_error = str(exc)
 
-    # ours
-    settings = fv.Settings(steps=args.steps, size=size)
+    # ours: as Lucent's fixed_image_size (the network sees ``size`` px, like Lucent and the limit),
+    # and on Lucid's padded canvas (our default for ResNets: the network sees size + 2*pad - jitters)
     fv.prepared_visual(loaded.visual, loaded.device)  # one-off preparation, not timed per call
-    ours_times, result = [], None
-    for _ in range(args.repeats):
-        result = fv.render(loaded, layer, units, settings=settings)
-        ours_times.append(result.seconds)
+
+    def ours(canvas: bool) -> tuple[float, list[float], int]:
+        settings = fv.Settings(steps=args.steps, size=size, canvas=canvas)
+        times, result = [], None
+        for _ in range(args.repeats):
+            result = fv.render(loaded, layer, units, settings=settings)
+            times.append(result.seconds)
+        seen = size + 2 * settings.pad - settings.jitter - settings.jitter2 if canvas else size
+        return statistics.median(times), result.objectives, seen
+
+    ours_s, ours_obj, _ = ours(canvas=False)
+    canvas_s, canvas_obj, canvas_px = ours(canvas=True)
     # the limit: plain model as given, and the BN-folded channels-last copy ours optimises through
     limit_plain = statistics.median(
         limit_seconds(loaded, layer, n, size, args.steps) for _ in range(args.repeats)
@@ -244,17 +258,16 @@ def main(argv: list[str] | None = None) -> int:
 
     limit_fast = statistics.median(limit_fast_once() for _ in range(args.repeats))
 
-    ours_s = statistics.median(ours_times)
-    ours_obj = result.objectives
-
     def measure(images: np.ndarray) -> list[float]:
         tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
         return fv.objectives(loaded, layer, tensor, units)
 
     print()
     print(f"{'method':<34} {'s total':>8} {'s/neuron':>9} {'median obj':>11} {'min obj':>8}")
-    print(f"{'ours (one batch)':<34} {ours_s:8.2f} {ours_s / n:9.3f} {statistics.median(ours_obj):11.3f} "
-          f"{min(ours_obj):8.3f}")
+    print(f"{f'ours (one batch, {size} px in)':<34} {ours_s:8.2f} {ours_s / n:9.3f} "
+          f"{statistics.median(ours_obj):11.3f} {min(ours_obj):8.3f}")
+    print(f"{f'ours (Lucid canvas, {canvas_px} px in)':<34} {canvas_s:8.2f} {canvas_s / n:9.3f} "
+          f"{statistics.median(canvas_obj):11.3f} {min(canvas_obj):8.3f}")
     if lucent_error is None:
         lb_s = statistics.median(lucent_info["batched_s"])
         ls_s = statistics.median(lucent_info["single_s"])
@@ -266,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  versions: {lucent_info['versions']}")
     print(f"{'limit: bare fwd+bwd (model as is)':<34} {limit_plain:8.2f} {limit_plain / n:9.3f}")
     print(f"{'limit: bare fwd+bwd (BN folded)':<34} {limit_fast:8.2f} {limit_fast / n:9.3f}")
-    print(f"ours vs Lucent per neuron call: {ls_s / ours_s:.2f}x" if lucent_error is None else "")
+    if lucent_error is None:
+        print(f"ours vs Lucent per neuron call: {ls_s / ours_s:.2f}x; on Lucid's canvas vs Lucent batched: "
+              f"{lb_s / canvas_s:.2f}x")
     print(f"limit (BN-folded model)/ours: {limit_fast / ours_s:.2f}  (overhead of parameterisation, "
           f"transforms and optimiser)")
     if lucent_error is not None:

@@ -6,9 +6,6 @@ trained demo weights and are skipped until they exist.
 
 from __future__ import annotations
 
-import colorsys
-import json
-import re
 import shutil
 from pathlib import Path
 
@@ -20,10 +17,15 @@ from sqlalchemy import func, select
 from app.db import make_engine, session_factory
 from app.db.schema import FeatureVisualization, Layer, Neuron, NeuronWord
 from app.neurons import featurevis as fv
+from precompute.featurevis_quality import (
+    diagonal_dominance,
+    dominant_colour,
+    named_colour_neurons,
+    word_ranks,
+)
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "app" / "models" / "weights"
 WEIGHTS = WEIGHTS_DIR / "conceptscope-demo.safetensors"
-CARD = WEIGHTS_DIR / "MODEL_CARD.md"
 TINY = fv.Settings(steps=6, size=48)
 
 
@@ -52,6 +54,32 @@ def test_fourier_image_is_in_unit_range_and_seeded() -> None:
     b = fv.FourierImage(2, 40, generator=torch.Generator().manual_seed(3))()
     assert a.shape == (2, 3, 40, 40) and torch.equal(a, b)
     assert a.min() >= 0 and a.max() <= 1
+
+
+def test_add_mean_makes_a_flat_image_of_the_given_logits() -> None:
+    for decay in (1.0, 1.5):
+        image = fv.FourierImage(2, 24, decay_power=decay, sd=0.0)
+        logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, 0.0, 1.0]])
+        image.add_mean(logits)
+        out = image()
+        assert torch.allclose(out, torch.sigmoid(logits)[:, :, None, None].expand_as(out), atol=1e-5)
+
+
+def test_colour_start_picks_each_neurons_best_and_worst_flat_colour(demo_loaded) -> None:
+    layer = last_layer(demo_loaded)
+    units, signs = [3, 3, 40], [1, -1, 1]
+    start = fv.Settings(steps=0, size=32, init_sd=0.0, colour_start=1.0)
+    result = fv.render(demo_loaded, layer, units, signs=signs, settings=start)
+    candidates = fv.flat_colour_candidates()
+    flats = candidates[:, :, None, None].expand(-1, 3, 32, 32).contiguous()
+    for i, (unit, sign) in enumerate(zip(units, signs, strict=True)):
+        values = torch.tensor(fv.objectives(demo_loaded, layer, flats, [unit] * len(candidates)))
+        expected = candidates[int((sign * values).argmax())]
+        assert torch.allclose(result.images[i, :, 0, 0], expected, atol=1e-4)
+        assert torch.allclose(result.images[i], result.images[i, :, :1, :1].expand(3, 32, 32), atol=1e-4)
+    assert result.settings["colour_start"] == 1.0
+    grey = fv.render(demo_loaded, layer, units, signs=signs, settings=start.with_(colour_start=0.0))
+    assert torch.allclose(grey.images, torch.full_like(grey.images, 0.5))
 
 
 def test_prepared_model_matches_original(demo_loaded) -> None:
@@ -305,57 +333,52 @@ def test_default_vocabulary() -> None:
 needs_weights = pytest.mark.skipif(not WEIGHTS.is_file(), reason="trained demo weights not there yet")
 
 
-def colour_neurons() -> dict[str, int]:
-    """The colour concepts' multimodal neurons named by eval-demo (from the model card's facts)."""
-    from precompute import eval_demo
-    from precompute.demo_world import COLOURS
-
-    if CARD.is_file() and (m := re.search(r"<!-- facts: (\{.*?\}) -->", CARD.read_text(), re.S)):
-        named = json.loads(m.group(1))["multimodal_neurons"]
-        threshold = json.loads(m.group(1)).get("threshold", eval_demo.THRESHOLD)
-    else:
-        model, tokenizer = eval_demo.load_demo_model(WEIGHTS)
-        result = eval_demo.evaluate(model, None, tokenizer, n_per_class=10)
-        named, threshold = result.multimodal_neurons, result.threshold
-    return {c: int(v[0]) for c, v in named.items() if c in COLOURS and min(v[1], v[2]) >= threshold}
-
-
-def dominant_colour(image: torch.Tensor) -> str:
-    """The demo palette colour that most chromatic pixels of ``image`` (3, H, W) are nearest to."""
+def test_dominant_colour_names_every_palette_colour() -> None:
     from precompute.demo_world import PALETTE
 
-    names = list(PALETTE)
-    pixels = image.permute(1, 2, 0).reshape(-1, 3).numpy()
-    hsv = np.array([colorsys.rgb_to_hsv(*p) for p in pixels])
-    chromatic = (hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.15)
-    if not chromatic.any():
-        return "none"
-    palette = np.array([PALETTE[n] for n in names], dtype=np.float32) / 255
-    p_hsv = np.array([colorsys.rgb_to_hsv(*p) for p in palette])
-
-    def hue_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        d = np.abs(a[:, None] - b[None, :])
-        return np.minimum(d, 1 - d)
-
-    # hue decides, value separates brown from orange, saturation pink from red
-    dist = hue_dist(hsv[chromatic, 0], p_hsv[:, 0]) * 4 + np.abs(
-        hsv[chromatic, 2][:, None] - p_hsv[None, :, 2]
-    ) + 0.5 * np.abs(hsv[chromatic, 1][:, None] - p_hsv[None, :, 1])
-    votes = np.bincount(dist.argmin(1), weights=hsv[chromatic, 1], minlength=len(names))
-    return names[int(votes.argmax())]
+    for name, rgb in PALETTE.items():
+        flat = torch.tensor(rgb, dtype=torch.float32)[:, None, None].expand(3, 16, 16) / 255
+        noisy = (flat + 0.03 * torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+        assert dominant_colour(noisy) == name
+    assert dominant_colour(torch.full((3, 8, 8), 0.5)) == "none"
+    # a saturated minority outvotes a grey majority; between two colours the larger area wins
+    image = torch.full((3, 10, 10), 0.5)
+    image[:, :3] = torch.tensor(PALETTE["blue"], dtype=torch.float32)[:, None, None] / 255
+    image[:, 3:4] = torch.tensor(PALETTE["red"], dtype=torch.float32)[:, None, None] / 255
+    assert dominant_colour(image) == "blue"
 
 
-KNOWN_WEAK_WEIGHTS = pytest.mark.xfail(
+def test_flat_field_responses_are_the_objectives_on_flat_images(demo_loaded) -> None:
+    from precompute.demo_world import PALETTE
+    from precompute.featurevis_quality import flat_field_responses
+
+    layer = last_layer(demo_loaded)
+    table = flat_field_responses(demo_loaded, layer, [3, 7], size=48)
+    assert table.shape == (len(PALETTE), 2)
+    green = torch.tensor(PALETTE["green"], dtype=torch.float32)[:, None, None].expand(1, 3, 48, 48) / 255
+    expected = fv.objectives(demo_loaded, layer, green.contiguous(), [3, 7])
+    assert table[list(PALETTE).index("green")].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-6)
+
+
+def test_eval_featurevis_is_a_command() -> None:
+    from app.cli import build_parser
+
+    args = build_parser().parse_args(["eval-featurevis", "--skip-words"])
+    assert args.skip_words and args.handler.__module__ == "precompute.featurevis_quality"
+
+
+MODEL_CANNOT_READ_10K_WORDS = pytest.mark.xfail(
     strict=True,
     reason=(
-        "known failure on the shipped demo weights (11/14 multimodal concepts in MODEL_CARD.md), "
-        "measured on its 6 named colour neurons: hues at the CPU stage defaults (64 steps at lr 0.1, "
-        "64 px) red/yellow/green/blue/purple/brown -> blue/blue/blue/blue/blue/brown (2 of 6 right; "
-        "3 of 6 at 256 steps, lr 0.05, 64 or 128 px); the concept word ranks 619/77/1362/94/589/322 "
-        "among the ~10k rendered words (long words written small, e.g. 'commonwealth', "
-        "or look-alikes such as "
-        "'mill' for red, come first; 'circle' is the circle neuron's top word). strict: when better "
-        "weights make it pass, CI reports XPASS and this marker must go"
+        "known failure of the shipped demo weights, not of the words stage: measured by "
+        "`conceptscope eval-featurevis`, the words ranked above each colour neuron's own word "
+        "among the ~10k rendered words are red 619, yellow 77, green 1362, blue 94, purple 589, "
+        "brown 322 (top words 'mill', 'wellington', 'pleasure', 'louisville', 'frank', "
+        "'classroom'); four other renderings (regular face, 24/32 px, mean pooling, their z-scored "
+        "average) gave ranks from 14 to 3217 and no top-1. The model was trained on 14 concept "
+        "words and distractors; it tells 'red' from the other concept words (text d' 2.4) but "
+        "not from 10k English words. strict: better weights that pass make CI report XPASS, "
+        "and this marker must go"
     ),
 )
 
@@ -371,24 +394,28 @@ def last_block_visualizations(demo_loaded):
 @pytest.mark.slow
 @needs_weights
 def test_diagonal_dominance_of_last_block(demo_loaded, last_block_visualizations) -> None:
-    layer = last_layer(demo_loaded)
-    r = last_block_visualizations
-    mean, std = fv.normalisation(demo_loaded)
-    with torch.inference_mode():
-        raw = fv.forward_to(demo_loaded.visual, (r.images - mean) / std, [layer])[layer.name]
-    matrix = raw.mean(dim=(2, 3))  # (image i, neuron j); image i optimised for neuron i
-    n = matrix.shape[0]
-    own = matrix.diagonal()
-    others = (matrix.sum(dim=0) - own) / (n - 1)
-    share = float((own > others).float().mean())
+    share = diagonal_dominance(demo_loaded, last_layer(demo_loaded), last_block_visualizations.images)
     assert share >= 0.9, share
 
 
 @pytest.mark.slow
 @needs_weights
-@KNOWN_WEAK_WEIGHTS
+def test_colour_start_reaches_higher_objectives(demo_loaded) -> None:
+    # measured on all 512 last-block neurons: median +31 %, better for 61 %; layer3: +99 %, 70 %
+    layer = last_layer(demo_loaded)
+    units = list(range(0, layer.n_units, 8))
+    settings = fv.default_settings(demo_loaded)
+    tinted = np.array(fv.render(demo_loaded, layer, units, settings=settings).objectives)
+    lucid = settings.with_(colour_start=0.0)
+    grey = np.array(fv.render(demo_loaded, layer, units, settings=lucid).objectives)
+    assert np.median(tinted) > 1.15 * np.median(grey), (np.median(tinted), np.median(grey))
+    assert np.mean(tinted > grey) > 0.5
+
+
+@pytest.mark.slow
+@needs_weights
 def test_colour_neurons_visualizations_show_their_colour(demo_loaded, last_block_visualizations) -> None:
-    neurons = colour_neurons()
+    neurons = named_colour_neurons()
     assert neurons, "eval-demo names no colour neuron"
     found = {c: dominant_colour(last_block_visualizations.images[u]) for c, u in neurons.items()}
     assert found == {c: c for c in neurons}, found
@@ -396,18 +423,12 @@ def test_colour_neurons_visualizations_show_their_colour(demo_loaded, last_block
 
 @pytest.mark.slow
 @needs_weights
-@KNOWN_WEAK_WEIGHTS
+@MODEL_CANNOT_READ_10K_WORDS
 def test_colour_neurons_top_rendered_word_is_the_concept(demo_loaded) -> None:
-    from precompute.words import default_vocabulary, word_values
-
-    neurons = colour_neurons()
+    neurons = named_colour_neurons()
     assert neurons
-    layer = last_layer(demo_loaded)
-    vocab = default_vocabulary(is_demo=True)
-    values = torch.cat([word_values(demo_loaded, vocab[i : i + 512])[layer.name]
-                        for i in range(0, len(vocab), 512)])
-    top = {c: vocab[int(values[:, u].argmax())] for c, u in neurons.items()}
-    assert top == {c: c for c in neurons}, top
+    ranks = word_ranks(demo_loaded, last_layer(demo_loaded), neurons)
+    assert {c: top for c, (_, top) in ranks.items()} == {c: c for c in neurons}, ranks
 
 
 # --------------------------------------------------------------------------- on demand (web)

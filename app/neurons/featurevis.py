@@ -16,6 +16,14 @@ The recipe is Lucid's (Olah et al., "Feature Visualization", Distill 2017), rebu
   of B images costs one forward/backward of B images per step. Negative visualizations minimise.
 * **Diversity.** Several images per neuron, with Lucid's Gram-matrix diversity penalty computed on
   an intermediate layer between the images of each group.
+* **Colour start** (ours; ``colour_start``). Lucid starts every image at grey, and the objective
+  is far from convex in the image's mean colour: on the demo model a single flat colour excites
+  47 % of last-block and 56 % of layer3 neurons more than their 64-step grey-start image does,
+  and from grey the gradient can point away from the neuron's colour (the "purple" neuron climbs
+  to 0.5 where a flat violet gives 7.5). So one forward pass first measures every neuron on
+  :func:`flat_colour_candidates` (51 flat colours), and each image starts tinted towards the
+  colour that excites (negative: inhibits) its neuron most, at ``colour_start`` times its logit.
+  Measured at the CPU defaults: median objective +31 % (last block), +99 % (layer3).
 
 fp32 on CPU (seeded and deterministic), bf16 autocast on CUDA. The model's parameters are frozen
 for the duration (``requires_grad=False``) so no parameter gradients are computed.
@@ -23,6 +31,7 @@ for the duration (``requires_grad=False``) so no parameter gradients are compute
 
 from __future__ import annotations
 
+import colorsys
 import copy
 import math
 import weakref
@@ -75,6 +84,7 @@ class Settings:
     jitter2: int = 4
     transforms: bool = True
     canvas: bool | None = None  # transformed view on Lucid's larger canvas; None: yes unless ViT
+    colour_start: float = 0.5  # start tinted towards the neuron's best flat colour; 0 = Lucid's grey
     diversity_weight: float = 2.0  # Lucid used 1e2 at InceptionV1 scale; 2 balances the demo model
     diversity_layer: str | None = None  # module path in model.visual; None = a sensible default
     autocast: bool = True  # bf16 autocast on CUDA (ignored on CPU)
@@ -154,6 +164,14 @@ class FourierImage(nn.Module):
         self.register_buffer("scale", torch.tensor(scale, dtype=torch.float32, device=device)[..., None])
         color = torch.tensor(COLOR_CORRELATION_NORMALIZED, device=device)
         self.register_buffer("color", color)
+
+    @torch.no_grad()
+    def add_mean(self, logits: torch.Tensor) -> None:
+        """Shift each image's mean by ``logits`` ``(n, 3)``, in pixel space before the sigmoid (a
+        zero spectrum becomes the flat image ``sigmoid(logits)``); only the DC coefficients move."""
+        decorrelated = torch.linalg.solve(self.color, logits.to(self.color).T).T  # (n, 3)
+        # irfftn(norm="ortho") turns a DC coefficient a into a / size; forward() scales and divides by 4
+        self.spectrum[:, :, 0, 0, 0] += decorrelated * (4.0 * self.size / self.scale[0, 0, 0])
 
     def forward(self) -> torch.Tensor:
         """Images in ``[0, 1]``, shape ``(n, 3, size, size)``."""
@@ -363,6 +381,31 @@ def objectives(
     return out
 
 
+def flat_colour_candidates() -> torch.Tensor:
+    """``(51, 3)`` RGB in ``[0.03, 0.97]``: 12 hues at 4 saturation/value levels, black, white and
+    grey (the colours the colour start chooses from)."""
+    levels = ((1.0, 1.0), (1.0, 0.6), (0.5, 1.0), (1.0, 0.35))
+    colours = [colorsys.hsv_to_rgb(h / 12, sat, val) for h in range(12) for sat, val in levels]
+    colours += [(0.05, 0.05, 0.05), (0.95, 0.95, 0.95), (0.5, 0.5, 0.5)]
+    return torch.tensor(colours, dtype=torch.float32).clamp(0.03, 0.97)
+
+
+def best_flat_colours(
+    visual: nn.Module, loaded: LoadedModel, layer: LayerInfo, units: torch.Tensor, signs: torch.Tensor,
+    size: int,
+) -> torch.Tensor:
+    """``(n, 3)``: for each ``(units[i], signs[i])`` the candidate flat colour with the highest
+    ``signs[i]`` × objective (one forward pass of the candidates through ``visual``)."""
+    candidates = flat_colour_candidates().to(units.device)
+    images = candidates[:, :, None, None].expand(-1, 3, size, size).contiguous()
+    mean, std = normalisation(loaded)
+    with torch.inference_mode():
+        raw = forward_to(visual, (images - mean) / std, [layer])[layer.name]
+        values = spatial_maps(raw, layer).float().mean(dim=(-2, -1))  # (candidates, all units)
+        best = (values[:, units] * signs).argmax(dim=0)
+    return candidates[best]
+
+
 def gram_diversity(acts: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Lucid's diversity penalty, summed over groups: mean pairwise cosine of Gram matrices."""
     b, c = acts.shape[0], acts.shape[1]
@@ -428,10 +471,13 @@ def render(
     generator = torch.Generator().manual_seed(settings.seed)
     image = FourierImage(n, size, decay_power=settings.decay_power, sd=settings.init_sd,
                          generator=generator, device=device)
-    optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     mean, std = normalisation(loaded)
     use_autocast = settings.autocast and device.type == "cuda"
     visual = prepared_visual(loaded.visual, device) if settings.prepare else loaded.visual
+    if settings.colour_start > 0:
+        colours = best_flat_colours(visual, loaded, layer, unit_t, signs_t, size)
+        image.add_mean(settings.colour_start * torch.logit(colours))
+    optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     # Lucid feeds the padded, jittered canvas (content at scale ~1) to the network; a ViT needs a
     # fixed input size, so there the view is resampled to ``size`` (as Lucent's fixed_image_size).
     lucid_canvas = layer.kind == "resnet_block" if settings.canvas is None else settings.canvas

@@ -88,8 +88,9 @@ def on_demand_settings(loaded: Any) -> fv.Settings:
 def describe(settings: dict[str, Any]) -> str:
     """One line for the page: what is being rendered and how."""
     device = str(settings.get("device", "cpu")).upper()
+    start = f", colour start {settings['colour_start']}" if settings.get("colour_start") else ""
     return (f"positive and negative, {settings.get('steps')} steps at {settings.get('size')} px on the "
-            f"{device}, {settings.get('precision', 'fp32')}")
+            f"{device}, {settings.get('precision', 'fp32')}{start}")
 
 
 def _render_neuron(loaded: Any, layer_name: str, unit: int, settings: fv.Settings) -> fv.Result:
