@@ -31,7 +31,6 @@ def main() -> int:
         diagonal_dominance,
         dominant_colour,
         named_colour_neurons,
-        unit_means_matrix,
     )
 
     torch.set_num_threads(2)
@@ -41,8 +40,8 @@ def main() -> int:
     ratios = []
     for layer in loaded.layers:
         units = list(range(layer.n_units))
-        flats = fv.flat_colour_candidates()[:, :, None, None].expand(-1, 3, settings.size, settings.size)
-        best_flat = unit_means_matrix(loaded, layer, flats.contiguous()).max(dim=0).values.numpy()
+        flats = fv.flat_images(fv.flat_colour_candidates(), settings.size)
+        best_flat = fv.all_unit_means(loaded, layer, flats).max(dim=0).values.cpu().numpy()
         reached = {}
         for start in (settings.colour_start, 0.0):
             result = fv.render(loaded, layer, units, settings=settings.with_(colour_start=start))

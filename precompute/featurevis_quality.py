@@ -77,22 +77,12 @@ def dominant_colour(image: torch.Tensor) -> str:
     return names[int(votes.argmax())]
 
 
-def unit_means_matrix(loaded: LoadedModel, layer: LayerInfo, images: torch.Tensor) -> torch.Tensor:
-    """``(images, units)``: the featurevis objective (spatial mean of the raw map) of every unit of
-    ``layer`` on every image (``(N, 3, S, S)`` in ``[0, 1]``)."""
-    from app.neurons import featurevis as fv
-    from app.neurons.capture import spatial_maps
-
-    mean, std = fv.normalisation(loaded)
-    with torch.inference_mode():
-        raw = fv.forward_to(loaded.visual, (images.to(loaded.device) - mean) / std, [layer])[layer.name]
-    return spatial_maps(raw, layer).float().mean(dim=(-2, -1)).cpu()
-
-
 def diagonal_dominance(loaded: LoadedModel, layer: LayerInfo, images: torch.Tensor) -> float:
     """Share of neurons ``i`` whose own visualization ``images[i]`` excites them more than the
     mean of the other visualizations does (``images`` holds one image per unit of ``layer``)."""
-    matrix = unit_means_matrix(loaded, layer, images)  # (image i, neuron j)
+    from app.neurons import featurevis as fv
+
+    matrix = fv.all_unit_means(loaded, layer, images).cpu()  # (image i, neuron j)
     own = matrix.diagonal()
     others = (matrix.sum(dim=0) - own) / (matrix.shape[0] - 1)
     return float((own > others).float().mean())
@@ -100,11 +90,11 @@ def diagonal_dominance(loaded: LoadedModel, layer: LayerInfo, images: torch.Tens
 
 def flat_field_responses(loaded: LoadedModel, layer: LayerInfo, units: list[int], size: int) -> torch.Tensor:
     """``(palette colours, units)``: the featurevis objective of ``units`` on flat palette images."""
+    from app.neurons import featurevis as fv
     from precompute.demo_world import PALETTE
 
     colours = torch.tensor(list(PALETTE.values()), dtype=torch.float32) / 255
-    images = colours[:, :, None, None].expand(-1, 3, size, size).contiguous()
-    return unit_means_matrix(loaded, layer, images)[:, units]
+    return fv.all_unit_means(loaded, layer, fv.flat_images(colours, size))[:, units].cpu()
 
 
 def word_ranks(loaded: LoadedModel, layer: LayerInfo, neurons: dict[str, int]) -> dict[str, tuple[int, str]]:

@@ -71,7 +71,7 @@ def test_colour_start_picks_each_neurons_best_and_worst_flat_colour(demo_loaded)
     start = fv.Settings(steps=0, size=32, init_sd=0.0, colour_start=1.0)
     result = fv.render(demo_loaded, layer, units, signs=signs, settings=start)
     candidates = fv.flat_colour_candidates()
-    flats = candidates[:, :, None, None].expand(-1, 3, 32, 32).contiguous()
+    flats = fv.flat_images(candidates, 32)
     for i, (unit, sign) in enumerate(zip(units, signs, strict=True)):
         values = torch.tensor(fv.objectives(demo_loaded, layer, flats, [unit] * len(candidates)))
         expected = candidates[int((sign * values).argmax())]
@@ -463,6 +463,7 @@ async def test_missing_visualization_is_rendered_on_demand_and_stored(db_copy, d
         first = await c.get(f"{page_url}/featurevis", headers={"HX-Request": "true"})
         assert first.status_code == 200 and "Rendering on the live model" in first.text
         assert "steps at 64 px on the CPU" in first.text and 'hx-trigger="load delay:2s"' in first.text
+        assert f"colour start {fv.Settings().colour_start}" in first.text
         for _ in range(240):
             status = (await c.get(f"{page_url}/featurevis.json")).json()
             if status["status"] != "rendering":
@@ -472,6 +473,7 @@ async def test_missing_visualization_is_rendered_on_demand_and_stored(db_copy, d
         assert [im["kind"] for im in status["images"]] == ["positive", "negative"]
         done = await c.get(f"{page_url}/featurevis", headers={"HX-Request": "true"})
         assert "<img" in done.text and "hx-trigger" not in done.text
+        assert f"colour start {fv.Settings().colour_start}" in done.text  # the image's title
         data = (await c.get(page_url + ".json")).json()["sections"]["featurevis"]
         assert [im["kind"] for im in data] == ["positive", "negative"]
         assert data[0]["settings"]["on_demand"] is True and data[0]["settings"]["steps"] == fv.CPU_STEPS

@@ -390,6 +390,23 @@ def flat_colour_candidates() -> torch.Tensor:
     return torch.tensor(colours, dtype=torch.float32).clamp(0.03, 0.97)
 
 
+def flat_images(colours: torch.Tensor, size: int) -> torch.Tensor:
+    """``(K, 3)`` RGB colours in ``[0, 1]`` → ``(K, 3, size, size)`` flat images."""
+    return colours[:, :, None, None].expand(-1, 3, size, size).contiguous()
+
+
+def all_unit_means(
+    loaded: LoadedModel, layer: LayerInfo, images: torch.Tensor, visual: nn.Module | None = None
+) -> torch.Tensor:
+    """``(images, units)``: the objective (spatial mean of the raw map) of every unit of ``layer``
+    on every image (``(N, 3, S, S)`` in ``[0, 1]``); through ``visual`` (default: the model's)."""
+    mean, std = normalisation(loaded)
+    with torch.inference_mode():
+        x = (images.to(loaded.device) - mean) / std
+        raw = forward_to(visual or loaded.visual, x, [layer])[layer.name]
+        return spatial_maps(raw, layer).float().mean(dim=(-2, -1))
+
+
 def best_flat_colours(
     visual: nn.Module, loaded: LoadedModel, layer: LayerInfo, units: torch.Tensor, signs: torch.Tensor,
     size: int,
@@ -397,13 +414,8 @@ def best_flat_colours(
     """``(n, 3)``: for each ``(units[i], signs[i])`` the candidate flat colour with the highest
     ``signs[i]`` × objective (one forward pass of the candidates through ``visual``)."""
     candidates = flat_colour_candidates().to(units.device)
-    images = candidates[:, :, None, None].expand(-1, 3, size, size).contiguous()
-    mean, std = normalisation(loaded)
-    with torch.inference_mode():
-        raw = forward_to(visual, (images - mean) / std, [layer])[layer.name]
-        values = spatial_maps(raw, layer).float().mean(dim=(-2, -1))  # (candidates, all units)
-        best = (values[:, units] * signs).argmax(dim=0)
-    return candidates[best]
+    values = all_unit_means(loaded, layer, flat_images(candidates, size), visual)
+    return candidates[(values[:, units] * signs).argmax(dim=0)]
 
 
 def gram_diversity(acts: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
