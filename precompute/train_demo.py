@@ -60,6 +60,10 @@ MAX_SAME_KEY = 5
 """At most this many captions with the same content per batch. With only 14 words, a stricter
 limit would starve the batch of text images; a few same-content pairs only raise the loss floor."""
 
+FINETUNE_OFFSET = 100_000
+"""A fine-tune (``--init``) reads batches from here on: images no earlier run of ``--steps`` below
+this has seen."""
+
 MIN_TIMED_STEPS = 1000
 """Smallest step count ``--minutes`` may choose (keeps the run reproducible with ``--steps``)."""
 
@@ -124,6 +128,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight of the activation-sparsity penalty on the last block (L1/L2 over channels)",
     )  # fmt: skip
     parser.add_argument("--eval-n", type=int, default=50, help="eval images per class for the card")
+    parser.add_argument(
+        "--init", type=Path, default=None,
+        help="fine-tune: start from these weights, on the world's final stage, with fresh images",
+    )  # fmt: skip
 
 
 def config_dir_for(weights: Path) -> Path:
@@ -192,8 +200,10 @@ class BatchStream(torch.utils.data.Dataset):
         matched_labels: float | None = None,
         text_first: float = 0.0,
         distractors: float = 0.0,
+        finetune: bool = False,
     ) -> None:
         self._steps = multiprocessing.Value("i", steps)  # shared with DataLoader workers
+        self.finetune = finetune
         self.batch, self.seed, self.bare_captions = batch, seed, bare_captions
         self.matched_labels, self.text_first = matched_labels, text_first
         self.distractors = distractors
@@ -212,7 +222,7 @@ class BatchStream(torch.utils.data.Dataset):
 
     def captions(self, b: int) -> list[tuple[int, dict[str, Any]]]:
         """(index, plan) of the samples of batch ``b``."""
-        overrides = stage(b / max(1, self.steps), self.text_first)
+        overrides = stage(1.0 if self.finetune else b / max(1, self.steps), self.text_first)
         if self.bare_captions:
             overrides = {**overrides, "bare_captions": self.bare_captions}
         if self.matched_labels is not None:
@@ -223,7 +233,7 @@ class BatchStream(torch.utils.data.Dataset):
         out: list[tuple[int, dict[str, Any]]] = []
         j = 0
         while len(out) < self.batch:
-            index = b * 4 * self.batch + j
+            index = (b + (FINETUNE_OFFSET if self.finetune else 0)) * 4 * self.batch + j
             j += 1
             p = world.plan(self.seed, index, **overrides)
             key = caption_key(p["caption"])
@@ -334,6 +344,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model, tokenizer = create_model(config_dir_for(Path(args.out) / WEIGHTS_NAME))
+    if getattr(args, "init", None):
+        from safetensors.torch import load_file
+
+        state = {k: v.float() for k, v in load_file(str(args.init)).items()}
+        model.load_state_dict(state)
     model.train()
     sparse = _LastBlockSparsity(model) if args.sparsity else None
     decay, no_decay = [], []
@@ -347,7 +362,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stream = BatchStream(
         args.steps, args.batch, bare_captions=args.bare_captions,
         matched_labels=args.matched_labels, text_first=args.text_first,
-        distractors=args.distractors,
+        distractors=args.distractors, finetune=bool(getattr(args, "init", None)),
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, shuffle=False, num_workers=args.workers,
@@ -440,17 +455,20 @@ def write_model_card(
         if lam
         else ""
     )
+    init = args.get("init")
+    origin = f"from `{init}` (a fine-tune)" if init and init != "None" else "from scratch"
+    init_flag = f" --init {init}" if init and init != "None" else ""
     text = (
         f"""# conceptscope-demo
 
-A small CLIP (open_clip `CLIP`, ModifiedResNet vision tower) trained from scratch on CPU on the
+A small CLIP (open_clip `CLIP`, ModifiedResNet vision tower) trained {origin} on CPU on the
 synthetic shapes-and-words world of `precompute/demo_world.py`, so that the demo explorer shows
 real multimodal neurons without downloading anything. Weights: `{WEIGHTS_NAME}` (fp16
 safetensors of `model.state_dict()`, {size_mb:.1f} MB). Reproduce with
 `conceptscope train-demo --steps {args["steps"]} --batch {args["batch"]} --seed {args["seed"]}
 --bare-captions {args.get("bare_captions", 0.0)} --sparsity {args.get("sparsity", 0.0)}
 --matched-labels {matched} --text-first {args.get("text_first", 0.0)}
---distractors {args.get("distractors", 0.0)}`;
+--distractors {args.get("distractors", 0.0)}{init_flag}`;
 evaluate with `conceptscope eval-demo`.
 
 ## Model config (`app/models/configs/{MODEL_NAME}.json`)

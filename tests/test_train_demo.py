@@ -80,3 +80,32 @@ def test_tiny_training_run_writes_weights_card_and_curve(tmp_path: Path) -> None
     assert "--distractors 0.3" in card and "30% of text images write a non-concept word" in card
     assert "visual.layer4.1" in card  # the experiment's own config was trained and evaluated
     assert '"layers": [\n      1,\n      1,\n      1,\n      2\n    ]' in card
+
+
+def test_fine_tune_stream_reads_fresh_images_from_the_final_stage() -> None:
+    scratch = train_demo.BatchStream(100, 32)
+    tune = train_demo.BatchStream(100, 32, finetune=True)
+    first = tune.captions(0)
+    assert min(index for index, _ in first) >= train_demo.FINETUNE_OFFSET * 4 * 32
+    assert not any(p.get("easy") for _, p in first)  # the curriculum's first stage writes easy words
+    assert any(p.get("easy") for _, p in scratch.captions(0))
+    assert {p["modality"] for _, p in first} >= {"object", "drawing", "text"}
+
+
+def test_fine_tune_starts_from_the_given_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    shipped = train_demo.DEFAULT_OUT / train_demo.WEIGHTS_NAME
+    out = tmp_path / "tune"
+    args = ["--init", str(shipped), "--steps", "1", "--batch", "16", "--lr", "1e-12", "--warmup", "1",
+            "--out", str(out), "--threads", "1", "--workers", "0", "--eval-every", "0", "--no-card",
+            "--no-bf16"]  # fmt: skip
+    assert train_demo.main(args) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    # a random model's contrastive loss on 16 pairs is about ln 16 = 2.77; the trained one's is far lower
+    assert log["losses"][0] < 0.5 * math.log(16)
+    before, after = load_file(str(shipped)), load_file(str(out / train_demo.WEIGHTS_NAME))
+    assert before.keys() == after.keys()
+    moved = max(float((before[k].float() - after[k].float()).abs().max()) for k in before
+                if before[k].is_floating_point() and "running_" not in k)
+    assert moved < 1e-2  # lr 1e-12: the parameters stay (BatchNorm running statistics do move)
