@@ -27,9 +27,20 @@ def free_port() -> int:
 def serve(db_path: Path, *extra: str, timeout_s: float = 90.0) -> Iterator[str]:
     """Run ``python -m app.cli serve --db DB --port P --no-live``; yield its base URL."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "app.cli", "serve", "--db", str(db_path), "--host", "127.0.0.1",
-           "--port", str(port), "--no-live", "--log-level", "warning", *extra]
+    args = ["serve", "--db", str(db_path), "--host", "127.0.0.1", "--port", str(port), "--no-live",
+            "--log-level", "warning", *extra]  # fmt: skip
+    with server_process(args, port, timeout_s=timeout_s) as (base, _):
+        yield base
+
+
+@contextmanager
+def server_process(
+    args: list[str], port: int, *, env: dict[str, str] | None = None, timeout_s: float = 90.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python -m app.cli ARGS`` (a command that serves on ``port``) until ``/-/health``
+    answers; yield its base URL and process."""
+    env = {**(os.environ if env is None else env), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "app.cli", *args]
     log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a chatty server never blocks
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -47,7 +58,7 @@ def serve(db_path: Path, *extra: str, timeout_s: float = 90.0) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server did not answer /-/health within {timeout_s}s")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.live_server import REPO, serve
+from tests.live_server import REPO, free_port, serve, server_process
 
 
 @pytest.mark.slow
@@ -46,3 +49,30 @@ def test_serve_without_database_exits_with_a_clear_error(tmp_path):
     )
     assert result.returncode == 2
     assert "no index database" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_only_serving_waits_passively() -> None:
+    from app.cli import _serves
+
+    assert _serves(["serve", "--db", "x.db"])
+    assert not _serves(["demo", "--db", "x.db"])  # builds first, then re-executes itself as serve
+    assert not _serves(["precompute", "featurevis", "--db", "serve"])
+    assert not _serves([])
+
+
+@pytest.mark.slow
+def test_demo_builds_with_openmp_defaults_then_serves_waiting_passively(tiny_db, tmp_path: Path) -> None:
+    from app.cli import _mark_demo_complete
+
+    db = tmp_path / "demo.db"
+    shutil.copyfile(tiny_db.path, db)
+    _mark_demo_complete(db)  # complete: demo goes straight to serving
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    port = free_port()
+    args = ["demo", "--db", str(db), "--host", "127.0.0.1", "--port", str(port)]
+    with server_process(args, port, env=env, timeout_s=120) as (base, proc):
+        assert httpx.get(f"{base}/-/health", timeout=10).json()["ok"] is True
+        # the process re-executed itself: its start-up environment now carries the passive policy
+        environ = Path(f"/proc/{proc.pid}/environ").read_bytes().split(b"\0")
+        assert b"OMP_WAIT_POLICY=PASSIVE" in environ
+        assert Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[2:4] == [b"app.cli", b"serve"]
