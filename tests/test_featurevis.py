@@ -149,7 +149,7 @@ def test_objective_is_measured_on_the_untransformed_image(demo_loaded) -> None:
     from PIL import Image
 
     png = torch.stack([
-        torch.from_numpy(np.asarray(Image.open(BytesIO(fv.to_png(img))))).permute(2, 0, 1).float() / 255
+        torch.from_numpy(np.array(Image.open(BytesIO(fv.to_png(img))))).permute(2, 0, 1).float() / 255
         for img in r.images
     ])
     assert fv.objectives(demo_loaded, layer, png, [7, 9]) == pytest.approx(r.objectives, rel=0.05, abs=0.05)
