@@ -55,7 +55,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 DEMO_DB = Path("data/demo.db")
 DEMO_DIVERSITY = 3
 """Diversity images per last-block neuron in the demo (the stage's default is 4): with 3 the whole
-demo build stays well inside 10 minutes on a 2-core CPU (measured: 9 min 17 s with 4)."""
+demo build stays inside 10 minutes on a 2-core CPU (measured on a quiet host: 8 min 28 s with 3,
+9 min 17 s with 4)."""
 DEMO_STAGES: list[list[str]] = [
     ["precompute", "activations", "--model", "demo", "--dataset", "demo:2000"],
     ["precompute", "featurevis", "--diversity", str(DEMO_DIVERSITY)],

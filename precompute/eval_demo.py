@@ -63,14 +63,12 @@ class EvalResult:
 
 def load_demo_model(weights: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
     """The demo model with shipped (or given) fp16 weights, in fp32 eval mode, and its tokenizer."""
-    from safetensors.torch import load_file
-
+    from app.models import load_state_file
     from precompute.train_demo import DEFAULT_OUT, WEIGHTS_NAME, config_dir_for, create_model
 
     path = Path(weights or DEFAULT_OUT / WEIGHTS_NAME)
     model, tokenizer = create_model(config_dir_for(path))
-    state = load_file(str(path))
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    load_state_file(model, path)
     model.eval()
     return model, tokenizer
 

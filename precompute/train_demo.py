@@ -344,11 +344,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model, tokenizer = create_model(config_dir_for(Path(args.out) / WEIGHTS_NAME))
-    if getattr(args, "init", None):
-        from safetensors.torch import load_file
+    if args.init:
+        from app.models import load_state_file
 
-        state = {k: v.float() for k, v in load_file(str(args.init)).items()}
-        model.load_state_dict(state)
+        load_state_file(model, Path(args.init))
     model.train()
     sparse = _LastBlockSparsity(model) if args.sparsity else None
     decay, no_decay = [], []
@@ -362,7 +361,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     stream = BatchStream(
         args.steps, args.batch, bare_captions=args.bare_captions,
         matched_labels=args.matched_labels, text_first=args.text_first,
-        distractors=args.distractors, finetune=bool(getattr(args, "init", None)),
+        distractors=args.distractors, finetune=bool(args.init),
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         stream, batch_size=None, shuffle=False, num_workers=args.workers,
@@ -455,9 +454,10 @@ def write_model_card(
         if lam
         else ""
     )
-    init = args.get("init")
-    origin = f"from `{init}` (a fine-tune)" if init and init != "None" else "from scratch"
-    init_flag = f" --init {init}" if init and init != "None" else ""
+    init = args.get("init")  # the log stores arguments as strings: "None" when not a fine-tune
+    fine_tune = init not in (None, "None")
+    origin = f"from `{init}` (a fine-tune)" if fine_tune else "from scratch"
+    init_flag = f" --init {init}" if fine_tune else ""
     text = (
         f"""# conceptscope-demo
 

@@ -98,7 +98,7 @@ def test_fine_tune_starts_from_the_given_weights(tmp_path: Path) -> None:
     shipped = train_demo.DEFAULT_OUT / train_demo.WEIGHTS_NAME
     out = tmp_path / "tune"
     args = ["--init", str(shipped), "--steps", "1", "--batch", "16", "--lr", "1e-12", "--warmup", "1",
-            "--out", str(out), "--threads", "1", "--workers", "0", "--eval-every", "0", "--no-card",
+            "--out", str(out), "--threads", "1", "--workers", "0", "--eval-every", "0", "--eval-n", "2",
             "--no-bf16"]  # fmt: skip
     assert train_demo.main(args) == 0
     log = json.loads((out / "train_log.json").read_text())
@@ -109,3 +109,5 @@ def test_fine_tune_starts_from_the_given_weights(tmp_path: Path) -> None:
     moved = max(float((before[k].float() - after[k].float()).abs().max()) for k in before
                 if before[k].is_floating_point() and "running_" not in k)
     assert moved < 1e-2  # lr 1e-12: the parameters stay (BatchNorm running statistics do move)
+    card = (out / "MODEL_CARD.md").read_text()
+    assert f"trained from `{shipped}` (a fine-tune)" in card and f"--init {shipped}`" in card
