@@ -5,70 +5,15 @@ Views and section loaders call these; they return plain dataclasses with blob re
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db import from_bytes, queries
-from app.db.schema import Blob, ConceptProfile, Image, Label, Layer, Model, Neuron, NeuronWord, TopExample
-
-
-@dataclass
-class UnitSummary:
-    """What a link to a neuron shows: its best label and top image."""
-
-    unit: int
-    label: str | None = None
-    label_source: str | None = None
-    label_score: float | None = None
-    multimodality: float | None = None
-    max: float | None = None
-    thumb: queries.Thumb | None = None
-    labels: list[str] = field(default_factory=list)
-
-
-def unit_summaries(
-    session: Session, layer: Layer, units: Iterable[int] | None = None
-) -> dict[int, UnitSummary]:
-    """``unit -> UnitSummary`` for ``units`` of ``layer`` (all indexed units when ``None``)."""
-    wanted = None if units is None else sorted({int(u) for u in units})
-    if wanted is not None and not wanted:
-        return {}
-    q = select(Neuron.id, Neuron.unit, Neuron.multimodality, Neuron.max).where(Neuron.layer_id == layer.id)
-    if wanted is not None:
-        q = q.where(Neuron.unit.in_(wanted))
-    out: dict[int, UnitSummary] = {}
-    ids: dict[int, int] = {}
-    for nid, unit, mmod, mx in session.execute(q):
-        out[unit] = UnitSummary(unit, multimodality=mmod, max=mx)
-        ids[nid] = unit
-    if not ids:
-        return out
-    best: dict[int, tuple[object, ...]] = {}
-    for nid, text, source, score, rank in session.execute(
-        select(Label.neuron_id, Label.label, Label.source, Label.score, Label.rank).where(
-            Label.neuron_id.in_(list(ids))
-        )
-    ):
-        unit = ids[nid]
-        key = (queries._source_rank(source), rank, -(score or 0.0))  # noqa: SLF001 - same order as pages
-        out[unit].labels.append(text)
-        if unit not in best or key < best[unit][0]:  # type: ignore[operator]
-            best[unit] = (key, text, source, score)
-    for unit, (_key, text, source, score) in best.items():
-        s = out[unit]
-        s.label, s.label_source, s.label_score = text, source, score  # type: ignore[assignment]
-    for nid, sha, mime, w, h in session.execute(
-        select(TopExample.neuron_id, Blob.sha256, Blob.mime, Blob.width, Blob.height)
-        .join(Image, Image.id == TopExample.image_id)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .where(TopExample.neuron_id.in_(list(ids)), TopExample.rank == 0)
-    ):
-        out[ids[nid]].thumb = queries._thumb(sha, mime, w, h)  # noqa: SLF001
-    return out
+from app.db import from_bytes, queries, units
+from app.db.schema import Blob, ConceptProfile, Image, Layer, Model, Neuron, NeuronWord, TopExample
+from app.db.units import UnitSummary, unit_summaries  # noqa: F401 - the one unit-summary function, re-exported
 
 
 def top_thumbs(
@@ -84,7 +29,7 @@ def top_thumbs(
         .order_by(TopExample.value.desc(), TopExample.rank)
         .limit(limit)
     )
-    return [(queries._thumb(sha, mime, w, h), float(v)) for sha, mime, w, h, v in rows]  # noqa: SLF001
+    return [(units.thumb(sha, mime, w, h), float(v)) for sha, mime, w, h, v in rows]
 
 
 def top_words(session: Session, layer: Layer, unit: int, limit: int = 6) -> list[tuple[str, float]]:
@@ -118,7 +63,7 @@ def concept_profile(session: Session, layer: Layer) -> Profile | None:
         return None
     shape = (len(row.concepts), layer.n_units)
     blobs = {
-        sha: queries._thumb(sha, mime, w, h)  # noqa: SLF001
+        sha: units.thumb(sha, mime, w, h)
         for sha, mime, w, h in session.execute(
             select(Blob.sha256, Blob.mime, Blob.width, Blob.height).where(
                 Blob.sha256.in_(row.word_blobs or [])

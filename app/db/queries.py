@@ -12,7 +12,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db import MIME_EXT, from_bytes
+from app.db import from_bytes
 from app.db.schema import (
     ActivationSample,
     Blob,
@@ -25,19 +25,12 @@ from app.db.schema import (
     NeuronWord,
     TopExample,
 )
+from app.db.units import SOURCE_PRIORITY, Thumb, unit_summaries  # noqa: F401 - Thumb, SOURCE_PRIORITY: re-exported
+from app.db.units import source_rank as _source_rank
+from app.db.units import thumb as _thumb
 
 MAX_PER_PAGE = 1000
 SORT_KEYS = ("unit", "max", "mean", "std", "label_score", "multimodality")
-
-
-@dataclass(frozen=True)
-class Thumb:
-    """A blob reference: enough to build its URL and an ``<img>`` tag."""
-
-    sha256: str
-    ext: str
-    width: int | None = None
-    height: int | None = None
 
 
 @dataclass
@@ -83,10 +76,6 @@ class NeuronListing:
     has_labels: bool = False
     has_multimodality: bool = False
     sort_keys: list[str] = field(default_factory=list)
-
-
-def _thumb(sha: str, mime: str, width: int | None = None, height: int | None = None) -> Thumb:
-    return Thumb(sha, MIME_EXT.get(mime, "bin"), width, height)
 
 
 # -- models and layers ----------------------------------------------------------------------
@@ -196,15 +185,6 @@ def sample_column(session: Session, layer: Layer, unit: int) -> np.ndarray | Non
     return matrix[:, unit].astype(np.float32)
 
 
-SOURCE_PRIORITY = {"manual": 0}
-
-
-def _source_rank(source: str) -> int:
-    if source in SOURCE_PRIORITY:
-        return SOURCE_PRIORITY[source]
-    return 1 if source.startswith("imported") else 2
-
-
 def neuron_labels(session: Session, neuron: Neuron) -> list[Label]:
     """Labels of a neuron, best first: manual, then imported, then automatic (by rank)."""
     labels = list(session.scalars(select(Label).where(Label.neuron_id == neuron.id)))
@@ -311,17 +291,10 @@ def list_neurons(
 def _attach_thumbs(session: Session, layer: Layer, rows: list[NeuronRow]) -> None:
     if not rows:
         return
-    units = [r.unit for r in rows]
-    found = session.execute(
-        select(Neuron.unit, Blob.sha256, Blob.mime, Blob.width, Blob.height)
-        .join(TopExample, (TopExample.neuron_id == Neuron.id) & (TopExample.rank == 0))
-        .join(Image, Image.id == TopExample.image_id)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .where(Neuron.layer_id == layer.id, Neuron.unit.in_(units))
-    )
-    thumbs = {unit: _thumb(sha, mime, w, h) for unit, sha, mime, w, h in found}
+    summaries = unit_summaries(session, layer, [r.unit for r in rows])
     for row in rows:
-        row.thumb = thumbs.get(row.unit)
+        summary = summaries.get(row.unit)
+        row.thumb = summary.thumb if summary else None
 
 
 def blob_meta(session: Session, sha256: str) -> tuple[str, int] | None:
