@@ -226,3 +226,43 @@ class ConceptProfile(Base):
     word_blobs: Mapped[list[Any]] = mapped_column(default=list)  # sha256 of one rendering per concept
     image_tags: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UnitMultimodality(Base):
+    """Per neuron: its multimodality (issue 16), written by ``precompute labels``.
+
+    ``score`` = min(``picture_d``, ``word_d``) for ``concept``, the concept maximising it (see
+    :mod:`app.neurons.multimodality`); ``correlation`` is the older preference correlation, kept
+    as a secondary figure. ``neurons.multimodality`` holds the same ``score`` for sorting.
+    """
+
+    __tablename__ = "unit_multimodality"
+    neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id"), primary_key=True)
+    concept: Mapped[str | None] = mapped_column(String(300))
+    score: Mapped[float | None]
+    picture_d: Mapped[float | None]
+    word_d: Mapped[float | None]
+    correlation: Mapped[float | None]
+
+
+class LabelEvidence(Base):
+    """The evidence of a label text on a neuron (issue 16), computed on held-out images.
+
+    Keyed by neuron and label text, so automatic, imported and manual labels with the same text
+    share it. ``auc``: the neuron's activation separating images of the concept from the rest;
+    ``p_value``: one-sided Mann–Whitney U; ``precision``: share of concept images among the
+    neuron's top-20 held-out images; ``n_images`` / ``n_positive``: held-out images used and how
+    many show the concept; ``tag_source``: ``ground-truth`` or ``zero-shot`` (pseudo-labels);
+    ``histogram``: ``{"edges": [...], "positive": [...], "negative": [...]}`` (shares per bin).
+    """
+
+    __tablename__ = "label_evidence"
+    neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(300), primary_key=True)
+    auc: Mapped[float | None]
+    p_value: Mapped[float | None]
+    precision: Mapped[float | None]
+    n_images: Mapped[int] = mapped_column(default=0)
+    n_positive: Mapped[int] = mapped_column(default=0)
+    tag_source: Mapped[str | None] = mapped_column(String(40))
+    histogram: Mapped[dict[str, Any]] = mapped_column(default=dict)
