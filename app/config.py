@@ -52,6 +52,14 @@ class Settings:
     store_analyses: bool = True
     max_stored_analyses: int = 1000
     load_live_model: bool = True
+    # issue 14 (write paths): byte cap of stored analyses, write give-up time, rate limit, renders
+    max_stored_analysis_bytes: int = 256 * 1024 * 1024
+    write_timeout_s: float = 2.0
+    rate_limit_per_minute: float = 0.0  # per client address, token bucket; 0 = off; loopback never limited
+    rate_limit_burst: int = 20
+    featurevis_max_jobs: int = 4  # on-demand renders queued or running at once (all workers)
+    featurevis_per_client: int = 1  # ... of which one client may start
+    featurevis_timeout_s: float = 300.0  # a render is cancelled after this long
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -69,6 +77,15 @@ class Settings:
             live_timeout_s=float(_env("LIVE_TIMEOUT_S", str(base.live_timeout_s))),
             store_analyses=_env("STORE_ANALYSES", "1") not in ("0", "false", "no"),
             max_stored_analyses=int(_env("MAX_STORED_ANALYSES", str(base.max_stored_analyses))),
+            max_stored_analysis_bytes=int(
+                _env("MAX_STORED_ANALYSIS_BYTES", str(base.max_stored_analysis_bytes))
+            ),
+            write_timeout_s=float(_env("WRITE_TIMEOUT_S", str(base.write_timeout_s))),
+            rate_limit_per_minute=float(_env("RATE_LIMIT", str(base.rate_limit_per_minute))),
+            rate_limit_burst=int(_env("RATE_LIMIT_BURST", str(base.rate_limit_burst))),
+            featurevis_max_jobs=int(_env("FEATUREVIS_MAX_JOBS", str(base.featurevis_max_jobs))),
+            featurevis_per_client=int(_env("FEATUREVIS_PER_CLIENT", str(base.featurevis_per_client))),
+            featurevis_timeout_s=float(_env("FEATUREVIS_TIMEOUT_S", str(base.featurevis_timeout_s))),
         )
 
     def with_(self, **changes: object) -> Settings:
@@ -78,3 +95,40 @@ class Settings:
     def resolved_device(self) -> str:
         """The torch device to use: ``device`` unless it is ``auto``."""
         return best_device() if self.device == "auto" else self.device
+
+
+SECRET_FILE = "secret.key"
+
+
+def server_secret(data_dir: Path) -> bytes:
+    """The server's secret (32 random bytes), created at first start in ``data_dir``.
+
+    Keys analysis ids and client hashes. Written atomically (temp file + link), readable by the
+    owner only, so several workers starting at once agree on one secret. When ``data_dir`` is
+    not writable, a per-process secret is used (ids then differ between restarts).
+    """
+    import secrets
+    import tempfile
+
+    path = Path(data_dir) / SECRET_FILE
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data
+    except OSError:
+        pass
+    fresh = secrets.token_bytes(32)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".secret-", delete=False) as tmp:
+            tmp.write(fresh)
+        os.chmod(tmp.name, 0o600)
+        try:
+            os.link(tmp.name, path)  # fails if another process won the race: use theirs
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp.name)
+        return path.read_bytes()
+    except OSError:
+        return fresh

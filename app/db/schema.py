@@ -188,6 +188,27 @@ class Analysis(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    size_bytes: Mapped[int | None]  # result JSON + image copy, for the byte cap (issue 14)
+
+
+class FeatureVisJob(Base):
+    """An on-demand feature visualization render, claimed in the DB (owned by the web process).
+
+    One row per neuron: whichever web worker inserts it (or takes over a stale one) renders;
+    the others only report it. ``client``: a keyed hash of the requesting address (per-client
+    limit), never the address itself. ``status``: rendering | done | failed | cancelled.
+    """
+
+    __tablename__ = "featurevis_jobs"
+    neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), default="rendering")
+    worker: Mapped[str] = mapped_column(String(64), default="")
+    client: Mapped[str] = mapped_column(String(64), default="")
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(String(500))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deadline_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
 
 
 class Run(Base):
