@@ -23,7 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import STATIC_DIR, TEMPLATES_DIR, Settings
 from app.db import make_engine, session_factory
 from app.db.schema import Analysis
+from app.db.version import VersionClock
 from app.web import views
+from app.web.cache import install_page_cache
 from app.web.errors import install_error_handlers
 from app.web.middleware import HeadAsGet
 from app.web.templating import install_template_helpers
@@ -133,6 +135,8 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     app.state.live_runner = live_runner
     app.state.urls = Urls(STATIC_DIR)
     app.state.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    app.state.data_version = VersionClock(sessions)  # app.db.version: keys the caches
+    install_page_cache(app)  # inside HeadAsGet and any header middleware added after it
     app.add_middleware(HeadAsGet)
     install_error_handlers(app)
     routers = views.routers()
