@@ -44,7 +44,7 @@ class Settings:
     data_dir: Path = DEFAULT_DATA_DIR
     device: str = "auto"
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 25_000_000  # e.g. 6000×4000; decoded images are reduced at once
     live_max_batch: int = 8
     live_max_wait_ms: float = 5.0
     live_queue_size: int = 64
@@ -60,6 +60,11 @@ class Settings:
     featurevis_max_jobs: int = 4  # on-demand renders queued or running at once (all workers)
     featurevis_per_client: int = 1  # ... of which one client may start
     featurevis_timeout_s: float = 300.0  # a render is cancelled after this long
+    # issue 14 (inputs, memory, headers): decode memory budget, upload admission, CORS, hosts
+    decode_memory_mb: int = 512  # sizes the decode semaphore (see app.web.uploads.decode_slots_for)
+    max_inflight_uploads: int = 16  # uploads being read/decoded at once; more → 503 before the body
+    cors: bool = False  # Access-Control-Allow-Origin: * on GET JSON (serve --cors)
+    trusted_hosts: tuple[str, ...] = ()  # Host header allow-list; empty: localhost + bind address
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -86,6 +91,10 @@ class Settings:
             featurevis_max_jobs=int(_env("FEATUREVIS_MAX_JOBS", str(base.featurevis_max_jobs))),
             featurevis_per_client=int(_env("FEATUREVIS_PER_CLIENT", str(base.featurevis_per_client))),
             featurevis_timeout_s=float(_env("FEATUREVIS_TIMEOUT_S", str(base.featurevis_timeout_s))),
+            decode_memory_mb=int(_env("DECODE_MEMORY_MB", str(base.decode_memory_mb))),
+            max_inflight_uploads=int(_env("MAX_INFLIGHT_UPLOADS", str(base.max_inflight_uploads))),
+            cors=_env("CORS", "0") in ("1", "true", "yes"),
+            trusted_hosts=tuple(h.strip() for h in _env("TRUSTED_HOSTS", "").split(",") if h.strip()),
         )
 
     def with_(self, **changes: object) -> Settings:

@@ -10,12 +10,15 @@ checked from the header *before* decoding, and every decoder failure becomes a 4
 from __future__ import annotations
 
 import io
+import os
+import threading
 import time
 import warnings
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
 from starlette.requests import ClientDisconnect, Request
 
@@ -66,13 +69,14 @@ class UploadError(Exception):
 class DecodedImage:
     """An upload decoded to an RGB image, with what we learned about the original."""
 
-    image: Image.Image  # RGB, EXIF orientation applied, first frame
+    image: Image.Image  # RGB, EXIF orientation applied, first frame, reduced (shorter side < 1024)
     format: str  # Pillow format name, e.g. "PNG", "JPEG", "MPO"
     mode: str  # the original Pillow mode, e.g. "RGBA", "P", "CMYK", "I;16"
     width: int  # of the original (before orientation)
     height: int
-    frames: int  # number of frames (animated GIF/WebP/TIFF pages); only the first is used
+    frames: int  # number of frames (animated GIF/WebP/TIFF pages), counted up to a limit
     oriented: bool  # an EXIF orientation was applied
+    frames_capped: bool = False  # there are more than ``frames`` frames (not counted further)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -81,6 +85,7 @@ class DecodedImage:
             "width": self.width,
             "height": self.height,
             "frames": self.frames,
+            "frames_capped": self.frames_capped,
             "exif_oriented": self.oriented,
         }
 
@@ -207,18 +212,65 @@ def _looks_like_text(head: bytes) -> bool:
     return b"\x00" not in head
 
 
+#: Decoded images are reduced (box filter, while or right after decoding) until their shorter
+#: side is at most twice this: the model sees a few hundred pixels, never the full resolution.
+REDUCE_TARGET = 512
+#: At most this many frames are counted (animated GIF/WebP/PNG, multi-page TIFF); more is
+#: reported as ``frames_capped``. Counting a 660,000-frame GIF would hold a worker for a second.
+MAX_COUNTED_FRAMES = 100
+#: Bytes per pixel of the widest mode Pillow decodes an upload to (RGBA, CMYK, I, F).
+BYTES_PER_PIXEL = 4
+#: How long a decode waits for a free decode slot before the upload is answered 503.
+DECODE_WAIT_S = 20.0
+
+_decode_slots = threading.BoundedSemaphore(2)
+_decode_slot_count = 2
+
+
+def decode_slots_for(max_pixels: int, memory_bytes: int, cpus: int | None = None) -> int:
+    """How many uploads may decode at once: as many full-size decodes as fit ``memory_bytes``
+    (each up to ``max_pixels`` × :data:`BYTES_PER_PIXEL`, plus the same again for Pillow's
+    working copies), at least 1 and at most the number of CPUs."""
+    per_decode = max(1, 2 * max_pixels * BYTES_PER_PIXEL)
+    return max(1, min(cpus or os.cpu_count() or 1, memory_bytes // per_decode))
+
+
+def set_decode_slots(n: int) -> None:
+    """Size the process-wide decode semaphore (called once by ``create_app``)."""
+    global _decode_slots, _decode_slot_count
+    _decode_slot_count = max(1, int(n))
+    _decode_slots = threading.BoundedSemaphore(_decode_slot_count)
+
+
+def decode_slots() -> int:
+    return _decode_slot_count
+
+
 def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
     """Decode untrusted bytes into an RGB image, or raise :class:`UploadError`.
 
     415: not one of :data:`ALLOWED_FORMATS`. 413: more than ``max_pixels`` pixels (checked from
     the header before decoding: decompression bombs). 422: a supported format that is truncated
-    or corrupt. Conversions: EXIF orientation; transparency composited on white; palette,
-    greyscale, CMYK (ICC profile when present), 16/32-bit and float images to 8-bit RGB;
-    animated images and multi-page files: the first frame.
+    or corrupt (also when only a later frame is). 503: no decode slot freed up in time.
+    Conversions: EXIF orientation; transparency composited on white; palette, greyscale, CMYK
+    (ICC profile when present), 16/32-bit and float images to 8-bit RGB; animated images and
+    multi-page files: the first frame. Memory: at most ``decode_slots()`` decodes run at once,
+    JPEGs are decoded at a reduced scale (``draft``), every image is reduced in strips to a
+    shorter side of at most ``2 * REDUCE_TARGET`` before any conversion.
     """
     if not data:
         raise UploadError(422, "The upload is empty: choose an image file.")
     looks_like = sniff(data)
+    slots = _decode_slots
+    if not slots.acquire(timeout=DECODE_WAIT_S):
+        raise UploadError(503, "The server is decoding too many images; retry in a few seconds.")
+    try:
+        return _decode(data, looks_like, max_pixels)
+    finally:
+        slots.release()
+
+
+def _decode(data: bytes, looks_like: str | None, max_pixels: int) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -242,25 +294,96 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
                 f"The image is {width}×{height} = {width * height:,} pixels; the limit is "
                 f"{max_pixels:,} pixels. Downscale it and try again.",
             )
-        frames = int(getattr(image, "n_frames", 1) or 1)
         mode = image.mode
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
+                frames, capped = count_frames(image)
                 image.seek(0)
+                orientation = _orientation(image)
+                if fmt in ("JPEG", "MPO"):
+                    image.draft(None, (REDUCE_TARGET, REDUCE_TARGET))  # DCT scaling: 1/2..1/8
                 image.load()
         except UploadError:
             raise
         except Exception as exc:
             raise _corrupt(fmt, exc) from exc
-        oriented, image_oriented = _apply_orientation(image)
         try:
-            rgb = to_rgb(image_oriented)
+            rgb = reduce_to_rgb(image, REDUCE_TARGET)
         except Exception as exc:
             raise UploadError(
                 415, f"The {fmt} image uses colour mode {mode!r}, which cannot be converted to RGB."
             ) from exc
-    return DecodedImage(rgb, fmt, mode, width, height, frames, oriented)
+    oriented = orientation in _TRANSPOSE
+    if oriented:
+        rgb = rgb.transpose(_TRANSPOSE[orientation])
+    return DecodedImage(rgb, fmt, mode, width, height, frames, oriented, capped)
+
+
+def count_frames(image: Image.Image, limit: int = MAX_COUNTED_FRAMES) -> tuple[int, bool]:
+    """(frames, capped): the number of frames, counted up to ``limit`` by seeking (a corrupt
+    later frame raises, inside the caller's error handling); ``capped`` when there are more."""
+    if not getattr(image, "is_animated", False) and image.format not in ("GIF", "TIFF"):
+        return 1, False
+    count = 1
+    try:
+        while count <= limit:
+            image.seek(count)
+            count += 1
+    except EOFError:
+        return count, False
+    return limit, True
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 when absent or malformed: a bad EXIF block is not fatal)."""
+    try:
+        value = image.getexif().get(0x0112, 1)
+        return int(value) if value in _TRANSPOSE else 1
+    except Exception:
+        return 1
+
+
+def reduce_to_rgb(image: Image.Image, target: int = REDUCE_TARGET) -> Image.Image:
+    """``to_rgb(image)``, box-reduced by an integer factor so that its shorter side stays at or
+    above ``target`` (no reduction below ``2 * target``). The reduction runs on strips of rows
+    converted one at a time, so no full-size RGB/float copy of a large image is ever made."""
+    width, height = image.size
+    factor = min(width, height) // target
+    if factor < 2:
+        return to_rgb(image)
+    if image.mode in ("I", "F", "RGB") or (image.mode == "L" and "transparency" not in image.info):
+        return to_rgb(image.reduce(factor))  # (I, F: to_rgb scales by the whole image's range)
+    if image.mode.startswith("I;16"):  # to_rgb scales 16-bit by 1/257: same on the box means
+        means = np.asarray(_reduce_strips(image, factor, "I"), dtype=np.float64)
+        grey = np.clip(np.round(means / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    return _reduce_strips(image, factor, "RGB")
+
+
+def _reduce_strips(image: Image.Image, factor: int, mode: str) -> Image.Image:
+    """``image`` converted to ``mode`` (``RGB``: by :func:`to_rgb`) and box-reduced by
+    ``factor``, a strip of rows at a time (memory: the output plus one strip)."""
+    width, height = image.size
+    out_w, out_h = width // factor, height // factor
+    out = Image.new(mode, (out_w, out_h))
+    rows = factor * max(1, 64 // factor + 1)  # a whole number of output rows per strip
+    for top in range(0, out_h * factor, rows):
+        strip = image.crop((0, top, out_w * factor, min(top + rows, out_h * factor)))
+        strip = to_rgb(strip) if mode == "RGB" else strip.convert(mode)
+        out.paste(strip.reduce(factor), (0, top // factor))
+    return out
 
 
 def _not_an_image(looks_like: str | None) -> UploadError:
@@ -276,20 +399,6 @@ def _not_an_image(looks_like: str | None) -> UploadError:
 def _corrupt(fmt: str, exc: BaseException) -> UploadError:
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UploadError(422, f"The {fmt} image is corrupt or truncated and cannot be decoded ({reason}).")
-
-
-def _apply_orientation(image: Image.Image) -> tuple[bool, Image.Image]:
-    """Apply the EXIF orientation tag (a malformed EXIF block is ignored, not fatal)."""
-    try:
-        orientation = image.getexif().get(0x0112, 1)
-    except Exception:
-        return False, image
-    if orientation in (None, 1):
-        return False, image
-    try:
-        return True, ImageOps.exif_transpose(image)
-    except Exception:
-        return False, image
 
 
 def downscale(image: Image.Image, max_side: int) -> Image.Image:
