@@ -48,8 +48,16 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("train-demo",), "precompute.train_demo:add_arguments:run", "train the bundled demo CLIP"),
     (("eval-demo",), "precompute.eval_demo:add_arguments:run",
      "evaluate the demo CLIP on held-out renderings"),
+    (("export",), "app.db.export:add_arguments:run",
+     "export units, labels, top examples and words (jsonl, csv or parquet)"),
     (("eval-featurevis",), "precompute.featurevis_quality:add_arguments:run",
      "feature-visualization quality checks on the demo CLIP"),
+    (("db", "upgrade"), "app.db.commands:add_upgrade_arguments:run_upgrade",
+     "migrate a database to the newest schema (Alembic)"),
+    (("db", "current"), "app.db.commands:add_current_arguments:run_current",
+     "a database's schema revision (exit 1 if not the newest)"),
+    (("db", "copy"), "app.db.commands:add_copy_arguments:run_copy",
+     "copy an index into an empty database (e.g. SQLite to PostgreSQL)"),
 ]
 
 DEMO_DB = Path("data/demo.db")
