@@ -88,6 +88,43 @@ class Urls:
         """A model's most multimodal neurons with photo and text evidence (issue 6)."""
         return f"{self.base}/models/{_seg(slug)}/multimodal{_suffix(fmt)}{_query(query)}"
 
+    def export(self, slug: str, table: str, ext: str, layer: str | None = None) -> str:
+        """A bulk download of one table (units, labels, examples, words) as jsonl, csv or parquet."""
+        scope = f"/layers/{_seg(layer)}" if layer is not None else ""
+        return f"{self.base}/models/{_seg(slug)}{scope}/export/{_seg(table)}.{_seg(ext)}"
+
+    def embed_neuron(self, slug: str, layer: str, unit: int) -> str:
+        """A compact neuron card for iframes."""
+        return f"{self.base}/embed/models/{_seg(slug)}/layers/{_seg(layer)}/neurons/{int(unit)}"
+
+    def embed_analysis(self, analysis_id: str) -> str:
+        return f"{self.base}/embed/analyses/{_seg(analysis_id)}"
+
+    def preview(self, slug: str, layer: str, unit: int) -> str:
+        """The neuron's unfurl image (PNG: feature visualization, top examples, label)."""
+        return f"{self.base}/preview/models/{_seg(slug)}/layers/{_seg(layer)}/neurons/{int(unit)}.png"
+
+    def analysis_preview(self, analysis_id: str) -> str:
+        return f"{self.base}/preview/analyses/{_seg(analysis_id)}.png"
+
+    def oembed(self, url: str | None = None, fmt: str = "json") -> str:
+        return f"{self.base}/-/oembed{_query({'url': url, 'format': fmt if url else None})}"
+
+    def units_list(
+        self, units: list[str] | None = None, title: str | None = None, fmt: str | None = None
+    ) -> str:
+        """A list of units (``model/layer/unit`` each), shared as a URL."""
+        return f"{self.base}/lists{_suffix(fmt)}{_query({'units': ','.join(units or []), 'title': title})}"
+
+    def compare(self, units: list[str] | None = None, fmt: str | None = None) -> str:
+        return f"{self.base}/compare{_suffix(fmt)}{_query({'units': ','.join(units or [])})}"
+
+    def model_card(self, slug: str) -> str:
+        return f"{self.base}/models/{_seg(slug)}/card"
+
+    def docs(self) -> str:
+        return f"{self.base}/-/docs"
+
     # -- resources -------------------------------------------------------------------------
     def blob(self, sha256: str, ext: str) -> str:
         return f"{self.base}/blobs/{sha256}.{ext}"

@@ -24,6 +24,8 @@ VIEW_MODULES: list[str] = [
     "app.web.views.typographic",  # typographic attack lab (issue 6)
     "app.web.views.atlas",  # neuron atlas (issue 6)
     "app.web.views.multimodal",  # multimodal neurons view (issue 6)
+    "app.web.views.exports",  # bulk downloads (issue 18)
+    "app.web.views.lists",  # lists and comparisons of units (issue 18)
 ]
 
 #: (label, path) of the header's navigation.
