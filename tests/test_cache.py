@@ -51,7 +51,7 @@ def _finish_a_run(url: str) -> None:
 
 
 def test_cacheable_paths():
-    pages = ("/", "/models/demo", "/models/demo.json", "/models/demo/layers/l4", "/search",
+    pages = ("/", "/.json", "/models/demo", "/models/demo.json", "/models/demo/layers/l4", "/search",
              "/search.json", "/models/demo/layers/l4/neurons/3.json", "/models/demo/multimodal")  # fmt: skip
     for path in pages:
         assert cacheable_path(path), path

@@ -34,7 +34,7 @@ DEFAULT_MAX_MB = 64.0
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 ENV_MAX_MB = "CONCEPTSCOPE_PAGE_CACHE_MB"
 
-_PAGE_PATHS = re.compile(r"^/(?:$|models(?:\.json)?(?:/|$)|search(?:\.json)?$|lists(?:\.json)?$|embed/)")
+_PAGE_PATHS = re.compile(r"^/(?:$|\.json$|models(?:\.json)?(?:/|$)|search(?:\.json)?$|lists(?:\.json)?$|embed/)")
 _NEVER = re.compile(r"/featurevis(?:\.json)?$|^/(?:analy|typographic|-/|static/|blobs/)")
 _VARY = ("HX-Request", "Accept")
 
