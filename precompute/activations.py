@@ -8,7 +8,10 @@ mean/std/max; and the values of a seeded random sample of images (for histograms
 Resumable and deterministic: batches are fixed position ranges, ties are broken by dataset
 position, and the whole pass state is checkpointed in the ``runs`` row every few batches. A
 killed run continues from its last checkpoint and ends with the same database as an
-uninterrupted run; a finished run is a no-op. Only images that end up in some top-k list or in
+uninterrupted run; a finished run is a no-op. Under ``torchrun`` each rank takes every N-th
+shard (or batch), checkpoints its share in its own part row, and rank 0 merges the ranks'
+states exactly (:mod:`precompute.distributed`) and writes; the result equals a one-process run
+(statistics up to float rounding). Only images that end up in some top-k list or in
 the sample are stored (row + content-addressed thumbnail of exactly the pixels the model saw).
 """
 
@@ -35,7 +38,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 from tqdm import tqdm
 
-from app.config import DEFAULT_DATA_DIR, best_device, db_url_from_arg
+from app.config import DEFAULT_DATA_DIR, db_url_from_arg
 from app.db import make_engine, session_factory, sha256_hex, to_bytes
 from app.db.schema import (
     ActivationSample,
@@ -47,7 +50,6 @@ from app.db.schema import (
     Neuron,
     Run,
     TopExample,
-    utcnow,
 )
 from app.models import LayerInfo, LoadedModel, ModelSpec, load_model
 from app.neurons.capture import run_visual, spatial_maps
@@ -61,7 +63,10 @@ from precompute.datasets import (
     prepare,
     split_preprocess,
 )
-from precompute.runs import find_or_start_run
+from precompute.distributed import Context, chan_merge, context, device_for, gather, merge_topk, my_share
+from precompute.distributed import barrier as dist_barrier
+from precompute.distributed import broadcast as dist_broadcast
+from precompute.runs import checkpoint_run, drop_parts, finish_run, params_hash, part_stage, start_run
 
 STAGE = "activations"
 DEFAULT_TOP_K = 64
@@ -76,7 +81,7 @@ CHECKPOINT_MIN_SECONDS = 5.0  # ... and, by batch count, at most this often (sta
 THUMB_MAX_SIDE = 320
 THUMB_QUALITY = 90
 MAX_CHECKPOINT_THUMB_BYTES = 256 * 1024 * 1024
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: mean and m2 (Chan) instead of sums; skipped positions
 PENDING_THUMBS = 512  # model views held before the still-kept ones are JPEG-encoded (in threads)
 
 
@@ -107,8 +112,8 @@ class LayerState:
     top_values: torch.Tensor  # (U, K) float32, sorted by (value desc, position asc)
     top_positions: torch.Tensor  # (U, K) int64, -1 = empty slot
     top_maps: torch.Tensor  # (U, K, H, W) float16
-    total: torch.Tensor  # (U,) float64 sum of spatial maxima
-    total_sq: torch.Tensor  # (U,) float64
+    mean: torch.Tensor  # (U,) float64 mean of spatial maxima
+    m2: torch.Tensor  # (U,) float64 sum of squared deviations from the mean (Chan et al.)
     maximum: torch.Tensor  # (U,) float32
     sample: torch.Tensor  # (S + 1, U) float32; the last row is a scratch slot
 
@@ -119,21 +124,26 @@ class LayerState:
             top_values=torch.full((u, k), float("-inf"), device=device),
             top_positions=torch.full((u, k), -1, dtype=torch.int64, device=device),
             top_maps=torch.zeros((u, k, h, w), dtype=torch.float16, device=device),
-            total=torch.zeros(u, dtype=torch.float64, device=device),
-            total_sq=torch.zeros(u, dtype=torch.float64, device=device),
+            mean=torch.zeros(u, dtype=torch.float64, device=device),
+            m2=torch.zeros(u, dtype=torch.float64, device=device),
             maximum=torch.full((u,), float("-inf"), device=device),
             sample=torch.zeros((n_sample + 1, u), device=device),
         )
 
-    FIELDS = ("top_values", "top_positions", "top_maps", "total", "total_sq", "maximum", "sample")
+    FIELDS = ("top_values", "top_positions", "top_maps", "mean", "m2", "maximum", "sample")
 
-    def merge(self, maps: torch.Tensor, positions: torch.Tensor, sample_slots: torch.Tensor) -> None:
-        """Fold a batch of spatial maps ``(B, U, H, W)`` at dataset ``positions`` into the state."""
+    def merge(
+        self, maps: torch.Tensor, positions: torch.Tensor, sample_slots: torch.Tensor, n_before: int
+    ) -> None:
+        """Fold a batch of spatial maps ``(B, U, H, W)`` at dataset ``positions`` into the state
+        (``n_before``: images folded in so far)."""
         b, u, h, w = maps.shape
         k = self.top_values.shape[1]
         values = maps.amax(dim=(2, 3))  # (B, U)
-        self.total += values.sum(0, dtype=torch.float64)
-        self.total_sq += values.double().square().sum(0)
+        batch = values.double()
+        batch_mean = batch.mean(0)
+        batch_m2 = (batch - batch_mean).square().sum(0)
+        _, self.mean, self.m2 = chan_merge(n_before, self.mean, self.m2, b, batch_mean, batch_m2)
         self.maximum = torch.maximum(self.maximum, values.amax(0))
         self.sample.index_copy_(0, sample_slots, values)
         # Current top-k first (older positions), then the batch in position order: a stable sort
@@ -188,6 +198,7 @@ class PassState:
     n_indexed: int = 0
     batches_done: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_positions: list[int] = field(default_factory=list)  # dataset position of each skipped
     thumbs: dict[int, Thumb] = field(default_factory=dict)
     pending: dict[int, Pending] = field(default_factory=dict)  # not yet encoded; never checkpointed
 
@@ -264,6 +275,7 @@ class PassState:
             "n_indexed": self.n_indexed,
             "batches_done": self.batches_done,
             "skipped": self.skipped,
+            "skipped_positions": self.skipped_positions,
             "thumbs": thumbs_meta,
         }
         return save(tensors, metadata={"state": json.dumps(meta)})
@@ -302,6 +314,7 @@ class PassState:
             n_indexed=meta["n_indexed"],
             batches_done=meta["batches_done"],
             skipped=[tuple(s) for s in meta["skipped"]],
+            skipped_positions=list(meta["skipped_positions"]),
             thumbs=thumbs,
         )
 
@@ -348,10 +361,6 @@ def run_params(loaded: LoadedModel, dataset: Dataset, top_k: int, sample_size: i
     }
 
 
-def params_hash(params: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
 def upsert_model(session: Session, loaded: LoadedModel) -> Model:
     """The ``models`` row of ``loaded`` (created or refreshed)."""
     import open_clip
@@ -393,25 +402,39 @@ def run_activations(
     throttle off) and at least every ``checkpoint_seconds``; where the checkpoints fall never
     changes the result. ``stop_after_batches`` ends the call after that
     many batches (and any checkpoint due then) without finalizing, exactly like a run killed
-    there (tests use it to exercise resumption).
+    there (tests use it to exercise resumption; not under torchrun).
     """
     started = time.perf_counter()
     if top_k < 1 or batch_size < 1 or sample_size < 0:
         raise ValueError("top_k and batch_size must be >= 1 and sample_size >= 0")
-    if device == "auto":
-        device = best_device()
+    ctx = context()
+    if ctx.distributed and stop_after_batches is not None:
+        raise ValueError("stop_after_batches is not supported under torchrun (kill the job instead)")
+    device = device_for(ctx, device)
     loaded = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
     options = PassOptions(
         top_k, batch_size, sample_size, workers, checkpoint_batches, checkpoint_seconds,
-        checkpoint_min_seconds, stop_after_batches, progress,
+        checkpoint_min_seconds, stop_after_batches, progress and ctx.is_writer,
     )  # fmt: skip
     # Start decoding the first batches now (a fresh run starts at 0): it overlaps the set-up below.
-    first = BatchLoader(data, loaded.preprocess, batch_size, workers=workers)
+    mine = share(data, batch_size, ctx)
+    first = BatchLoader(data, loaded.preprocess, batch_size, ranges=mine, workers=workers)
     try:
-        return _index(loaded, data, db_url, options, first, started)
+        return _index(loaded, data, db_url, options, first, started, ctx)
     finally:
         first.close()
+
+
+def share(data: Dataset, batch_size: int, ctx: Context, start: int = 0) -> list[tuple[int, int]]:
+    """This rank's batches from ``start``: whole shards (several parts) or every N-th batch."""
+    parts = data.parts()
+    ranges = data.batch_ranges(batch_size)
+    if len(parts) > 1:
+        units = [[r for r in ranges if lo <= r[0] < hi] for lo, hi in parts]
+    else:
+        units = [[r] for r in ranges]
+    return [r for unit in my_share(units, ctx) for r in unit if r[0] >= start]
 
 
 @dataclass(frozen=True)
@@ -429,8 +452,38 @@ class PassOptions:
     progress: bool
 
 
+def _start(sessions: Any, loaded: LoadedModel, params: dict[str, Any], n_items: int, ctx: Context) -> tuple:
+    """Find or start the stage's run (rank 0) and this rank's checkpoint row.
+
+    Returns ``(model_id, run_id, status, checkpoint_row_id, saved_state)``.
+    """
+    digest = params_hash(params)
+    if ctx.is_writer:
+        with sessions.begin() as session:
+            model = upsert_model(session, loaded)
+            start_run(session, model.id, STAGE, params, {"position": 0, "n_items": n_items})
+    dist_barrier(ctx)
+    with sessions.begin() as session:
+        model_id = session.scalar(select(Model.id).where(Model.slug == loaded.spec.slug))
+        run_row = session.scalar(
+            select(Run).where(Run.model_id == model_id, Run.stage == STAGE, Run.params_hash == digest)
+        )
+        run_id, status = run_row.id, run_row.status
+        part = run_row
+        if ctx.distributed and status != "done":
+            stage = part_stage(STAGE, ctx.rank, ctx.world)
+            part = start_run(session, model_id, stage, params, {"position": 0})
+        return model_id, run_id, status, part.id, part.state
+
+
 def _index(
-    loaded: LoadedModel, data: Dataset, db_url: str, options: PassOptions, first: BatchLoader, started: float
+    loaded: LoadedModel,
+    data: Dataset,
+    db_url: str,
+    options: PassOptions,
+    first: BatchLoader,
+    started: float,
+    ctx: Context,
 ) -> ActivationsReport:
     """Set up (or find) the run, resume or start the pass, finalize; see :func:`run_activations`."""
     top_k, batch_size, sample_size = options.top_k, options.batch_size, options.sample_size
@@ -438,15 +491,8 @@ def _index(
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     params = run_params(loaded, data, top_k, sample_size)
-    digest = params_hash(params)
     layer_names = [layer.name for layer in loaded.layers]
-
-    with sessions.begin() as session:
-        model = upsert_model(session, loaded)
-        run_row = find_or_start_run(
-            session, model.id, STAGE, params, digest, {"position": 0, "n_items": len(data)}
-        )
-        run_id, status, saved = run_row.id, run_row.status, run_row.state
+    model_id, run_id, status, part_id, saved = _start(sessions, loaded, params, len(data), ctx)
 
     def report(status: str, state: PassState | None, batches: int) -> ActivationsReport:
         if state is None:
@@ -497,27 +543,31 @@ def _index(
         )
 
     loader = first
-    if (state.position, state.batch_size) != (first.start, first.batch_size):  # resuming elsewhere
+    if (state.position, state.batch_size) != (0, first.batch_size):  # resuming elsewhere
         first.close()
+        ranges = share(data, state.batch_size, ctx, start=state.position)
         loader = BatchLoader(
-            data, loaded.preprocess, state.batch_size, start=state.position, workers=options.workers
+            data, loaded.preprocess, state.batch_size, ranges=ranges, workers=options.workers
         )
+    mine = sum(hi - lo for lo, hi in share(data, state.batch_size, ctx))
     batches = 0
     timings = {"setup_s": time.perf_counter() - started}
     last_checkpoint, checkpoint_cost = time.monotonic(), 0.0
     bar = tqdm(
-        total=len(data),
-        initial=state.position,
+        total=mine,
+        initial=mine - loader.n_items,
         unit="img",
-        desc=f"activations {loaded.spec.slug}",
+        desc=f"activations {loaded.spec.slug}" + (f" (rank 0 of {ctx.world})" if ctx.distributed else ""),
         disable=not progress,
         dynamic_ncols=True,
     )
     try:
         with fast_layout(loaded), loader:
+            remaining = len(loader.ranges)
             for batch in loader:
                 process_batch(loaded, state, batch)
                 batches += 1
+                remaining -= 1
                 bar.update(batch.stop - batch.start)
                 bar.set_postfix(skipped=len(state.skipped), refresh=False)
                 since = time.monotonic() - last_checkpoint
@@ -526,9 +576,9 @@ def _index(
                 throttle = max(options.checkpoint_min_seconds, 10 * checkpoint_cost)
                 due = due and (options.checkpoint_min_seconds <= 0 or since >= throttle)
                 late = since > options.checkpoint_seconds
-                if state.position < len(data) and (due or late):
+                if remaining and (due or late):
                     begun = time.monotonic()
-                    save_checkpoint(sessions, run_id, state, len(data))
+                    save_checkpoint(sessions, part_id, state, len(data))
                     last_checkpoint = time.monotonic()
                     checkpoint_cost = last_checkpoint - begun
                 if options.stop_after_batches is not None and batches >= options.stop_after_batches:
@@ -537,11 +587,84 @@ def _index(
     finally:
         bar.close()
 
+    if ctx.distributed:
+        # this rank's share is complete: keep it (a rank killed while another still runs resumes
+        # here), then merge every rank's state on rank 0
+        save_checkpoint(sessions, part_id, state, len(data))
+        merged = merge_states(state, ctx, top_k)
+    else:
+        merged = state
     timings["pass_s"] = time.perf_counter() - started - timings["setup_s"]
-    finalize(sessions, run_id, loaded, data, state)
+    if merged is not None:
+        merged.position = len(data)
+        finalize(sessions, run_id, loaded, data, merged)
+        if ctx.distributed:
+            with sessions.begin() as session:
+                drop_parts(session, model_id, STAGE, params_hash(params))
+    dist_barrier(ctx)
     engine.dispose()
     timings["finalize_s"] = time.perf_counter() - started - timings["setup_s"] - timings["pass_s"]
-    return report("done", state, batches)
+    return report("done", merged or state, batches)
+
+
+def merge_states(state: PassState, ctx: Context, top_k: int) -> PassState | None:
+    """Every rank's pass state merged exactly on rank 0 (``None`` on the other ranks).
+
+    Top-k by (value desc, position asc), count/mean/m2 by Chan's formula in rank order, maxima,
+    the sample's rows from the rank that saw them, skipped items in position order, and the
+    thumbnails of the images kept in the end.
+    """
+    state.flush_thumbs()
+    header = gather(
+        {
+            "n": state.n_indexed,
+            "batches": state.batches_done,
+            "skipped": list(zip(state.skipped_positions, state.skipped, strict=True)),
+            "seen": state.sample_seen.cpu(),
+        },
+        ctx,
+    )
+    merged: dict[str, LayerState] = {}
+    for name, layer_state in state.layers.items():
+        parts = gather({f: getattr(layer_state, f).cpu() for f in LayerState.FIELDS}, ctx)
+        if parts is None:
+            continue
+        values, positions, maps = merge_topk(
+            [p["top_values"] for p in parts],
+            [p["top_positions"] for p in parts],
+            [p["top_maps"] for p in parts],
+            top_k,
+        )
+        n, mean, m2 = 0, parts[0]["mean"], parts[0]["m2"]
+        for h, part in zip(header, parts, strict=True):
+            n, mean, m2 = chan_merge(n, mean, m2, h["n"], part["mean"], part["m2"])
+        sample = parts[0]["sample"].clone()
+        for h, part in zip(header, parts, strict=True):
+            sample[h["seen"]] = part["sample"][h["seen"]]
+        maximum = torch.stack([p["maximum"] for p in parts]).amax(0)
+        merged[name] = LayerState(values, positions, maps, mean, m2, maximum, sample)
+        del parts
+    result = None
+    if header is not None:
+        skipped = sorted((pair for h in header for pair in h["skipped"]), key=lambda pair: pair[0])
+        seen = torch.stack([h["seen"] for h in header]).any(0)
+        result = PassState(
+            layers=merged,
+            sample_positions=state.sample_positions.cpu(),
+            sample_seen=seen,
+            position=state.position,
+            batch_size=state.batch_size,
+            n_indexed=sum(h["n"] for h in header),
+            batches_done=sum(h["batches"] for h in header),
+            skipped=[tuple(s) for _, s in skipped],
+            skipped_positions=[p for p, _ in skipped],
+        )
+    kept = dist_broadcast(result.kept_positions() if result is not None else None, ctx)
+    thumbs = gather({p: t for p, t in state.thumbs.items() if p in kept}, ctx)
+    if result is not None:
+        for part in thumbs:
+            result.thumbs.update(part)
+    return result
 
 
 @contextmanager
@@ -572,6 +695,7 @@ def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
     """Run one batch through the model and merge it into ``state`` (all on the device)."""
     for item in batch.errors:
         state.skipped.append((item.key, item.error or "unreadable"))
+        state.skipped_positions.append(item.position)
     if batch.pixels is not None:
         dev = loaded.device
         positions = torch.tensor(batch.positions, dtype=torch.int64, device=dev)
@@ -579,7 +703,8 @@ def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
         with torch.inference_mode():
             raw = run_visual(loaded.visual, batch.pixels.to(dev, non_blocking=True), loaded.layers)
             for layer in loaded.layers:
-                state.layers[layer.name].merge(spatial_maps(raw[layer.name], layer).float(), positions, slots)
+                maps = spatial_maps(raw[layer.name], layer).float()
+                state.layers[layer.name].merge(maps, positions, slots, state.n_indexed)
             state.sample_seen[slots] = True
             kept = slots < state.sample_positions.numel()
             for layer_state in state.layers.values():
@@ -601,15 +726,14 @@ def save_checkpoint(sessions: Any, run_id: int, state: PassState, n_items: int) 
     """Persist the pass state (and prune thumbnails no longer needed)."""
     state.flush_thumbs()
     data = state.to_bytes()
+    progress = {
+        "position": state.position,
+        "n_items": n_items,
+        "n_indexed": state.n_indexed,
+        "n_skipped": len(state.skipped),
+    }
     with sessions.begin() as session:
-        run = session.get(Run, run_id)
-        run.state = data
-        run.progress = {
-            "position": state.position,
-            "n_items": n_items,
-            "n_indexed": state.n_indexed,
-            "n_skipped": len(state.skipped),
-        }
+        checkpoint_run(session, run_id, data, progress)
 
 
 def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, state: PassState) -> None:
@@ -664,17 +788,14 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
                         values=to_bytes(directions, "float32"),
                     )
                 )
-        run.status = "done"
-        run.state = None
-        run.finished_at = utcnow()
-        run.progress = {
+        finish_run(session, run, {
             "position": state.position,
             "n_items": len(data),
             "n_indexed": state.n_indexed,
             "n_skipped": len(state.skipped),
             "skipped": [list(s) for s in state.skipped],
             "n_images_stored": len(image_ids),
-        }
+        })  # fmt: skip
 
 
 def store_images(session: Session, dataset: str, thumbs: dict[int, Thumb]) -> dict[int, int]:
@@ -728,10 +849,8 @@ def store_neurons(
     session: Session, row: Layer, layer: LayerInfo, state: LayerState, n: int, image_ids: dict[int, int]
 ) -> None:
     """Neuron stats and top examples of one layer (replacing earlier ones)."""
-    total, total_sq = state.total.cpu().numpy(), state.total_sq.cpu().numpy()
-    count = max(n, 1)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    mean = state.mean.cpu().numpy()
+    std = np.sqrt(np.maximum(state.m2.cpu().numpy() / max(n, 1), 0.0))
     maximum = state.maximum.cpu().numpy()
     stats = [
         (float(mean[u]), float(std[u]), float(maximum[u])) if n else (0.0, 0.0, 0.0)

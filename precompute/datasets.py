@@ -83,6 +83,28 @@ class Dataset:
             digest.update(b"\0" + self.key(i).encode())
         return digest.hexdigest()
 
+    def parts(self) -> list[tuple[int, int]]:
+        """Position ranges read as a unit (webdataset shards); one part for random-access data."""
+        return [(0, len(self))]
+
+    def batch_ranges(self, batch_size: int, start: int = 0) -> list[tuple[int, int]]:
+        """Fixed ``(start, stop)`` batches: consecutive positions, never straddling a part."""
+        ranges = []
+        for lo, hi in self.parts():
+            ranges += [(b, min(b + batch_size, hi)) for b in range(lo, hi, batch_size)]
+        return [r for r in ranges if r[0] >= start]
+
+    def iter_raw(self, positions: list[int]) -> Iterator[tuple[int, Any]]:
+        """``(position, raw)`` in the order given; :meth:`decode` turns ``raw`` into an item.
+        Random-access sources read nothing here (decoding threads load by position);
+        streamed sources (shards) read their bytes here, in order."""
+        for position in positions:
+            yield position, None
+
+    def decode(self, position: int, raw: Any) -> Item:
+        """The item at ``position`` from what :meth:`iter_raw` gave (never raises)."""
+        return self.load(position)
+
 
 class FileListDataset(Dataset):
     """Images at paths (folder contents or a list file), with optional captions."""
@@ -135,8 +157,12 @@ class DemoDataset(Dataset):
 
 
 def open_dataset(spec: str) -> Dataset:
-    """Parse a dataset spec (folder, ``.csv``/``.jsonl`` list, or ``demo:N``)."""
+    """Parse a dataset spec (folder, ``.csv``/``.jsonl`` list, webdataset shards, or ``demo:N``)."""
     spec = str(spec).strip()
+    from precompute import shards
+
+    if shards.is_shard_spec(spec):
+        return shards.open_shards(spec)
     if spec.startswith(DEMO_PREFIX):
         text = spec.removeprefix(DEMO_PREFIX)
         if not text.isdigit() or int(text) <= 0:
@@ -235,9 +261,15 @@ class Batch:
         return [p.item.position for p in self.prepared]
 
 
-def prepare(dataset: Dataset, position: int, view: Callable, to_tensor: Callable) -> Prepared:
-    """Load item ``position`` and preprocess it (errors are kept, never raised)."""
-    item = dataset.load(position)
+_UNREAD = object()
+
+
+def prepare(
+    dataset: Dataset, position: int, view: Callable, to_tensor: Callable, raw: Any = _UNREAD
+) -> Prepared:
+    """Load item ``position`` (or decode its ``raw`` bytes from :meth:`Dataset.iter_raw`) and
+    preprocess it (errors are kept, never raised)."""
+    item = dataset.load(position) if raw is _UNREAD else dataset.decode(position, raw)
     if item.image is None:
         return Prepared(item)
     try:
@@ -250,14 +282,17 @@ def prepare(dataset: Dataset, position: int, view: Callable, to_tensor: Callable
 
 
 class BatchLoader:
-    """Batches of ``batch_size`` consecutive positions from ``start``, decoded ahead in threads.
+    """Batches of fixed position ranges, decoded ahead in threads.
 
-    Decoding starts as soon as the loader is built, so it overlaps with whatever the caller
-    does before iterating (model set-up, database set-up). Batch boundaries depend only on
-    ``start`` and ``batch_size`` (resuming at a batch boundary reproduces the same batches).
-    Decoding (Pillow) and tensor ops release the GIL, so a thread pool overlaps with the model
-    without the start-up cost of worker processes. Iterate once; :meth:`close` (or leaving a
-    ``with`` block) drops the work queued ahead.
+    By default the ranges are :meth:`Dataset.batch_ranges` from ``start``; ``ranges`` gives
+    them explicitly (a rank's share under torchrun). Decoding starts as soon as the loader is
+    built, so it overlaps with whatever the caller does before iterating (model set-up,
+    database set-up). Batch boundaries depend only on the dataset's parts and ``batch_size``
+    (resuming at a batch boundary reproduces the same batches). Decoding (Pillow) and tensor
+    ops release the GIL, so a thread pool overlaps with the model without the start-up cost of
+    worker processes. Streamed sources (webdataset shards) are read in this thread, in order,
+    and decoded in the pool. Iterate once; :meth:`close` (or leaving a ``with`` block) drops
+    the work queued ahead.
     """
 
     def __init__(
@@ -267,38 +302,44 @@ class BatchLoader:
         batch_size: int,
         *,
         start: int = 0,
+        ranges: list[tuple[int, int]] | None = None,
         workers: int = 2,
         prefetch_batches: int = 2,
     ):
         self.dataset, self.batch_size, self.start = dataset, batch_size, start
+        self.ranges = dataset.batch_ranges(batch_size, start) if ranges is None else list(ranges)
         self._view, self._to_tensor = split_preprocess(preprocess)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
         self._pending: deque[Future[Prepared]] = deque()
-        self._next = start
+        self._raw = dataset.iter_raw([p for lo, hi in self.ranges for p in range(lo, hi)])
         self._lookahead = batch_size * (prefetch_batches + 1)
         self._fill()
 
+    @property
+    def n_items(self) -> int:
+        """Items in this loader's ranges."""
+        return sum(hi - lo for lo, hi in self.ranges)
+
     def _fill(self) -> None:
-        while self._next < len(self.dataset) and len(self._pending) < self._lookahead:
+        while len(self._pending) < self._lookahead:
+            try:
+                position, raw = next(self._raw)
+            except StopIteration:
+                return
             self._pending.append(
-                self._pool.submit(prepare, self.dataset, self._next, self._view, self._to_tensor)
+                self._pool.submit(prepare, self.dataset, position, self._view, self._to_tensor, raw)
             )
-            self._next += 1
 
     def __iter__(self) -> Iterator[Batch]:
-        n = len(self.dataset)
-        batch_start = self.start
         try:
-            while batch_start < n:
+            for batch_start, stop in self.ranges:
                 self._fill()
-                stop = min(batch_start + self.batch_size, n)
                 results = [self._pending.popleft().result() for _ in range(stop - batch_start)]
                 self._fill()
                 good = [r for r in results if r.pixels is not None]
                 errors = [r.item for r in results if r.pixels is None]
                 pixels = torch.stack([r.pixels for r in good]) if good else None
                 yield Batch(batch_start, stop, good, errors, pixels)
-                batch_start = stop
         finally:
             self.close()
 
@@ -308,6 +349,9 @@ class BatchLoader:
             future.cancel()
         self._pending.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        close = getattr(self._raw, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> BatchLoader:
         return self
