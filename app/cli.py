@@ -52,6 +52,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "export units, labels, top examples and words (jsonl, csv or parquet)"),
     (("eval-featurevis",), "precompute.featurevis_quality:add_arguments:run",
      "feature-visualization quality checks on the demo CLIP"),
+    (("dataset", "shard"), "precompute.shards:add_arguments:run",
+     "write webdataset tar shards from an image folder or list"),
     (("db", "upgrade"), "app.db.commands:add_upgrade_arguments:run_upgrade",
      "migrate a database to the newest schema (Alembic)"),
     (("db", "current"), "app.db.commands:add_current_arguments:run_current",
@@ -157,6 +159,8 @@ def _stage_available(stage: list[str]) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``conceptscope`` console script."""
     args = build_parser().parse_args(argv)
+    if _rank_skips(args):
+        return 0
     try:
         return int(args.handler(args) or 0)
     except ModelLoadError as exc:
@@ -166,6 +170,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("conceptscope: interrupted (progress is saved; run the same command to resume)",
               file=sys.stderr)
         return 130
+
+
+def _rank_skips(args: argparse.Namespace) -> bool:
+    """Under torchrun, a stage that does not split its work runs on rank 0 only."""
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if world in ("", "1") or rank in ("", "0") or args.command != "precompute":
+        return False
+    from precompute.distributed import DISTRIBUTED_STAGES
+
+    if args.subcommand in DISTRIBUTED_STAGES:
+        return False
+    print(f"rank {rank}: precompute {args.subcommand} runs on rank 0 only", file=sys.stderr)
+    return True
 
 
 if __name__ == "__main__":
