@@ -225,8 +225,10 @@ async def test_json_error_when_client_accepts_only_json(client):
     assert response.status_code == 404 and response.json()["error"] == "No model 'nope' in this index."
 
 
-async def test_unexpected_error_is_a_clean_500(web_app, monkeypatch):
+async def test_unexpected_error_is_a_clean_500(tiny_db, monkeypatch):
     from app.db import queries
+
+    web_app = create_app(Settings(db_url=tiny_db.url))  # a fresh app: no page of it cached yet
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("boom")
