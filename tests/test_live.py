@@ -31,6 +31,7 @@ from app.models import ModelSpec
 from app.neurons import analysis as core
 from app.web.uploads import decode_upload
 from precompute import demo_world as world
+from tests.csrf_support import csrf_client
 from tests.live_support import copy_db, encode, live_server, make_runner
 
 TOLERANCE = 1e-4
@@ -71,7 +72,7 @@ def server(tiny_db, demo_loaded, facts, tmp_path_factory) -> Iterator[tuple[str,
 
 @pytest.fixture(scope="module")
 def http(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server[0], timeout=60) as client:
+    with csrf_client(server[0], timeout=60) as client:
         yield client
 
 
@@ -274,7 +275,7 @@ def test_http_queue_full_is_503_with_retry_after(tiny_db, demo_loaded, facts, tm
             return {"ok": True}
 
         app.add_api_route("/-/test/block", start_blocker, methods=["POST"])
-        with httpx.Client(base_url=base, timeout=60) as client, ThreadPoolExecutor(2) as pool:
+        with csrf_client(base, timeout=60) as client, ThreadPoolExecutor(2) as pool:
             try:
                 assert client.post("/-/test/block").status_code == 200
                 assert started.wait(10)
@@ -308,7 +309,7 @@ def test_server_without_a_working_model_answers_503(tiny_db, tmp_path) -> None:
     url = copy_db(tiny_db.path, tmp_path)
     runner = LiveRunner(ModelSpec("no-such-architecture"), slug="demo", warmup=False)
     app = create_app(Settings(db_url=url), live_runner=runner)
-    with thread_server(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+    with thread_server(app) as base, csrf_client(base, timeout=30) as client:
         form = client.get("/analyze")
         assert form.status_code == 200 and "could not load the live model" in form.text
         response = client.post("/analyze.json", files={"image": ("a.png", demo_png(1), "image/png")})
@@ -377,7 +378,7 @@ def twin_embedding(db_url: str, the_id: str) -> list[float]:
 def test_storage_cap_evicts_the_oldest(tiny_db, demo_loaded, facts, tmp_path) -> None:
     url = copy_db(tiny_db.path, tmp_path)
     with live_server(url, demo_loaded, facts["slug"], max_stored_analyses=3) as (base, _runner, _app):
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with csrf_client(base, timeout=60) as client:
             ids = []
             for i in range(5):
                 response = client.post(
@@ -406,7 +407,7 @@ def test_storage_cap_evicts_the_oldest(tiny_db, demo_loaded, facts, tmp_path) ->
 def test_no_store_keeps_nothing_and_says_so(tiny_db, demo_loaded, facts, tmp_path) -> None:
     url = copy_db(tiny_db.path, tmp_path)
     with live_server(url, demo_loaded, facts["slug"], store_analyses=False) as (base, _runner, _app):
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with csrf_client(base, timeout=60) as client:
             page = client.post(
                 "/analyze",
                 files={"image": ("a.png", demo_png(3), "image/png")},

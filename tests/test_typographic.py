@@ -16,6 +16,7 @@ from sqlalchemy import select
 from app.db import make_engine, session_factory
 from app.db.schema import Image as ImageRow
 from app.neurons.typographic import Attack, AttackError, activation_changes, parse_colour, write_word
+from tests.csrf_support import csrf_client
 from tests.live_support import copy_db, live_server
 from tests.meaning_support import labelled_db, needs_weights, trained_db
 
@@ -25,7 +26,7 @@ def server(tiny_db, demo_loaded, tmp_path_factory) -> Iterator[tuple[httpx.Clien
     labelled = labelled_db(tiny_db, demo_loaded, tmp_path_factory.mktemp("labelled"))
     url = copy_db(labelled.removeprefix("sqlite:///"), tmp_path_factory.mktemp("typo_db"))
     with live_server(url, demo_loaded, "demo") as (base, _runner, _app):
-        with httpx.Client(base_url=base, timeout=60) as client:
+        with csrf_client(base, timeout=60) as client:  # form POSTs carry a CSRF token (app.web.csrf)
             yield client, url
 
 

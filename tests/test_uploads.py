@@ -18,6 +18,7 @@ from skimage import data as skdata
 
 from app.config import Settings
 from app.web.uploads import UploadError, decode_upload, sniff
+from tests.csrf_support import csrf_client
 from tests.live_support import copy_db, encode, gradient_rgb, live_server
 
 LIMIT = 2_000_000
@@ -253,7 +254,7 @@ def server(tiny_db, demo_loaded, tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def http(server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server, timeout=60) as client:
+    with csrf_client(server, timeout=60) as client:  # form POSTs carry a CSRF token (app.web.csrf)
         yield client
 
 

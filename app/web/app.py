@@ -22,10 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import STATIC_DIR, TEMPLATES_DIR, Settings
 from app.db import make_engine, session_factory
-from app.db.schema import Analysis
+from app.db.analyses import ensure_web_tables
 from app.db.version import VersionClock
 from app.web import views
 from app.web.cache import install_page_cache
+from app.web.csrf import install_csrf
 from app.web.errors import install_error_handlers
 from app.web.middleware import HeadAsGet
 from app.web.templating import install_template_helpers
@@ -34,7 +35,7 @@ from app.web.urls import Urls
 log = logging.getLogger("conceptscope.web")
 
 #: Tables the web process may write; everything else is read-only to it.
-WEB_OWNED_TABLES = frozenset({"analyses", "blobs", "feature_visualizations"})
+WEB_OWNED_TABLES = frozenset({"analyses", "blobs", "feature_visualizations", "featurevis_jobs"})
 # feature_visualizations: rendered on demand by app/web/views/featurevis.py when none is stored
 
 
@@ -83,7 +84,7 @@ def open_database(settings: Settings) -> tuple[Engine, sessionmaker[Session], En
         )
     write_engine = make_engine(settings.db_url, create=False)
     try:
-        Analysis.__table__.create(write_engine, checkfirst=True)
+        ensure_web_tables(write_engine)  # analyses, featurevis_jobs (app.db.analyses)
     except Exception as exc:  # e.g. a read-only file: pages still work, analyses are not stored
         log.warning("cannot create the analyses table (%s); analyses will not be stored", exc)
     write_sessions = session_factory(write_engine)
@@ -138,6 +139,7 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     app.state.data_version = VersionClock(sessions)  # app.db.version: keys the caches
     install_page_cache(app)  # inside HeadAsGet and any header middleware added after it
     app.add_middleware(HeadAsGet)
+    install_csrf(app)  # app.web.csrf: same-origin browser writes, tokens, JSON POST types
     install_error_handlers(app)
     routers = views.routers()
     for router in routers:

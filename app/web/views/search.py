@@ -32,20 +32,15 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import from_bytes
 from app.db.schema import Direction, Label, Layer, Model, Neuron
+from app.live.context import ModelContext, live_http_error
 from app.live.runner import LiveError, LiveRunner
 from app.neurons import analysis as core
 from app.neurons.render import render_text
+from app.web.analyses import neuron_cards
 from app.web.formats import respond
 from app.web.recipe import search_recipe
+from app.web.state import app_cache, get_model_context, runner_of
 from app.web.urls import Urls
-from app.web.views.analyze import (
-    ModelContext,
-    app_cache,
-    get_model_context,
-    live_http_error,
-    neuron_cards,
-    runner_of,
-)
 
 router = APIRouter()
 

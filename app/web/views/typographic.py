@@ -40,10 +40,11 @@ from app.neurons.typographic import (
     activation_changes,
     write_word,
 )
+from app.web import analyses as live  # the analysis pages' upload + live-model path
+from app.web import csrf
 from app.web.formats import respond
 from app.web.uploads import UploadError, centre_square, read_body_limited, replay_request
 from app.web.urls import Urls
-from app.web.views import analyze as live
 
 router = APIRouter()
 
@@ -342,6 +343,7 @@ async def typographic_upload(request: Request) -> Response:
             fields = {
                 k: str(form.get(k) or "").strip() for k in ("word", "placement", "size", "colour", "classes")
             }
+            csrf.verify(request, form)  # app.web.csrf: browser forms echo the visitor's token
         finally:
             await form.close()
         if not data:
