@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session, sessionmaker
@@ -27,8 +27,11 @@ from app.db.version import VersionClock
 from app.web import views
 from app.web.cache import install_page_cache
 from app.web.csrf import install_csrf
+from app.web.deps import strict_query_ints
 from app.web.errors import install_error_handlers
 from app.web.middleware import HeadAsGet
+from app.web.openapi import install_openapi
+from app.web.security import install_security
 from app.web.templating import install_template_helpers
 from app.web.urls import Urls
 
@@ -127,6 +130,7 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
         docs_url="/-/docs",
         redoc_url=None,
         openapi_url="/-/openapi.json",
+        dependencies=[Depends(strict_query_ints)],  # app.web.deps: ids and counts parsed strictly
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -140,6 +144,7 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     install_page_cache(app)  # inside HeadAsGet and any header middleware added after it
     app.add_middleware(HeadAsGet)
     install_csrf(app)  # app.web.csrf: same-origin browser writes, tokens, JSON POST types
+    install_security(app, settings)  # app.web.security: hosts, headers, CORS, upload admission
     install_error_handlers(app)
     routers = views.routers()
     for router in routers:
@@ -147,6 +152,7 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     app.state.nav = views.nav_items(routers)
     app.state.route_paths = views.route_paths(routers)
     install_template_helpers(app)
+    install_openapi(app)  # app.web.openapi: HTML pages as text/html, JSON twins with schemas
     return app
 
 

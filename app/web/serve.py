@@ -26,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    parser.add_argument("--cors", action="store_true",
+                        help="send Access-Control-Allow-Origin: * on JSON answers (off by default)")
+    parser.add_argument("--trusted-hosts", default=None, metavar="HOSTS",
+                        help="comma-separated Host names to answer (.example.org: with subdomains; "
+                             "*: any); default: localhost, 127.0.0.1, ::1 and --host")
 
 
 def build_live_runner(settings: Settings) -> Any:
@@ -50,6 +55,13 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         settings = settings.with_(load_live_model=False)
     if getattr(args, "no_store", False):
         settings = settings.with_(store_analyses=False)
+    if getattr(args, "cors", False):
+        settings = settings.with_(cors=True)
+    from app.web.security import default_trusted_hosts, parse_trusted_hosts
+
+    hosts = parse_trusted_hosts(getattr(args, "trusted_hosts", None) or "")
+    settings = settings.with_(trusted_hosts=hosts or settings.trusted_hosts
+                              or default_trusted_hosts(getattr(args, "host", None)))
     return settings
 
 
