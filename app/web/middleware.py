@@ -53,9 +53,14 @@ class UploadAdmission:
             runner.queued >= runner.queue_size
         )
         if self.inflight >= self.max_inflight or queue_full:
+            # the view answers (its 503 page keeps the form); the body is never read: the app
+            # gets an empty one, and read_body_limited raises the 503 (see app.web.uploads)
             self.rejected += 1
             retry = runner.retry_after() if queue_full else 2
-            await _busy(scope, send, retry, "model queue" if queue_full else "uploads in progress")
+            why = f"{runner.queued} requests queued" if queue_full else "too many uploads in progress"
+            state = scope.setdefault("state", {})
+            state[BUSY_KEY] = (retry, f"The live model is busy ({why}); retry in {retry} s.")
+            await self.app(scope, _empty_body, send)
             return
         self.inflight += 1
         try:
@@ -64,21 +69,9 @@ class UploadAdmission:
             self.inflight -= 1
 
 
-async def _busy(scope: Scope, send: Any, retry_after: int, why: str) -> None:
-    import json
+#: ``scope["state"]`` key set when an upload was refused admission: ``(retry_after, message)``.
+BUSY_KEY = "upload_busy"
 
-    message = f"The server is busy ({why}); retry in {retry_after} s."
-    accept = dict(scope.get("headers", [])).get(b"accept", b"").decode("latin-1")
-    if scope["path"].endswith(".json") or ("json" in accept and "html" not in accept):
-        body = json.dumps({"ok": False, "status": 503, "title": "Busy", "error": message}).encode()
-        kind = b"application/json"
-    else:
-        body = (f"<!doctype html><title>Busy</title><h1>Busy</h1><p>{message}</p>").encode()
-        kind = b"text/html; charset=utf-8"
-    await send({
-        "type": "http.response.start",
-        "status": 503,
-        "headers": [(b"content-type", kind), (b"content-length", str(len(body)).encode()),
-                    (b"retry-after", str(retry_after).encode()), (b"connection", b"close")],
-    })  # fmt: skip
-    await send({"type": "http.response.body", "body": body})
+
+async def _empty_body() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}

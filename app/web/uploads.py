@@ -20,9 +20,11 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError, features
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
 from app.images import to_rgb
+from app.web.middleware import BUSY_KEY
 
 Message = MutableMapping[str, Any]
 
@@ -123,6 +125,10 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     :data:`DRAIN_MAX_BYTES` / :data:`DRAIN_MAX_SECONDS`, never stored) so that the client, still
     sending, gets the 413 instead of a connection reset.
     """
+    busy = request.scope.get("state", {}).get(BUSY_KEY)
+    if busy is not None:  # refused by UploadAdmission: the body was never read
+        retry_after, message = busy
+        raise HTTPException(503, message, headers={"Retry-After": str(retry_after)})
     stream = request.stream()
     try:
         check_content_length(request.headers, limit)
@@ -247,7 +253,8 @@ def decode_slots() -> int:
 
 
 def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
-    """Decode untrusted bytes into an RGB image, or raise :class:`UploadError`.
+    """Decode untrusted bytes into an RGB image, or raise :class:`UploadError` (``HTTPException`` 503 when
+    no decode slot frees up within :data:`DECODE_WAIT_S`).
 
     415: not one of :data:`ALLOWED_FORMATS`. 413: more than ``max_pixels`` pixels (checked from
     the header before decoding: decompression bombs). 422: a supported format that is truncated
@@ -263,7 +270,8 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
     looks_like = sniff(data)
     slots = _decode_slots
     if not slots.acquire(timeout=DECODE_WAIT_S):
-        raise UploadError(503, "The server is decoding too many images; retry in a few seconds.")
+        raise HTTPException(503, "The server is busy decoding other images; retry in a few seconds.",
+                            headers={"Retry-After": "5"})
     try:
         return _decode(data, looks_like, max_pixels)
     finally:
