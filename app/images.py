@@ -80,3 +80,19 @@ def _to_uint8(array: np.ndarray) -> np.ndarray:
     else:
         scaled = (values - lo) / (hi - lo or 1.0) * 255.0
     return np.clip(np.nan_to_num(scaled), 0, 255).round().astype(np.uint8)
+
+
+def public_dataset_name(dataset: str) -> str:
+    """A dataset's name as the web shows it: absolute filesystem paths are cut to their last
+    component (``/home/me/photos`` → ``photos``, ``wds:/srv/shards/{0..9}.tar`` →
+    ``wds:{0..9}.tar``), so no page or JSON reveals where the server keeps its files."""
+    import posixpath
+    import re
+
+    prefix, sep, rest = dataset.partition(":")
+    if sep and re.fullmatch(r"[a-z][a-z0-9+.-]*", prefix) and rest.startswith(("/", "~")):
+        return f"{prefix}:{public_dataset_name(rest)}"
+    if dataset.startswith(("/", "~")) or re.match(r"[A-Za-z]:[\\/]", dataset):
+        name = posixpath.basename(dataset.replace("\\", "/").rstrip("/"))
+        return name or "dataset"
+    return dataset

@@ -28,6 +28,7 @@ from app.db.schema import (
 from app.db.units import SOURCE_PRIORITY, Thumb, unit_summaries  # noqa: F401 - Thumb, SOURCE_PRIORITY: re-exported
 from app.db.units import source_rank as _source_rank
 from app.db.units import thumb as _thumb
+from app.images import public_dataset_name
 
 MAX_PER_PAGE = 1000
 SORT_KEYS = ("unit", "max", "mean", "std", "label_score", "multimodality")
@@ -170,7 +171,7 @@ def top_examples(session: Session, neuron: Neuron, layer: Layer) -> list[Example
     for rank, value, heat, image_id, dataset, key, caption, meta, sha, mime, w, h in rows:
         heatmap = from_bytes(heat, "float16", shape) if heat else np.zeros(shape, np.float32)
         thumb = _thumb(sha, mime, w, h)
-        image = (image_id, dataset, key, caption, meta or {})
+        image = (image_id, public_dataset_name(dataset), key, caption, meta or {})  # no server paths
         examples.append(Example(rank, float(value), *image, thumb, heatmap))
     return examples
 

@@ -217,12 +217,13 @@ class LiveRunner:
         try:
             await loop.run_in_executor(self._executor, self._load_and_warm)
         except Exception as exc:
-            self.error = f"could not load the live model {self.spec.name}: {exc}"
+            # shown to visitors: no exception text (it may hold paths); the detail goes to the log
+            self.error = f"could not load the live model {self.spec.name}; see the server log"
             self._executor.shutdown(wait=False)
             self._executor = None
             if self.strict:
                 raise
-            log.error("%s; the live pages will answer 503", self.error)
+            log.error("%s (%s); the live pages will answer 503", self.error, exc)
             return
         self._queue = asyncio.Queue(maxsize=self.queue_size)
         self._batcher = asyncio.create_task(self._batch_loop(), name="live-batcher")

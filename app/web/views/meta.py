@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import platform
 import sqlite3
 from importlib import metadata
@@ -15,6 +16,7 @@ from app.web.deps import ReadSession
 from app.web.formats import SafeJSONResponse, respond
 
 router = APIRouter()
+log = logging.getLogger("conceptscope.web")
 
 PACKAGES = ("conceptscope", "torch", "open_clip_torch", "fastapi", "starlette", "uvicorn", "sqlalchemy",
             "jinja2", "pillow", "numpy")
@@ -26,8 +28,8 @@ def live_status(runner: object) -> str:
         return "not loaded"
     if getattr(runner, "running", True):
         return "ready"
-    error = getattr(runner, "error", None)
-    return f"error: {error}" if error else "starting"
+    error = getattr(runner, "error", None)  # the detail is in the server log, never in answers
+    return "error: the live model could not be loaded" if error else "starting"
 
 
 @router.get("/-/health")
@@ -38,8 +40,9 @@ def health(request: Request, session: ReadSession) -> Response:
         session.execute(text("SELECT 1"))
         models = [m.slug for m in queries.list_models(session)]
         db_ok = True
-    except Exception as exc:  # the DB is unreadable: say so, with 503
-        return SafeJSONResponse({"ok": False, "db": f"error: {exc}"}, status_code=503)
+    except Exception:  # the DB is unreadable: say so, with 503 (the exception goes to the log only)
+        log.exception("health check: the database cannot be read")
+        return SafeJSONResponse({"ok": False, "db": "error: the database cannot be read"}, status_code=503)
     return SafeJSONResponse({"ok": db_ok, "db": "ok", "models": models,
                              "live": live_status(request.app.state.live_runner)})
 
