@@ -13,6 +13,7 @@ from fastapi import APIRouter
 VIEW_MODULES: list[str] = [
     "app.web.views.meta",
     "app.web.views.static",
+    "app.web.views.robots",  # robots.txt (issue 14)
     "app.web.views.blobs",
     "app.web.views.home",
     "app.web.views.model",

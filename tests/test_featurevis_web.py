@@ -1,0 +1,188 @@
+"""On-demand feature visualization on the web (issue 14): only a POST starts a render.
+
+* GET/HEAD of the neuron page and of the fragment never start a render nor write a row;
+* the htmx button POSTs with the visitor's CSRF token (403 without it);
+* one render per neuron over all workers (claimed in the DB), a bounded total and a per-client
+  limit (429), a render cancelled at its timeout (the model thread is free again), and a stored
+  (precomputed) image is never overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from app.config import Settings
+from app.db import featurevis_jobs as jobs_db
+from app.db import make_engine, session_factory
+from app.db.analyses import ensure_web_tables
+from app.db.schema import FeatureVisJob, FeatureVisualization, Layer, Neuron
+from app.neurons import featurevis as fv
+from app.web.app import create_app
+from tests.csrf_support import TOKEN
+from tests.live_support import make_runner
+
+BASE = "http://localhost"
+
+
+@pytest.fixture
+def db_copy(tiny_db, tmp_path):
+    path = tmp_path / "copy.db"
+    shutil.copy(tiny_db.path, path)
+    return f"sqlite:///{path}"
+
+
+def first_neuron(url: str) -> tuple[str, str, int]:
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        layer = session.scalar(select(Layer).where(Layer.is_last))
+        slug = layer.model.slug
+        name = layer.name
+    engine.dispose()
+    return slug, name, 5
+
+
+def count(url: str, table) -> int:
+    engine = make_engine(url, create=False)
+    with engine.connect() as conn:
+        n = int(conn.execute(select(func.count()).select_from(table)).scalar() or 0)
+    engine.dispose()
+    return n
+
+
+def client(app, *, token: bool = True) -> httpx.AsyncClient:
+    options = {"cookies": {"csrftoken": TOKEN}, "headers": {"X-CSRF-Token": TOKEN}} if token else {}
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE, **options)
+
+
+async def test_missing_visualization_is_rendered_on_demand_and_stored(db_copy, demo_loaded) -> None:
+    slug, layer, unit = first_neuron(db_copy)
+    runner = make_runner(demo_loaded, slug)
+    app = create_app(Settings(db_url=db_copy), live_runner=runner)
+    page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    async with runner, client(app) as c, client(app, token=False) as anonymous:
+        page = (await c.get(page_url)).text
+        assert f'hx-post="{page_url}/featurevis"' in page and f'"X-CSRF-Token": "{TOKEN}"' in page
+        assert f'hx-get="{page_url}/featurevis"' not in page  # loading the page starts nothing
+        for method in ("GET", "HEAD"):
+            for url in (page_url, f"{page_url}/featurevis", f"{page_url}/featurevis.json"):
+                assert (await c.request(method, url, headers={"HX-Request": "true"})).status_code == 200
+        assert (await c.get(f"{page_url}/featurevis.json")).json()["status"] == "available"
+        assert count(db_copy, FeatureVisJob) == 0 and count(db_copy, FeatureVisualization) == 0
+
+        refused = await anonymous.post(f"{page_url}/featurevis", headers={"HX-Request": "true"})
+        assert refused.status_code == 403 and count(db_copy, FeatureVisJob) == 0
+        first = await c.post(f"{page_url}/featurevis", headers={"HX-Request": "true"})
+        assert first.status_code == 200 and "Rendering on the live model" in first.text
+        assert "steps at 64 px on the CPU" in first.text and 'hx-trigger="load delay:2s"' in first.text
+        assert f"colour start {fv.Settings().colour_start}" in first.text
+        for _ in range(240):
+            status = (await c.get(f"{page_url}/featurevis.json")).json()
+            if status["status"] != "rendering":
+                break
+            await asyncio.sleep(0.25)
+        assert status["status"] == "done", status
+        assert [im["kind"] for im in status["images"]] == ["positive", "negative"]
+        done = await c.get(f"{page_url}/featurevis", headers={"HX-Request": "true"})
+        assert "<img" in done.text and "hx-trigger" not in done.text and "hx-post" not in done.text
+        assert f"colour start {fv.Settings().colour_start}" in done.text  # the image's title
+        data = (await c.get(page_url + ".json")).json()["sections"]["featurevis"]
+        assert [im["kind"] for im in data] == ["positive", "negative"]
+        assert data[0]["settings"]["on_demand"] is True and data[0]["settings"]["steps"] == fv.CPU_STEPS
+        assert data[0]["objective"] > data[1]["objective"]
+        blob = await c.get(data[0]["image"])
+        assert blob.status_code == 200 and blob.headers["content-type"] == "image/png"
+
+        again = await c.post(f"{page_url}/featurevis.json")  # stored: nothing restarts, nothing changes
+        assert again.status_code == 200 and "stored already" in again.json()["note"]
+        assert (await c.get(page_url + ".json")).json()["sections"]["featurevis"] == data
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()
+
+
+async def test_featurevis_fragment_without_live_model(db_copy) -> None:
+    slug, layer, unit = first_neuron(db_copy)
+    app = create_app(Settings(db_url=db_copy))
+    page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    async with client(app) as c:
+        data = (await c.get(f"{page_url}/featurevis.json")).json()
+        assert data["status"] == "unavailable" and "no live model" in data["error"]
+        assert "precompute featurevis" in (await c.get(f"{page_url}/featurevis")).text
+        assert "featurevis" not in (await c.get(page_url + ".json")).json()["sections"]
+        assert (await c.get(f"/models/{slug}/layers/{layer}/neurons/99999/featurevis")).status_code == 404
+        assert (await c.post(f"{page_url}/featurevis.json")).status_code == 503
+    assert count(db_copy, FeatureVisJob) == 0
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()
+
+
+async def test_render_is_cancelled_at_its_timeout_and_limits_hold(db_copy, demo_loaded) -> None:
+    slug, layer, unit = first_neuron(db_copy)
+    runner = make_runner(demo_loaded, slug)
+    settings = Settings(db_url=db_copy).with_(featurevis_timeout_s=0.3, featurevis_max_jobs=1)
+    app = create_app(settings, live_runner=runner)
+    page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    other_url = f"/models/{slug}/layers/{layer}/neurons/{unit + 1}"
+    async with runner, client(app) as c:
+        started = await c.post(f"{page_url}/featurevis.json")
+        assert started.status_code == 202 and started.json()["status"] == "rendering"
+        full = await c.post(f"{other_url}/featurevis.json")  # one render at a time here
+        assert full.status_code == 429 and "rendering already" in full.json()["note"]
+        for _ in range(200):
+            status = (await c.get(f"{page_url}/featurevis.json")).json()
+            if status["status"] != "rendering":
+                break
+            await asyncio.sleep(0.05)
+        assert status["status"] == "cancelled" and "time limit" in status["error"]
+        # the model thread is free again: a quick live request is answered at once
+        answer = await asyncio.wait_for(runner.encode_texts(["red"]), timeout=10)
+        assert np.isfinite(answer).all()
+    assert count(db_copy, FeatureVisualization) == 0  # nothing stored from a cancelled render
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()
+
+
+def test_one_claim_per_neuron_over_workers_and_per_client_limit(db_copy) -> None:
+    engine = make_engine(db_copy, create=False)
+    ensure_web_tables(engine)
+    with session_factory(engine)() as s:
+        ids = list(s.scalars(select(Neuron.id).order_by(Neuron.id).limit(3)))
+    options = {"settings": {}, "max_jobs": 2, "per_client": 1, "timeout_s": 60.0}
+    results: list[jobs_db.Claim] = []
+    barrier = threading.Barrier(6)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results.append(jobs_db.claim(engine, ids[0], worker=f"w{i}", client=f"c{i}", **options))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.ok for r in results) == 1  # six workers race: exactly one renders
+    assert all("rendering already" in (r.reason or "") for r in results if not r.ok)
+    same_client = jobs_db.claim(engine, ids[1], worker="w9", client="c-x", **options)
+    assert same_client.ok
+    second = jobs_db.claim(engine, ids[2], worker="w9", client="c-x", **options)
+    assert not second.ok and second.busy  # per-client limit (and the total of 2 is reached)
+    engine.dispose()
+
+
+def test_a_stored_visualization_is_never_overwritten(db_copy) -> None:
+    engine = make_engine(db_copy, create=False)
+    with session_factory(engine)() as s:
+        neuron_id = s.scalar(select(Neuron.id).limit(1))
+        png = b"\x89PNG first"
+        assert jobs_db.store_images(s, neuron_id, [("positive", png, 8, 1.0, {"precomputed": True})])
+        assert not jobs_db.store_images(s, neuron_id, [("positive", b"\x89PNG later", 8, 9.0, {})])
+        where = FeatureVisualization.neuron_id == neuron_id
+        rows = s.scalars(select(FeatureVisualization).where(where)).all()
+        assert [(r.objective, r.settings) for r in rows] == [(1.0, {"precomputed": True})]
+    engine.dispose()
