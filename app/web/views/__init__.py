@@ -27,6 +27,7 @@ VIEW_MODULES: list[str] = [
     "app.web.views.multimodal",  # multimodal neurons view (issue 6)
     "app.web.views.exports",  # bulk downloads (issue 18)
     "app.web.views.lists",  # lists and comparisons of units (issue 18)
+    "app.web.views.embed",  # link previews, /embed/ cards, oEmbed (issue 18)
 ]
 
 #: (label, path) of the header's navigation.
