@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: system packages (Chromium for browser tests, DejaVu fonts), a Python 3.11
+# Set up a fresh machine: system packages (Chromium for browser tests, DejaVu fonts, PostgreSQL and
+# docker-compose for their tests), a Python 3.11
 # virtual environment with torch and the project (editable, with test extras).
 set -euo pipefail
 PYTHON="${1:-python3.11}"
@@ -9,6 +10,10 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   missing=()
   [ -x /usr/bin/chromium ] || missing+=(chromium)
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
+  # PostgreSQL server binaries: the PostgreSQL tests start a throw-away cluster (tests/pg_support.py)
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  # docker-compose (v1, Debian): the compose-file tests run `docker-compose config` per profile
+  command -v docker-compose >/dev/null || missing+=(docker-compose)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     apt-get update -q

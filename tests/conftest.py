@@ -2,6 +2,8 @@
 
 * ``demo_loaded``: ``load_model(ModelSpec.parse("demo"))`` on the CPU (session-scoped).
 * ``rn50_random`` / ``vit_b32_random``: real architectures with seeded random weights.
+* ``pg_cluster`` / ``pg_url``: a throw-away PostgreSQL server / a new database on it
+  (:mod:`tests.pg_support`; skipped when the server binaries are missing).
 * ``tiny_db``: a real SQLite file indexed by ``run_activations`` (demo model, ``demo:48``,
   top-k 8, batch 16, sample 48); an object with ``.url`` (SQLAlchemy URL) and ``.path``.
   Session-scoped and shared: treat it as read-only (copy the file to modify it).
@@ -20,6 +22,8 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+from tests.pg_support import pg_cluster, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)
 
 TINY_DATASET = "demo:48"
 TINY_TOP_K = 8

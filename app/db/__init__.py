@@ -9,11 +9,15 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.db.schema import Base, Blob
+from app.db.schema import Blob
 
 
 def make_engine(url: str, *, create: bool = True) -> Engine:
-    """An engine for ``url``; SQLite gets WAL mode and foreign keys. Creates tables if asked."""
+    """An engine for ``url``; SQLite gets WAL mode and foreign keys.
+
+    ``create``: make the schema current (:func:`app.db.migrations.ensure_schema`): a fresh
+    database gets every table and is stamped at the newest migration; an older one is upgraded.
+    """
     if url.startswith("sqlite:///") and create:
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -25,7 +29,9 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
     if url.startswith("sqlite"):
         event.listen(engine, "connect", _sqlite_pragmas)
     if create:
-        Base.metadata.create_all(engine)
+        from app.db.migrations import ensure_schema  # imports Alembic: only for writers
+
+        ensure_schema(engine)
     return engine
 
 
