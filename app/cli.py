@@ -42,6 +42,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("precompute", "words"), "precompute.words:add_arguments:run", "rendered-word responses per neuron"),
     (("precompute", "labels"), "precompute.labels:add_arguments:run",
      "automatic labels and multimodality"),
+    (("precompute", "summaries"), "precompute.summaries:add_arguments:run",
+     "what neuron pages need (sample columns, related units), computed once"),
     (("labels", "import"), "precompute.labels_io:add_import_arguments:run_import",
      "import labels from a CSV/TSV file"),
     (("labels", "set"), "precompute.labels_io:add_set_arguments:run_set", "set a manual label"),
@@ -75,6 +77,7 @@ demo build stays inside 10 minutes on a 2-core CPU (measured on a quiet host: 8 
 9 min 17 s with 4)."""
 DEMO_STAGES: list[list[str]] = [
     ["precompute", "activations", "--model", "demo", "--dataset", "demo:2000"],
+    ["precompute", "summaries"],
     ["precompute", "featurevis", "--diversity", str(DEMO_DIVERSITY)],
     ["precompute", "words"],
     ["precompute", "labels"],

@@ -287,3 +287,18 @@ class LabelEvidence(Base):
     n_positive: Mapped[int] = mapped_column(default=0)
     tag_source: Mapped[str | None] = mapped_column(String(40))
     histogram: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class NeuronSummary(Base):
+    """Per neuron: what its page needs, precomputed by ``precompute summaries`` (issue 15).
+
+    ``sample`` is the neuron's column of its layer's activation sample (float16, the sample's
+    image order), so a page reads a few KB instead of the whole layer matrix; ``data`` holds the
+    related units ``{"related": {"method": "direction"|"correlation", "units": [[unit, sim], ...]}}``.
+    """
+
+    __tablename__ = "neuron_summaries"
+    neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id"), primary_key=True)
+    layer_id: Mapped[int] = mapped_column(ForeignKey("layers.id"), index=True)
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    sample: Mapped[bytes | None] = mapped_column(LargeBinary)

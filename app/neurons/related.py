@@ -78,3 +78,36 @@ def related_units(session: Session, layer: Layer, unit: int, k: int = 8) -> list
     if sample is None or unit >= sample[1].shape[1] or sample[1].shape[0] < 3:
         return []
     return most_correlated(sample[1], unit, k)
+
+
+def _top_k_rows(sim: np.ndarray, k: int) -> list[list[tuple[int, float]]]:
+    """For each row of a square similarity matrix: the ``k`` best other columns (finite only)."""
+    sim = np.where(np.isfinite(sim), sim, -np.inf)
+    np.fill_diagonal(sim, -np.inf)
+    k = min(k, max(sim.shape[1] - 1, 0))
+    if k <= 0:
+        return [[] for _ in range(sim.shape[0])]
+    part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    out = []
+    for row, cols in enumerate(part):
+        vals = sim[row, cols]
+        order = np.lexsort((cols, -vals))
+        out.append([(int(cols[i]), float(vals[i])) for i in order if np.isfinite(vals[i])])
+    return out
+
+
+def all_related_by_direction(directions: np.ndarray, k: int = 16) -> list[list[tuple[int, float]]]:
+    """Every unit's ``k`` most similar units by direction cosine (as :func:`most_similar_directions`)."""
+    d = np.asarray(directions, np.float32)
+    d = d / np.maximum(np.linalg.norm(d, axis=1, keepdims=True), 1e-12)
+    return _top_k_rows(d @ d.T, k)
+
+
+def all_related_by_correlation(values: np.ndarray, k: int = 16) -> list[list[tuple[int, float]]]:
+    """Every unit's ``k`` most correlated units over the sample (as :func:`most_correlated`)."""
+    x = np.asarray(values, np.float64)
+    x = (x - x.mean(0)).astype(np.float32)
+    norms = np.sqrt((x * x).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (x.T @ x) / np.outer(norms, norms)
+    return _top_k_rows(r, k)

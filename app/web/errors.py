@@ -71,6 +71,15 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
     return error_response(request, 422, "; ".join(parts) or "invalid request")
 
 
+async def _live_error(request: Request, exc: Exception) -> Response:
+    """Any live-model error that no view caught (busy, timeout, not running) is a 503 with
+    ``Retry-After`` on every route, never a 500."""
+    from app.live.context import live_http_error
+
+    http = live_http_error(exc)  # type: ignore[arg-type]
+    return error_response(request, http.status_code, str(http.detail), dict(http.headers or {}))
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s", request.url.path, exc_info=exc)
     return error_response(request, 500, "Something went wrong on our side; the error was logged.")
@@ -79,4 +88,7 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    from app.live.runner import LiveError
+
+    app.add_exception_handler(LiveError, _live_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -45,6 +45,11 @@ def link_header(url: str, rel: str = "alternate", mime: str = "application/json"
 
 def _clean(value: Any) -> Any:
     """Make data JSON-safe: NaN/inf → null, numpy scalars → Python numbers."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:  # fast path (most values)
+        return value
+    if kind is dict:
+        return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
@@ -57,10 +62,12 @@ def _clean(value: Any) -> Any:
 
 
 class SafeJSONResponse(JSONResponse):
-    """JSON with NaN/inf as null and a stable, readable layout."""
+    """JSON with NaN/inf as null and a stable, compact layout."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(_clean(content), ensure_ascii=False, allow_nan=False, indent=1).encode()
+        # compact: ``indent`` would switch json to its pure-Python encoder (5-10x slower on a page)
+        data = _clean(content)
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
 
 
 def respond(

@@ -7,10 +7,10 @@ The PNG has one pixel per grid cell; the browser upscales it over the thumbnail 
 from __future__ import annotations
 
 import base64
-import io
+import struct
+import zlib
 
 import numpy as np
-from PIL import Image
 
 # "inferno"-like anchors (position, r, g, b); interpolated into a 256-entry table.
 _ANCHORS = np.array(
@@ -40,11 +40,28 @@ def heatmap_rgba(heatmap: np.ndarray, scale: float) -> np.ndarray:
     return rgba
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def rgba_png(rgba: np.ndarray) -> bytes:
+    """A small (H, W, 4) uint8 array as PNG bytes (8-bit RGBA, no filter; ~10x faster than Pillow
+    with ``optimize=True`` on a 9x9 map, and as small)."""
+    h, w = rgba.shape[:2]
+    pixels = np.ascontiguousarray(rgba, np.uint8).reshape(h, w * 4)
+    rows = np.concatenate([np.zeros((h, 1), np.uint8), pixels], 1)  # filter byte 0 per row
+    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows.tobytes(), 9))
+        + _chunk(b"IEND", b"")
+    )
+
+
 def heatmap_data_uri(heatmap: np.ndarray, scale: float) -> str:
     """The overlay as a ``data:image/png;base64,...`` URI."""
-    buffer = io.BytesIO()
-    Image.fromarray(heatmap_rgba(heatmap, scale), "RGBA").save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(rgba_png(heatmap_rgba(heatmap, scale))).decode("ascii")
 
 
 def colour_bar_stops(n: int = 6) -> list[tuple[float, str]]:

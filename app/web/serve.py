@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
+    parser.add_argument("--workers", type=int, default=1,
+                        help="uvicorn worker processes sharing the index (default: %(default)s; each "
+                             "loads its own live model unless --no-live)")  # fmt: skip
     parser.add_argument("--cors", action="store_true",
                         help="send Access-Control-Allow-Origin: * on JSON answers (off by default)")
     parser.add_argument("--trusted-hosts", default=None, metavar="HOSTS",
@@ -71,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
     from app.web.app import create_app
 
     settings = settings_from_args(args)
+    workers = getattr(args, "workers", 1) or 1
+    if workers < 1 or workers > MAX_WORKERS:
+        print(f"conceptscope serve: error: --workers must be 1..{MAX_WORKERS}", file=sys.stderr)
+        return 2
+    if workers > 1:
+        return _run_workers(args, settings, workers)
     try:
         app = create_app(settings, live_runner=build_live_runner(settings), freeze_gc=True)
     except FileNotFoundError as exc:
@@ -79,3 +88,42 @@ def run(args: argparse.Namespace) -> int:
     print(f"Conceptscope: serving {settings.db_url} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
     return 0
+
+
+MAX_WORKERS = 64
+WORKER_ARGS_ENV = "CONCEPTSCOPE_SERVE_ARGS"
+
+
+def _run_workers(args: argparse.Namespace, settings: Settings, workers: int) -> int:
+    """``uvicorn --workers N``: each worker process builds its own app (:func:`worker_app`) over
+    the same index (SQLite opened read-only by every worker, or PostgreSQL)."""
+    import json
+    import os
+
+    import uvicorn
+
+    from app.web.app import sqlite_path
+
+    path = sqlite_path(settings.db_url)
+    if path is not None and not path.exists():
+        print(f"conceptscope serve: error: no index database at {path}", file=sys.stderr)
+        return 2
+    plain = {k: v for k, v in vars(args).items() if isinstance(v, str | int | float | bool | type(None))}
+    os.environ[WORKER_ARGS_ENV] = json.dumps(plain)
+    print(f"Conceptscope: serving {settings.db_url} on http://{args.host}:{args.port} "
+          f"with {workers} worker processes", flush=True)  # fmt: skip
+    uvicorn.run("app.web.serve:worker_app", factory=True, workers=workers, host=args.host, port=args.port,
+                log_level=args.log_level, proxy_headers=True)  # fmt: skip
+    return 0
+
+
+def worker_app() -> Any:
+    """The app of one worker process (uvicorn factory), from the arguments ``serve`` was given."""
+    import json
+    import os
+
+    from app.web.app import create_app
+
+    args = argparse.Namespace(**json.loads(os.environ[WORKER_ARGS_ENV]))
+    settings = settings_from_args(args)
+    return create_app(settings, live_runner=build_live_runner(settings), freeze_gc=True)

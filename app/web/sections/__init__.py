@@ -32,6 +32,7 @@ class NeuronContext:
     examples: list[Example]
     sample: np.ndarray | None  # this unit's column of the layer's activation sample
     live_runner: Any = None
+    summary: Any = None  # app.db.summaries.Summary (precomputed), or None for an older index
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from app.db.meaning import concept_profile
-from app.db.schema import ActivationSample
+from app.db.summaries import sample_image_ids
 from app.neurons.plots import condprob_plot
 from app.web.sections import NeuronContext
 
@@ -13,11 +13,13 @@ from app.web.sections import NeuronContext
 def load(ctx: NeuronContext) -> dict[str, object] | None:
     if ctx.sample is None:
         return None
-    sample = ctx.session.get(ActivationSample, ctx.layer.id)
     profile = concept_profile(ctx.session, ctx.layer)
-    if sample is None or profile is None or len(sample.image_ids) != len(ctx.sample):
+    if profile is None:
         return None
-    tags = [profile.image_tags.get(int(i), []) for i in sample.image_ids]
+    image_ids = sample_image_ids(ctx.session, ctx.layer)  # not the layer's whole sample matrix
+    if image_ids is None or len(image_ids) != len(ctx.sample):
+        return None
+    tags = [profile.image_tags.get(int(i), []) for i in image_ids]
     plot = condprob_plot(ctx.sample, tags)
     if plot is None:
         return None

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from app.db.meaning import unit_summaries
-from app.neurons.related import DIRECTION, related_units
+from app.neurons.related import DIRECTION, RelatedUnit, related_units
 from app.web.sections import NeuronContext
 
 K = 8
 
 
 def load(ctx: NeuronContext) -> dict[str, object] | None:
-    related = related_units(ctx.session, ctx.layer, ctx.neuron.unit, K)
+    summary = ctx.summary
+    if summary is not None and summary.related_method:
+        related = [RelatedUnit(u, s, summary.related_method) for u, s in summary.related[:K]]
+    elif summary is not None:
+        related = []
+    else:  # an index without precomputed summaries: computed here, in memory, nothing written
+        related = related_units(ctx.session, ctx.layer, ctx.neuron.unit, K)
     if not related:
         return None
     summaries = unit_summaries(ctx.session, ctx.layer, [r.unit for r in related])
@@ -18,6 +24,7 @@ def load(ctx: NeuronContext) -> dict[str, object] | None:
     method = related[0].method
     return {
         "method": method,
+        "precomputed": summary is not None,
         "explanation": (
             "cosine similarity of the neurons' directions in the image-text embedding space"
             if method == DIRECTION

@@ -15,6 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.db import queries
+from app.db.summaries import neuron_summary
 from app.web import sections as neuron_sections
 from app.web.charts import histogram
 from app.web.deps import ReadSession
@@ -62,10 +63,15 @@ def neuron_page(
     urls = request.app.state.urls
     slug, name = model_row.slug, layer_row.name
     examples = queries.top_examples(session, neuron, layer_row)
-    sample = queries.sample_column(session, layer_row, neuron.unit)
+    summary = neuron_summary(session, neuron)  # precomputed: a few KB, whatever the index size
+    if summary is not None and summary.sample is not None:
+        sample = summary.sample
+    else:  # an index without summaries (or no sample): read the column from the layer's sample
+        sample = queries.sample_column(session, layer_row, neuron.unit)
     prev_unit, next_unit = queries.neighbour_units(session, layer_row, neuron.unit)
     ctx = NeuronContext(
-        session, urls, model_row, layer_row, neuron, examples, sample, request.app.state.live_runner
+        session, urls, model_row, layer_row, neuron, examples, sample, request.app.state.live_runner,
+        summary,
     )
     sections = load_sections(ctx)
     scale = max((e.value for e in examples), default=0.0)
@@ -122,7 +128,7 @@ def neuron_page(
         "histogram": hist.as_json() if hist else None,
         "sections": {section.name: section_data for section, section_data in sections},
     }
-    overlays = [heatmap_data_uri(e.heatmap, scale) for e in examples]
+    overlays = [heatmap_data_uri(e.heatmap, scale) for e in examples] if fmt != "json" else []
     return respond(
         request,
         "neuron.html",
