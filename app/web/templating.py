@@ -43,6 +43,13 @@ SORT_LABELS = {
 }
 
 
+def absolute_url(request: Any, path: str) -> str:
+    """``path`` (or an absolute URL) as an absolute URL on the server that got ``request``."""
+    if "://" in path:
+        return path
+    return str(request.base_url).rstrip("/") + path
+
+
 def install_template_helpers(app: FastAPI) -> None:
     env = app.state.templates.env
     env.globals["urls"] = app.state.urls
@@ -50,6 +57,7 @@ def install_template_helpers(app: FastAPI) -> None:
     env.globals["serves"] = app.state.route_paths.__contains__  # serves("/models/{model}/...")
     env.globals["is_htmx"] = is_htmx
     env.globals["live_runner"] = app.state.live_runner
+    env.globals["absolute_url"] = absolute_url
     env.filters["num"] = num
     env.globals["SORT_LABELS"] = SORT_LABELS
     env.trim_blocks = True
