@@ -54,6 +54,7 @@ from app.db.schema import (
 from app.models import LayerInfo, LoadedModel, ModelSpec, load_model
 from app.neurons.capture import run_visual, spatial_maps
 from app.neurons.directions import unit_directions
+from precompute import distributed
 from precompute.datasets import (
     Batch,
     BatchLoader,
@@ -938,6 +939,8 @@ def run(args: argparse.Namespace) -> int:
     except (DatasetError, ValueError) as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)
         return 2
+    if not distributed.env_context().is_writer:  # rank 0 reports for the whole job
+        return 0
     if result.status == "already-done":
         print(f"{result.model} on {result.dataset}: already indexed (nothing to do)")
     else:

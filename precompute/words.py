@@ -9,7 +9,9 @@ Default vocabulary: the whole-word entries (``...</w>``) of open_clip's bundled 
 that are alphabetic and at least 3 letters, the ~10,000 most frequent (merge order is frequency
 order), plus the demo concepts for the demo model. ``--vocab FILE`` (one word or phrase a line)
 replaces it. Resumable: the running top-N is checkpointed in the ``runs`` row; a finished run
-with the same parameters is a no-op.
+with the same parameters is a no-op. Under ``torchrun`` each rank renders every N-th chunk of the
+vocabulary (checkpointed in its own part row) and rank 0 merges the ranks' top words exactly
+(value descending, ties to the earlier word) and writes them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -29,13 +30,14 @@ import torch
 from sqlalchemy import delete, insert, select
 from tqdm import tqdm
 
-from app.config import DEFAULT_DATA_DIR, best_device, db_url_from_arg
+from app.config import DEFAULT_DATA_DIR, db_url_from_arg
 from app.db import make_engine, session_factory
-from app.db.schema import Neuron, NeuronWord, Run, utcnow
+from app.db.schema import Neuron, NeuronWord, Run
 from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons.capture import run_visual, spatial_maps
 from app.neurons.vocabulary import DEFAULT_VOCAB_SIZE, bpe_words
-from precompute.runs import find_or_start_run
+from precompute import distributed
+from precompute.runs import checkpoint_run, drop_parts, finish_run, params_hash, part_stage, start_run
 
 STAGE = "words"
 DEFAULT_TOP = 20
@@ -129,11 +131,23 @@ class TopWords:
         return state
 
 
-def params_hash(params: dict[str, object]) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+def merge_top_words(states: list[TopWords], k: int) -> TopWords:
+    """The ranks' top words merged exactly: value descending, ties to the earlier word."""
+    merged = TopWords({name: v.shape[1] for name, v in states[0].values.items()}, k)
+    for name in merged.values:
+        values, indices, _ = distributed.merge_topk(
+            [s.values[name].T for s in states],
+            [s.indices[name].T for s in states],
+            [s.indices[name].T for s in states],
+            k,
+        )
+        n = min(k, values.shape[1])
+        merged.values[name] = values[:, :n].T.contiguous()
+        merged.indices[name] = indices[:, :n].T.contiguous()
+    return merged
 
 
-def compute_words(
+def run_words(
     db_url: str,
     *,
     model: str | None = None,
@@ -149,6 +163,10 @@ def compute_words(
     from precompute.featurevis import pick_model
 
     started = time.perf_counter()
+    ctx = distributed.context()
+    if ctx.distributed and stop_after_batches is not None:
+        raise ValueError("stop_after_batches is not supported under torchrun (kill the job instead)")
+    progress = progress and ctx.is_writer
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     try:
@@ -156,7 +174,7 @@ def compute_words(
             model_row = pick_model(session, model if loaded is None else loaded.spec.slug)
             layer_rows = {row.name: (row.id, row.n_units) for row in model_row.layers}
         if loaded is None:
-            device = best_device() if device == "auto" else device
+            device = distributed.device_for(ctx, device)
             loaded = load_model(ModelSpec(model_row.name, model_row.pretrained), device)
         words = list(vocab) if vocab is not None else default_vocabulary(loaded.spec.is_demo)
         if not words:
@@ -171,19 +189,36 @@ def compute_words(
             "layers": list(units),
             "renderer": "app.neurons.render.render_text",
         }
-        digest = params_hash(params)
+        model_id = model_row.id
+        if ctx.is_writer:
+            with sessions.begin() as session:
+                start_run(session, model_id, STAGE, params, {"position": 0, "n_words": len(words)})
+        distributed.barrier(ctx)
         with sessions.begin() as session:
-            run = find_or_start_run(
-                session, model_row.id, STAGE, params, digest, {"position": 0, "n_words": len(words)}
+            run = session.scalar(
+                select(Run).where(
+                    Run.model_id == model_id, Run.stage == STAGE, Run.params_hash == params_hash(params)
+                )
             )
-            run_id, status, saved = run.id, run.status, run.state
+            run_id, status = run.id, run.status
+            part = run
+            if ctx.distributed and status != "done":
+                part = start_run(session, model_id, part_stage(STAGE, ctx.rank, ctx.world), params, {})
+            part_id, saved = part.id, part.state
         if status == "done":
             return WordsReport(model_row.slug, "already-done", len(words), time.perf_counter() - started)
 
         state = TopWords.from_bytes(saved, units, top) if saved else TopWords(units, top)
+        chunks = distributed.my_share(list(range(0, len(words), batch)), ctx)
+        if ctx.distributed:  # a fixed grid of chunks, every N-th one
+            todo = [start for start in chunks if start >= state.position]
+        else:  # resume where the checkpoint stopped (whatever the batch size was then)
+            todo = chunks = list(range(state.position, len(words), batch))
+        left = sum(len(words[start : start + batch]) for start in todo)
+        mine = sum(len(words[start : start + batch]) for start in chunks) if ctx.distributed else len(words)
         bar = tqdm(
-            total=len(words),
-            initial=state.position,
+            total=mine,
+            initial=mine - left,
             unit="word",
             disable=not progress,
             desc=f"words {model_row.slug}",
@@ -192,7 +227,7 @@ def compute_words(
         last = time.monotonic()
         batches = 0
         try:
-            for start in range(state.position, len(words), batch):
+            for start in todo:
                 chunk = words[start : start + batch]
                 state.merge({k: v for k, v in word_values(loaded, chunk).items() if k in units}, start)
                 bar.update(len(chunk))
@@ -201,15 +236,22 @@ def compute_words(
                     return WordsReport(
                         model_row.slug, "interrupted", len(words), time.perf_counter() - started
                     )
-                if time.monotonic() - last > CHECKPOINT_SECONDS and state.position < len(words):
+                if time.monotonic() - last > CHECKPOINT_SECONDS and start != todo[-1]:
                     with sessions.begin() as session:
-                        row = session.get(Run, run_id)
-                        row.state = state.to_bytes()
-                        row.progress = {"position": state.position, "n_words": len(words)}
+                        at = {"position": state.position, "n_words": len(words)}
+                        checkpoint_run(session, part_id, state.to_bytes(), at)
                     last = time.monotonic()
         finally:
             bar.close()
 
+        if ctx.distributed:  # keep this rank's share, then merge on rank 0
+            with sessions.begin() as session:
+                checkpoint_run(session, part_id, state.to_bytes(), {"position": state.position})
+            states = distributed.gather(state, ctx)
+            if states is None:
+                distributed.barrier(ctx)
+                return WordsReport(model_row.slug, "done", len(words), time.perf_counter() - started)
+            state = merge_top_words(states, top)
         with sessions.begin() as session:
             for name, (layer_id, _) in layer_rows.items():
                 if name not in units:
@@ -232,12 +274,16 @@ def compute_words(
                 ]
                 if rows:
                     session.execute(insert(NeuronWord), rows)
-            row = session.get(Run, run_id)
-            row.status, row.state, row.finished_at = "done", None, utcnow()
-            row.progress = {"position": len(words), "n_words": len(words)}
+            finish_run(session, run_id, {"position": len(words), "n_words": len(words)})
+            if ctx.distributed:
+                drop_parts(session, model_id, STAGE, params_hash(params))
+        distributed.barrier(ctx)
         return WordsReport(model_row.slug, "done", len(words), time.perf_counter() - started)
     finally:
         engine.dispose()
+
+
+compute_words = run_words  # the stage's former name (kept for callers)
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -262,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         vocab = read_vocab(args.vocab) if args.vocab else None
         if args.top < 1 or args.batch < 1:
             raise ValueError("--top and --batch must be at least 1")
-        report = compute_words(
+        report = run_words(
             db_url_from_arg(args.db),
             model=args.model,
             vocab=vocab,
@@ -274,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)
         return 2
+    if not distributed.env_context().is_writer:  # rank 0 reports for the whole job
+        return 0
     if report.status == "already-done":
         print(f"{report.model}: top words already computed for this vocabulary ({report.n_words} words)")
     else:
