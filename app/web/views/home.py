@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from app.db import queries
 from app.web.deps import ReadSession
 from app.web.formats import respond
+from app.web.modelcard import provenance
 
 router = APIRouter()
 
@@ -26,6 +27,7 @@ def home_data(request: Request, session: Session) -> dict[str, object]:
                 "slug": model.slug,
                 "name": model.name,
                 "pretrained": model.pretrained,
+                "provenance": provenance(model.name, model.pretrained, urls.model_card(model.slug)),
                 "embed_dim": model.embed_dim,
                 "image_size": model.image_size,
                 "n_layers": len(layers),
@@ -66,6 +68,10 @@ def home_json(request: Request, session: ReadSession) -> Response:
 def _home(request: Request, session: Session, fmt: str | None) -> Response:
     urls = request.app.state.urls
     return respond(
-        request, "home.html", home_data(request, session), fmt=fmt, json_url=urls.home("json"),
+        request,
+        "home.html",
+        home_data(request, session),
+        fmt=fmt,
+        json_url=urls.home("json"),
         html_url=urls.home(),
     )

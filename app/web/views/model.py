@@ -7,8 +7,10 @@ from fastapi.responses import Response
 
 from app.db import queries
 from app.web.deps import ReadSession
+from app.web.errors import NotFound
 from app.web.formats import respond, split_format
 from app.web.lookup import find_model
+from app.web.modelcard import card_path, provenance, render_markdown
 
 router = APIRouter()
 
@@ -29,6 +31,11 @@ def model_page(model: str, request: Request, session: ReadSession) -> Response:
             "embed_dim": row.embed_dim,
             "image_size": row.image_size,
             "config": row.config,
+            "provenance": provenance(row.name, row.pretrained, urls.model_card(row.slug)),
+        },
+        "exports": {
+            table: {ext: urls.export(row.slug, table, ext) for ext in ("jsonl", "csv", "parquet")}
+            for table in ("units", "labels", "examples", "words")
         },
         "layers": [
             {
@@ -62,4 +69,30 @@ def model_page(model: str, request: Request, session: ReadSession) -> Response:
         json_url=urls.model(row.slug, "json"),
         html_url=urls.model(row.slug),
         context={"title": row.slug, "current_model": row.slug},
+    )
+
+
+@router.get("/models/{model}/card")
+def model_card(model: str, request: Request, session: ReadSession) -> Response:
+    """The model card of a model that has one (the bundled demo); ``.../card.json`` for JSON."""
+    row = find_model(session, model)
+    fmt = None
+    path = card_path(row.name)
+    if path is None:
+        raise NotFound(f"Model {row.slug!r} has no model card in this installation.")
+    urls = request.app.state.urls
+    text = path.read_text(encoding="utf-8")
+    data = {"model": {"slug": row.slug, "name": row.name, "url": urls.model(row.slug)}, "markdown": text}
+    return respond(
+        request,
+        "model_card.html",
+        data,
+        fmt=fmt,
+        json_url=urls.model(row.slug, "json"),
+        html_url=urls.model_card(row.slug),
+        context={
+            "title": f"Model card · {row.slug}",
+            "current_model": row.slug,
+            "card_html": render_markdown(text),
+        },
     )
