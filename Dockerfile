@@ -1,5 +1,10 @@
-# Conceptscope server image (CPU). For GPUs, build FROM an image with CUDA and pass --device cuda.
+# Conceptscope server image. CPU torch wheels by default (a smaller image); for NVIDIA GPUs build
+# with CUDA wheels: `docker build --build-arg TORCH_INDEX_URL=https://pypi.org/simple -t conceptscope:gpu .`
+# (docker-compose's `gpu` profile does) and run with `--gpus all`.
+# The same image serves (SQLite or PostgreSQL via --db / CONCEPTSCOPE_DB), runs precompute stages
+# and `conceptscope db upgrade` / `db copy`; psycopg (binary) is a dependency, so no libpq is needed.
 FROM python:3.11-slim
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN apt-get update && apt-get install -y --no-install-recommends fonts-dejavu-core make \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/conceptscope
@@ -8,7 +13,7 @@ COPY app ./app
 COPY precompute ./precompute
 COPY templates ./templates
 COPY static ./static
-RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1 \
+RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
     && pip install --no-cache-dir -e .
 ENV CONCEPTSCOPE_DATA_DIR=/data
 VOLUME ["/data"]
