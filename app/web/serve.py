@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"conceptscope serve: error: {exc}", file=sys.stderr)
         return 2
     print(f"Conceptscope: serving {settings.db_url} on http://{args.host}:{args.port}", flush=True)
+    from app.web.uploads import tune_malloc
+
+    tune_malloc()  # before uvicorn starts its threads: freed upload buffers go back to the system
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, proxy_headers=True)
     return 0
 

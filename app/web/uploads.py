@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import threading
 import time
 import warnings
@@ -137,19 +138,17 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
         if exc.status == 413 and declared <= DRAIN_MAX_BYTES:
             await _drain(stream)
         raise
-    chunks: list[bytes] = []
-    received = 0
+    body = bytearray()  # grows in place: no list of chunks plus a joined copy
     try:
         async for chunk in stream:
-            received += len(chunk)
-            if received > limit:
-                chunks.clear()
+            if len(body) + len(chunk) > limit:
+                del body[:]
                 await _drain(stream)
                 raise too_large(limit)
-            chunks.append(chunk)
+            body += chunk
     except ClientDisconnect as exc:
         raise UploadError(400, "The client disconnected before the upload was complete.") from exc
-    return b"".join(chunks)
+    return bytes(body)
 
 
 async def _drain(stream: Any) -> None:
@@ -419,3 +418,23 @@ def downscale(image: Image.Image, max_side: int) -> Image.Image:
 def centre_square(image: Image.Image, side: int) -> Image.Image:
     """The centred square crop the model sees (shortest side resized to ``side``)."""
     return ImageOps.fit(image, (side, side), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 1024 * 1024) -> bool:
+    """Keep a server's RSS close to what it uses (glibc only; call before threads start):
+    at most ``arenas`` malloc arenas (one per thread by default: 40 worker threads each keep
+    freed upload buffers), and a fixed mmap threshold so that large buffers (decoded images,
+    request bodies) are returned to the system when freed instead of fragmenting the heap."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        m_arena_max, m_mmap_threshold = -8, -3
+        arenas_ok = bool(libc.mallopt(m_arena_max, arenas))
+        return arenas_ok and bool(libc.mallopt(m_mmap_threshold, mmap_threshold))
+    except (OSError, AttributeError):
+        return False
