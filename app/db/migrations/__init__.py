@@ -124,6 +124,9 @@ def _adopt(conn: Connection) -> None:
 
 
 def _lock(conn: Connection) -> None:
-    """On PostgreSQL, serialise schema set-up between processes (e.g. torchrun ranks)."""
+    """Serialise schema set-up between processes (e.g. torchrun ranks starting together):
+    a transaction-scoped advisory lock on PostgreSQL, a write transaction on SQLite."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    elif conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
