@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from app.db import queries
 from app.web.deps import ReadSession
-from app.web.formats import SafeJSONResponse, respond
+from app.web.formats import SafeJSONResponse, html_page, respond
 
 router = APIRouter()
 log = logging.getLogger("conceptscope.web")
@@ -80,3 +80,19 @@ def versions_json(request: Request) -> Response:
     urls = request.app.state.urls
     return respond(request, "versions.html", versions_data(request), fmt="json",
                    json_url=urls.versions("json"), html_url=urls.versions())
+
+
+@router.get("/-/docs", include_in_schema=False)
+def api_docs(request: Request) -> Response:
+    """The API docs: vendored Swagger UI over ``/-/openapi.json`` (nothing loaded from elsewhere)."""
+    urls = request.app.state.urls
+    version = urls.static_dir / "vendor" / "swagger-ui" / "VERSION"
+    return html_page(
+        request,
+        "docs.html",
+        {
+            "title": "API docs",
+            "openapi_url": request.app.openapi_url or "/-/openapi.json",
+            "swagger_version": " ".join(version.read_text().split()[:2]) if version.exists() else "",
+        },
+    )
