@@ -52,15 +52,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "evaluate the demo CLIP on held-out renderings"),
     (("export",), "app.db.export:add_arguments:run",
      "export units, labels, top examples and words (jsonl, csv or parquet)"),
+    (("eval-labels",), "precompute.eval_labels:add_arguments:run",
+     "title labels against the demo's ground truth (or a --ground-truth-csv)"),
     (("eval-featurevis",), "precompute.featurevis_quality:add_arguments:run",
      "feature-visualization quality checks on the demo CLIP"),
-    (("db", "upgrade"), "app.db.commands:add_upgrade_arguments:run_upgrade",
-     "migrate a database to the newest schema (Alembic)"),
-    (("db", "current"), "app.db.commands:add_current_arguments:run_current",
-     "a database's schema revision (exit 1 if not the newest)"),
-    (("db", "copy"), "app.db.commands:add_copy_arguments:run_copy",
-     "copy an index into an empty database (e.g. SQLite to PostgreSQL)"),
-    (("dataset", "shard"), "precompute.shards:add_arguments:run",
+    (("dataset", "shard"), "precompute.shard_writer:add_arguments:run",
      "write webdataset tar shards from an image folder or list"),
     (("db", "upgrade"), "app.db.commands:add_upgrade_arguments:run_upgrade",
      "migrate a database to the newest schema (Alembic)"),
@@ -143,7 +139,12 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _has(target: str) -> bool:
-    return importlib.util.find_spec(target.split(":")[0]) is not None
+    """Whether a registered command's module exists: it must, so a missing one raises (a typo or a
+    deleted module in ``COMMANDS`` is a bug, never a silently absent command)."""
+    module = target.split(":")[0]
+    if importlib.util.find_spec(module) is None:
+        raise ModuleNotFoundError(f"COMMANDS in app/cli.py names {module}, which does not exist", name=module)
+    return True
 
 
 def _demo_marker(db: Path) -> Path:
