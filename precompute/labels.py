@@ -41,11 +41,13 @@ from app.db.schema import (
     ConceptProfile,
     Image,
     Label,
+    LabelEvidence,
     Layer,
     Model,
     Neuron,
     Run,
     TopExample,
+    UnitMultimodality,
     utcnow,
 )
 from app.models import LoadedModel, ModelSpec, load_model
@@ -54,6 +56,8 @@ from app.neurons import multimodality as mm
 from app.neurons import zeroshot
 
 STAGE = "labels"
+METHOD = "tag-auc+held-out-evidence+dprime-multimodality"
+"""Changes the stage's parameters hash when the labelling method changes (issue 16)."""
 EMBED_BATCH = 64
 CHECKPOINT_EVERY = 20  # batches between embedding checkpoints
 
@@ -245,6 +249,7 @@ def _params(
         "k": options.k,
         "pretrained": model.pretrained,
         "activations": activations,
+        "method": METHOD,
     }
 
 
@@ -285,6 +290,8 @@ def label_model(
 
     n_labelled = 0
     for layer in tqdm(layers, desc=f"{model.slug}: labels", unit="layer", disable=not options.progress):
+        if samples.get(layer.id) is not None:
+            continue  # labelled below from the sample's concept tags, with held-out evidence
         neurons = top_ids.get(layer.id, {})
         ids = sorted(neurons)
         rows = [[row_of[i] for i in neurons[nid] if i in row_of] for nid in ids]
@@ -303,23 +310,42 @@ def label_model(
     tags, tag_source = _image_tags(session, spec, loaded, sample_ids, emb, row_of, concepts, concept_emb)
     infos = [loaded.layer(layer.name) for layer in layers if samples.get(layer.id) is not None]
     render = word_renderer(spec)
-    words = mm.word_responses(loaded, infos, concepts, render)
+    renderings = mm.word_rendering_responses(loaded, infos, concepts, render)
     word_blobs = [_png_blob(session, render(c)[0]) for c in concepts]
+    groups = concept_groups(spec, concepts)
+    candidates = label_candidates(concepts, tag_source)
     scored = []
     for layer in layers:
         sample = samples.get(layer.id)
         if sample is None:
             continue
-        values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units))
+        values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units)).astype(np.float32)
         image_tags = [tags.get(int(i), []) for i in sample.image_ids]
+        words = renderings[layer.name]
         means, counts = mm.concept_image_means(values, image_tags, concepts)
-        scores = mm.multimodality_scores(means, words[layer.name])
-        for neuron in session.scalars(select(Neuron).where(Neuron.layer_id == layer.id)):
-            value = scores[neuron.unit] if neuron.unit < len(scores) else np.nan
-            neuron.multimodality = None if not np.isfinite(value) else round(float(value), 4)
+        correlation = mm.preference_correlation(means, words.mean(1))
+        picture_d = mm.picture_dprimes(values, image_tags, concepts)
+        word_d = mm.word_dprimes(words, groups)
+        scores, best = mm.multimodal_dprime_scores(picture_d, word_d, mm.alive_units(values))
+        neurons = {n.unit: n for n in session.scalars(select(Neuron).where(Neuron.layer_id == layer.id))}
+        ids = [n.id for n in neurons.values()]
+        session.execute(delete(UnitMultimodality).where(UnitMultimodality.neuron_id.in_(ids)))
+        for unit, neuron in neurons.items():
+            ok = unit < len(scores) and np.isfinite(scores[unit])
+            neuron.multimodality = round(float(scores[unit]), 4) if ok else None
+            c = int(best[unit]) if unit < len(best) else -1
+            session.add(UnitMultimodality(
+                neuron_id=neuron.id, concept=concepts[c] if ok and c >= 0 else None,
+                score=neuron.multimodality,
+                picture_d=_finite(picture_d[c, unit]) if c >= 0 else None,
+                word_d=_finite(word_d[c, unit]) if c >= 0 else None,
+                correlation=_finite(correlation[unit]) if unit < len(correlation) else None,
+            ))  # fmt: skip
+        n_labelled += _tag_labels(session, neurons, values, sample.image_ids, image_tags, candidates,
+                                  tag_source, options.k)  # fmt: skip
         session.merge(ConceptProfile(
             layer_id=layer.id, source=tag_source, concepts=list(concepts), image_counts=counts,
-            image_means=to_bytes(means, "float32"), word_values=to_bytes(words[layer.name], "float32"),
+            image_means=to_bytes(means, "float32"), word_values=to_bytes(words.mean(1), "float32"),
             word_blobs=word_blobs, image_tags={str(int(i)): tags.get(int(i), []) for i in sample.image_ids},
             created_at=utcnow(),
         ))  # fmt: skip
@@ -332,6 +358,76 @@ def label_model(
     run_row.progress = {**(run_row.progress or {}), "labelled": n_labelled, "multimodality": scored}
     session.commit()
     return LabelsReport(model.slug, "done", n_labelled, len(concepts), tag_source, scored)
+
+
+def _finite(x: float) -> float | None:
+    return round(float(x), 4) if np.isfinite(x) else None
+
+
+def concept_groups(spec: ModelSpec, concepts: Sequence[str]) -> list[list[int]] | None:
+    """Concept kinds whose words are compared with each other (demo: colours, shapes)."""
+    if not spec.is_demo:
+        return None
+    from precompute import demo_world
+
+    index = {c: i for i, c in enumerate(concepts)}
+    groups = [[index[c] for c in kind if c in index] for kind in (demo_world.COLOURS, demo_world.SHAPES)]
+    rest = [i for c, i in index.items() if c not in demo_world.CONCEPTS]
+    return [g for g in [*groups, rest] if g]
+
+
+def label_candidates(concepts: Sequence[str], tag_source: str) -> list[str]:
+    """Concept tags a unit can be labelled with: pictures of each concept, and with ground truth
+    its written word too (``"red (text)"``)."""
+    if tag_source == "ground-truth":
+        return [*concepts, *(mm.text_tag(c) for c in concepts)]
+    return list(concepts)
+
+
+def _tag_labels(
+    session: Session,
+    neurons: dict[int, Neuron],
+    values: np.ndarray,
+    image_ids: Sequence[int],
+    image_tags: list[list[str]],
+    candidates: list[str],
+    tag_source: str,
+    k: int,
+) -> int:
+    """Automatic labels chosen on one half of the sample (best AUC), evidence on the other half
+    for them and for every imported or manual label that names a candidate concept."""
+    held = labelling.held_out(list(image_ids))
+    positives = labelling.tag_positives(image_tags, candidates)
+    fit_auc = labelling.auc_matrix(values[~held], positives[:, ~held])
+    ids = [n.id for n in neurons.values()]
+    session.execute(delete(Label).where(Label.source == labelling.AUTO_SOURCE, Label.neuron_id.in_(ids)))
+    session.execute(delete(LabelEvidence).where(LabelEvidence.neuron_id.in_(ids)))
+    existing: dict[int, set[str]] = {}
+    for nid, text in session.execute(select(Label.neuron_id, Label.label).where(Label.neuron_id.in_(ids))):
+        existing.setdefault(nid, set()).add(text)
+    index = {c.lower(): i for i, c in enumerate(candidates)}
+    labelled = 0
+    for unit, neuron in neurons.items():
+        if unit >= values.shape[1]:
+            continue
+        column = np.nan_to_num(fit_auc[:, unit], nan=-1.0)
+        order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if column[j] >= 0]
+        for rank, j in enumerate(order):
+            session.add(Label(neuron_id=neuron.id, label=candidates[j], source=labelling.AUTO_SOURCE,
+                              score=round(float(column[j]), 4), rank=rank))  # fmt: skip
+        labelled += bool(order)
+        texts = {candidates[j] for j in order} | existing.get(neuron.id, set())
+        for text in texts:
+            j = index.get(text.lower())
+            if j is None:
+                continue
+            ev = labelling.evidence(values[held, unit], positives[j, held])
+            session.add(LabelEvidence(
+                neuron_id=neuron.id, label=text, auc=ev.auc, p_value=ev.p_value, precision=ev.precision,
+                n_images=ev.n_images, n_positive=ev.n_positive, tag_source=tag_source,
+                histogram=ev.histogram,
+            ))  # fmt: skip
+    return labelled
 
 
 def _top_example_ids(session: Session, layer_ids: list[int], top: int) -> dict[int, dict[int, list[int]]]:

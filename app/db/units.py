@@ -82,19 +82,24 @@ def unit_summaries(
     if not ids:
         return out
     best: dict[int, tuple[Any, ...]] = {}
+    from app.db.evidence import evidence_for, title_key  # issue 16: only backed labels are titles
+
+    evidence = evidence_for(session, ids)
     for nid, text, source, score, rank in session.execute(
         select(Label.neuron_id, Label.label, Label.source, Label.score, Label.rank).where(
             Label.neuron_id.in_(list(ids))
         )
     ):
         unit = ids[nid]
-        key = label_order(source, rank, score)
+        ev = evidence.get((nid, text.lower()))
+        key = title_key(source_rank(source), rank, score, ev.auc if ev else None)
         out[unit].labels.append(text)
         if unit not in best or key < best[unit][0]:
             best[unit] = (key, text, source, score)
-    for unit, (_key, text, source, score) in best.items():
-        s = out[unit]
-        s.label, s.label_source, s.label_score = text, source, score
+    for unit, (key, text, source, score) in best.items():
+        if key[0] == 0:  # a weak or unevidenced label is listed, never the title
+            s = out[unit]
+            s.label, s.label_source, s.label_score = text, source, score
     for nid, sha, mime, w, h in session.execute(
         select(TopExample.neuron_id, Blob.sha256, Blob.mime, Blob.width, Blob.height)
         .join(Image, Image.id == TopExample.image_id)

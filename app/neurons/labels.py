@@ -101,3 +101,90 @@ def best_concepts(scores: np.ndarray, concepts: Sequence[str], k: int = 3) -> li
         [ConceptScore(concepts[j], float(scores[i, j]), float(z[i, j])) for j in order[i]]
         for i in range(scores.shape[0])
     ]
+
+
+# ------------------------------------------------------------------------- label evidence (issue 16)
+
+BACKED_AUC = 0.75
+"""A label is *backed* (may be a unit's title) when its held-out AUC reaches this."""
+TOP_PRECISION = 20
+HIST_BINS = 12
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """How well a neuron's activation picks out images of a label's concept (held-out images)."""
+
+    auc: float | None
+    p_value: float | None
+    precision: float | None  # share of the concept among the neuron's top-20 held-out images
+    n_images: int
+    n_positive: int
+    histogram: dict[str, list[float]]
+
+    @property
+    def backed(self) -> bool:
+        return self.auc is not None and self.auc >= BACKED_AUC
+
+
+def held_out(image_ids: Sequence[int]) -> np.ndarray:
+    """Deterministic half split of the sample: ``True`` for held-out images (evidence), ``False``
+    for the half that chooses automatic labels. A fixed hash of the image id, so the split is the
+    same in every run and for every layer."""
+    ids = np.asarray(image_ids, dtype=np.uint64)
+    mixed = (ids * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    return (mixed & np.uint64(1)).astype(bool)
+
+
+def auc_matrix(values: np.ndarray, positives: np.ndarray) -> np.ndarray:
+    """``(concepts, units)`` AUC (Mann–Whitney U / n₊n₋, ties counted half) of every unit's
+    ``values`` ``(images, units)`` for every boolean row of ``positives`` ``(concepts, images)``."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(values, axis=0)  # (images, units), ties averaged
+    n = values.shape[0]
+    out = np.full((positives.shape[0], values.shape[1]), np.nan, np.float32)
+    for ci, pos in enumerate(positives):
+        n_pos = int(pos.sum())
+        n_neg = n - n_pos
+        if n_pos and n_neg:
+            u = ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2
+            out[ci] = u / (n_pos * n_neg)
+    return out
+
+
+def evidence(values: np.ndarray, positive: np.ndarray, top: int = TOP_PRECISION) -> Evidence:
+    """The evidence of one unit (``values``: its activations on the held-out images) for one
+    concept (``positive``: which of those images show it)."""
+    from scipy.stats import mannwhitneyu
+
+    values = np.asarray(values, np.float64)
+    positive = np.asarray(positive, bool)
+    n, n_pos = len(values), int(positive.sum())
+    if n_pos == 0 or n_pos == n:
+        return Evidence(None, None, None, n, n_pos, {})
+    a, b = values[positive], values[~positive]
+    test = mannwhitneyu(a, b, alternative="greater")
+    auc = float(test.statistic) / (len(a) * len(b))
+    order = np.argsort(-values, kind="stable")[: min(top, n)]
+    precision = float(positive[order].mean())
+    lo, hi = float(values.min()), float(values.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, HIST_BINS + 1)
+    hist = {
+        "edges": [round(float(e), 4) for e in edges],
+        "positive": [round(float(x), 4) for x in np.histogram(a, edges)[0] / len(a)],
+        "negative": [round(float(x), 4) for x in np.histogram(b, edges)[0] / len(b)],
+    }
+    return Evidence(round(auc, 4), float(test.pvalue), round(precision, 4), n, n_pos, hist)
+
+
+def tag_positives(tags: Sequence[Sequence[str]], concepts: Sequence[str]) -> np.ndarray:
+    """``(concepts, images)``: which images carry each concept tag (case-insensitive)."""
+    index = {c.lower(): i for i, c in enumerate(concepts)}
+    out = np.zeros((len(concepts), len(tags)), bool)
+    for row, image_tags in enumerate(tags):
+        for t in image_tags:
+            i = index.get(t.lower())
+            if i is not None:
+                out[i, row] = True
+    return out

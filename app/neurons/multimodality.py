@@ -1,18 +1,22 @@
-"""Multimodality: does a neuron respond to the same concept in pictures and in written words?
+"""Multimodality: does a neuron respond strongly to the same concept in pictures *and* in written words?
 
-Per neuron, across concepts ``c``: ``x_c`` = its mean response to *pictures* of ``c`` (images
-tagged ``c`` that carry no written word), ``y_c`` = its response to the word ``c`` rendered as
-an image of text. The multimodality score is the correlation across concepts of the neuron's
-*concept preferences* in the two modalities (in [-1, 1]): each side is z-scored across concepts
-and passed through ``exp(z / T)`` (a softmax up to scale, ``T`` = :data:`TEMPERATURE`), then the
-two are Pearson-correlated. A neuron that fires for red things *and* for the word "red", but
-not for green things or the word "green", scores near 1.
+The **score** of a unit is ``max over concepts c of min(d′ pictures(c), d′ words(c))``, the way
+``eval-demo`` counts a multimodal concept:
 
-Why the preference transform: plain Pearson correlation of the raw responses (``T → ∞``, pass
-``temperature=None``) is dominated by broad trends (e.g. a yellow neuron that also likes green
-pictures but not the word "green"), so on the demo model it ranks the neurons ``eval-demo``
-names as multimodal only around the top 10–20 %; comparing which concepts each modality
-*prefers* puts them in the top decile (see ``tests/test_meaning.py``).
+* ``d′ pictures(c)``: the unit's activations on pictures of ``c`` (images tagged ``c`` that carry
+  no written word) against pictures of other concepts, in pooled standard deviations of the unit
+  (so it is relative to the unit's own spread, not to its raw scale);
+* ``d′ words(c)``: its responses to the word ``c`` rendered as text on a plain background (several
+  fonts and neutral inks, never a concept colour) against the renderings of the other concept
+  words.
+
+A unit scores high only when it responds strongly to both the pictures and the word of the
+*same* concept (that concept is stored with the score). Dead or near-constant units (sample
+standard deviation below :data:`DEAD_FRACTION` of the layer's median) get no score.
+
+The older score, the correlation across concepts of the unit's picture and word *preferences*
+(:func:`preference_correlation`), is kept as a secondary figure: it is blind to size (a unit
+whose response to the word "red" is below its own dataset mean could still correlate at 0.99).
 
 Image tags: ``"red"`` for a picture of the concept, ``"red (text)"`` for its written word.
 Demo images get tags from their ground truth (``images.meta``); other datasets from zero-shot
@@ -33,14 +37,23 @@ if TYPE_CHECKING:
     from app.models import LayerInfo, LoadedModel
 
 TEXT_SUFFIX = " (text)"
+DRAWING_SUFFIX = " (drawing)"
 MIN_IMAGES_PER_CONCEPT = 3
 MIN_CONCEPTS = 4
 TEMPERATURE = 0.5
+DEAD_FRACTION = 0.05
+"""A unit whose sample std is below this share of its layer's median std counts as dead."""
+EPS = 1e-6
 
 
 def text_tag(concept: str) -> str:
     """The tag of an image showing ``concept`` as written text."""
     return f"{concept}{TEXT_SUFFIX}"
+
+
+def drawing_tag(concept: str) -> str:
+    """The tag of a demo outline drawing of ``concept`` (kept apart from its pictures)."""
+    return f"{concept}{DRAWING_SUFFIX}"
 
 
 def is_text_tag(tag: str) -> bool:
@@ -52,8 +65,10 @@ def demo_tags(meta: Mapping[str, Any], concepts: Sequence[str]) -> list[str]:
     modality = meta.get("modality")
     known = set(concepts)
     tags: list[str] = []
-    if modality in ("object", "drawing", "labelled_object"):
+    if modality in ("object", "labelled_object"):
         tags += [c for c in (meta.get("colour"), meta.get("shape")) if c in known]
+    if modality == "drawing":  # a third modality (outline drawings), not a picture of the object
+        tags += [drawing_tag(c) for c in (meta.get("colour"), meta.get("shape")) if c in known]
     if modality in ("text", "labelled_object") and meta.get("word"):
         tags += [text_tag(w) for w in str(meta["word"]).lower().split() if w in known]
     return tags
@@ -165,3 +180,115 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         r = (x * y).sum(0) / denom
     r[~(denom > 1e-12)] = np.nan
     return r
+
+
+# --------------------------------------------------------------------------- the d′ score
+
+
+def word_rendering_responses(
+    loaded: LoadedModel,
+    layers: Sequence[LayerInfo],
+    words: Sequence[str],
+    render: Callable[[str], Sequence[Image.Image]],
+    batch: int = 64,
+) -> dict[str, np.ndarray]:
+    """``layer -> (words, renderings, units)``: each unit's spatial-max response to every rendering
+    ``render(word)`` returns (every word must get the same number of renderings)."""
+    from app.neurons.capture import layer_maps
+    from app.neurons.zeroshot import preprocess_batch
+
+    images: list[Image.Image] = []
+    per_word = None
+    for word in words:
+        ims = list(render(word))
+        if per_word is None:
+            per_word = len(ims)
+        if len(ims) != per_word or not ims:
+            raise ValueError("every word needs the same, non-zero number of renderings")
+        images += ims
+    out: dict[str, list[np.ndarray]] = {layer.name: [] for layer in layers}
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = preprocess_batch(loaded, images[start : start + batch])
+            for name, m in layer_maps(loaded, x, layers).items():
+                out[name].append(m.amax(dim=(2, 3)).float().cpu().numpy())
+    r = per_word or 0
+    return {name: np.concatenate(v).reshape(len(words), r, -1).astype(np.float32) for name, v in out.items()}
+
+
+def dprime(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """d′ per column: (mean positive − mean negative) / pooled std (NaN when either side is empty)."""
+    if len(positive) == 0 or len(negative) == 0:
+        return np.full(positive.shape[1], np.nan, np.float32)
+    pooled = np.sqrt(0.5 * (positive.var(0) + negative.var(0))) + EPS
+    return ((positive.mean(0) - negative.mean(0)) / pooled).astype(np.float32)
+
+
+def picture_dprimes(
+    values: np.ndarray,
+    tags: Sequence[Sequence[str]],
+    concepts: Sequence[str],
+    min_images: int = MIN_IMAGES_PER_CONCEPT,
+) -> np.ndarray:
+    """``(concepts, units)`` d′ of pictures of each concept (no written words) against pictures
+    of the other concepts; NaN rows where a concept has fewer than ``min_images`` pictures."""
+    known = set(concepts)
+    pictures = [
+        i for i, t in enumerate(tags) if any(x in known for x in t) and not any(is_text_tag(x) for x in t)
+    ]
+    out = np.full((len(concepts), values.shape[1]), np.nan, np.float32)
+    if not pictures:
+        return out
+    v = values[pictures].astype(np.float32)
+    for ci, c in enumerate(concepts):
+        mask = np.array([c in tags[i] for i in pictures])
+        if mask.sum() >= min_images and (~mask).sum() >= min_images:
+            out[ci] = dprime(v[mask], v[~mask])
+    return out
+
+
+def word_dprimes(renderings: np.ndarray, groups: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """``(concepts, units)`` d′ of the renderings of each concept word against those of the
+    other concept words of its group (``renderings`` is ``(concepts, renderings, units)``;
+    ``groups``: lists of concept indices of the same kind, e.g. colours and shapes; default one
+    group), the way ``eval-demo`` compares a colour word with the other colour words."""
+    c = renderings.shape[0]
+    groups = [list(range(c))] if groups is None else [list(g) for g in groups]
+    out = np.full((c, renderings.shape[2]), np.nan, np.float32)
+    for group in groups:
+        for ci in group:
+            others = [renderings[j] for j in group if j != ci]
+            if others:
+                out[ci] = dprime(renderings[ci], np.concatenate(others))
+    return out
+
+
+def alive_units(values: np.ndarray, fraction: float = DEAD_FRACTION) -> np.ndarray:
+    """Units whose sample std reaches ``fraction`` of the layer's median std (and is non-zero)."""
+    std = values.astype(np.float32).std(0)
+    median = float(np.median(std)) if std.size else 0.0
+    return (std > EPS) & (std >= fraction * median)
+
+
+def multimodal_dprime_scores(
+    picture_d: np.ndarray, word_d: np.ndarray, alive: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit: ``max_c min(d′ pictures, d′ words)`` and the index of that concept (-1: none).
+
+    Concepts without a picture d′ are skipped; dead units (``~alive``) and units without any
+    concept get NaN."""
+    both = np.minimum(picture_d, word_d)
+    both = np.where(np.isfinite(both), both, -np.inf)
+    best = both.argmax(0)
+    score = both[best, np.arange(both.shape[1])].astype(np.float32)
+    ok = np.isfinite(score) & alive
+    score[~ok] = np.nan
+    best = np.where(ok, best, -1)
+    return score, best
+
+
+def preference_correlation(
+    image_means: np.ndarray, word_values: np.ndarray, min_concepts: int = MIN_CONCEPTS
+) -> np.ndarray:
+    """The secondary figure: correlation across concepts of picture and word preferences."""
+    return multimodality_scores(image_means, word_values, min_concepts)

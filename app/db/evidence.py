@@ -1,0 +1,71 @@
+"""Label evidence (issue 16): which label a unit may carry as its title, and why.
+
+A label is *backed* when its held-out AUC (table ``label_evidence``, written by ``precompute
+labels``) reaches :data:`app.neurons.labels.BACKED_AUC`. The title of a unit is its best backed
+label (manual, then imported, then automatic); a label without evidence, or with weak evidence,
+never wins by default: it is listed as weak, and the unit then has no title.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.schema import LabelEvidence
+from app.neurons.labels import BACKED_AUC
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    """The evidence of one label text on one neuron (see :class:`app.db.schema.LabelEvidence`)."""
+
+    auc: float | None
+    p_value: float | None
+    precision: float | None
+    n_images: int
+    n_positive: int
+    tag_source: str | None
+    histogram: dict[str, Any]
+
+    @property
+    def backed(self) -> bool:
+        return self.auc is not None and self.auc >= BACKED_AUC
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "auc": self.auc,
+            "p_value": self.p_value,
+            "precision_top20": self.precision,
+            "n_images": self.n_images,
+            "n_positive": self.n_positive,
+            "tag_source": self.tag_source,
+            "backed": self.backed,
+            "weak": not self.backed,
+        }
+
+
+def evidence_for(session: Session, neuron_ids: Iterable[int]) -> dict[tuple[int, str], EvidenceRow]:
+    """``(neuron_id, label text lower-cased) -> EvidenceRow`` for the given neurons."""
+    ids = sorted({int(i) for i in neuron_ids})
+    out: dict[tuple[int, str], EvidenceRow] = {}
+    for start in range(0, len(ids), 900):
+        chunk = ids[start : start + 900]
+        for row in session.scalars(select(LabelEvidence).where(LabelEvidence.neuron_id.in_(chunk))):
+            out[(row.neuron_id, row.label.lower())] = EvidenceRow(
+                row.auc, row.p_value, row.precision, row.n_images, row.n_positive, row.tag_source,
+                dict(row.histogram or {}),
+            )  # fmt: skip
+    return out
+
+
+def is_backed(auc: float | None) -> bool:
+    return auc is not None and auc >= BACKED_AUC
+
+
+def title_key(source_rank: int, rank: int, score: float | None, auc: float | None) -> tuple[Any, ...]:
+    """Sort key of a label as a unit's title: backed labels first, then source, rank, score."""
+    return (0 if is_backed(auc) else 1, source_rank, rank, -(score or 0.0))
