@@ -166,6 +166,7 @@ def limit_seconds(loaded, layer, n: int, size: int, steps: int, visual=None) -> 
     import torch
 
     from app.neurons import featurevis as fv
+    from app.neurons.capture import run_visual
 
     visual = visual or loaded.visual
     x = torch.rand(n, 3, size, size, requires_grad=True)
@@ -174,7 +175,7 @@ def limit_seconds(loaded, layer, n: int, size: int, steps: int, visual=None) -> 
         started = time.perf_counter()
         for _ in range(steps):
             x.grad = None
-            raw = fv.forward_to(visual, x, [layer])[layer.name]
+            raw = run_visual(visual, x, [layer], detach=False)[layer.name]
             fv.unit_means(raw, layer, units).sum().backward()
         return time.perf_counter() - started
 

@@ -8,16 +8,15 @@ Everything is measured on held-out renderings of :mod:`precompute.demo_world`
 * typographic attack rate: objects of colour A labelled with the word for colour B classified
   as B (and the same for shapes);
 * for each concept, d′ of every last-block neuron (pre-ReLU residual sum of the last Bottleneck
-  of ``visual.layer4``, max over positions) for the concept against the other concepts of its
-  kind, on objects, text and drawings; the concept's multimodal neuron maximises
-  min(d′ objects, d′ text).
+  of ``visual.layer4``, max over positions, read with :mod:`app.models.hooks`) for the concept
+  against the other concepts of its kind, on objects, text and drawings; the concept's
+  multimodal neuron maximises min(d′ objects, d′ text).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.models.demo import last_block, load_demo_model, to_tensor
+from app.models.hooks import hooks
 from precompute import demo_world as world
 
 THRESHOLD = 1.5
@@ -37,7 +38,8 @@ KINDS: dict[str, tuple[str, ...]] = {"colour": world.COLOURS, "shape": world.SHA
 
 @dataclass
 class EvalResult:
-    """Measured figures; ``multimodal_neurons[c] = (unit, d_obj, d_text, d_draw)``."""
+    """Measured figures; ``multimodal_neurons[c] = (unit, d_obj, d_text, d_draw)``; ``layer`` is the
+    last block's module path in the CLIP model (``visual.layer4.N``)."""
 
     accuracy: dict[str, dict[str, float]]
     typographic: dict[str, dict[str, float]]
@@ -61,46 +63,11 @@ class EvalResult:
 # ----------------------------------------------------------------------------------- utilities
 
 
-def load_demo_model(weights: str | Path | None = None) -> tuple[torch.nn.Module, Any]:
-    """The demo model with shipped (or given) fp16 weights, in fp32 eval mode, and its tokenizer."""
-    from app.models import load_state_file
-    from precompute.train_demo import DEFAULT_OUT, WEIGHTS_NAME, config_dir_for, create_model
-
-    path = Path(weights or DEFAULT_OUT / WEIGHTS_NAME)
-    model, tokenizer = create_model(config_dir_for(path))
-    load_state_file(model, path)
-    model.eval()
-    return model, tokenizer
-
-
-def last_block(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
-    """Name and module of the last Bottleneck of ``visual.layer4``."""
-    layer4 = model.visual.layer4
-    idx = len(layer4) - 1
-    return f"visual.layer4.{idx}", layer4[idx]
-
-
-@contextmanager
-def capture_last_block(model: torch.nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Collect the pre-ReLU residual sum (input of ``act3``) of the last block, max over space."""
-    out: list[torch.Tensor] = []
-    _, block = last_block(model)
-
-    def hook(_mod: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        out.append(inputs[0].detach().clone().amax(dim=(2, 3)))  # act3 is in-place: clone
-
-    handle = block.act3.register_forward_pre_hook(hook)
-    try:
-        yield out
-    finally:
-        handle.remove()
-
-
-def _to_tensor(images: list[Any], preprocess: Callable[[Any], torch.Tensor] | None) -> torch.Tensor:
+def _to_tensor(
+    model: torch.nn.Module, images: list[Any], preprocess: Callable[[Any], torch.Tensor] | None
+) -> torch.Tensor:
     if preprocess is None:
-        from precompute.train_demo import to_tensor
-
-        return to_tensor(images, world.IMAGE_SIZE)
+        return to_tensor(images, world.IMAGE_SIZE, model)
     return torch.stack([preprocess(im) for im in images])
 
 
@@ -111,13 +78,14 @@ def encode_images(
     preprocess: Callable[[Any], torch.Tensor] | None = None,
     batch: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised image embeddings, last-block neuron values) of ``images``."""
+    """(normalised image embeddings, last-block neuron values: max over positions) of ``images``."""
     feats, acts = [], []
-    with capture_last_block(model) as captured:
+    neurons = f"{last_block(model)}.act3:in"
+    with hooks(model.visual, [neurons], transform=lambda v: v.amax(dim=(2, 3))) as captured:
         for i in range(0, len(images), batch):
-            x = _to_tensor(images[i : i + batch], preprocess)
+            x = _to_tensor(model, images[i : i + batch], preprocess)
             feats.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1))
-        acts = captured
+            acts.append(captured[neurons])
     return torch.cat(feats), torch.cat(acts).float()
 
 
@@ -228,7 +196,7 @@ def evaluate(
             "true": float((pred == np.array(own)).mean()),
         }
 
-    name, _ = last_block(model)
+    name = f"visual.{last_block(model)}"
     neurons: dict[str, tuple[int, float, float, float]] = {}
     dps: dict[str, np.ndarray] = {}
     for kind, classes in KINDS.items():

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from app.models.registry import WEIGHTS_DIR
+
 if TYPE_CHECKING:
     from app.models import LayerInfo, LoadedModel
 
-CARD = Path(__file__).resolve().parents[1] / "app" / "models" / "weights" / "MODEL_CARD.md"
+CARD = WEIGHTS_DIR / "MODEL_CARD.md"
 
 
 def named_colour_neurons(card: Path = CARD) -> dict[str, int]:
@@ -38,6 +40,7 @@ def named_colour_neurons(card: Path = CARD) -> dict[str, int]:
 
     Read from the model card's facts; measured afresh (10 images per class) when there is no card.
     """
+    from app.models.demo import load_demo_model
     from precompute import eval_demo
     from precompute.demo_world import COLOURS
 
@@ -45,7 +48,7 @@ def named_colour_neurons(card: Path = CARD) -> dict[str, int]:
         facts = json.loads(m.group(1))
         named, threshold = facts["multimodal_neurons"], facts.get("threshold", eval_demo.THRESHOLD)
     else:
-        model, tokenizer = eval_demo.load_demo_model()
+        model, tokenizer = load_demo_model()
         result = eval_demo.evaluate(model, None, tokenizer, n_per_class=10)
         named, threshold = result.multimodal_neurons, result.threshold
     return {c: int(v[0]) for c, v in named.items() if c in COLOURS and min(v[1], v[2]) >= threshold}

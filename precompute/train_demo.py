@@ -1,6 +1,7 @@
 """``conceptscope train-demo``: train the bundled demo CLIP on the synthetic shapes-and-words world.
 
-open_clip ``CLIP`` (ModifiedResNet vision tower, config ``conceptscope-demo``), open_clip's
+open_clip ``CLIP`` (ModifiedResNet vision tower, config ``conceptscope-demo``, built by
+:func:`app.models.demo.create_demo_model`), open_clip's
 ``ClipLoss``, AdamW, linear warm-up then cosine decay, a fixed seed. Batches are rendered on the
 fly from :mod:`precompute.demo_world` (training seed) with no caption content repeated more
 than a few times in one batch, and a curriculum on written words (large, plain words first).
@@ -16,21 +17,18 @@ import multiprocessing
 import re
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from app.models import load_state_file
+from app.models.demo import create_demo_model, last_block, save_weights, to_tensor
+from app.models.hooks import hooks
+from app.models.registry import DEMO_MODEL_NAME, DEMO_WEIGHTS_NAME, WEIGHTS_DIR, demo_config
 from precompute import demo_world as world
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "app" / "models" / "configs"
-MODEL_NAME = "conceptscope-demo"
-DEFAULT_OUT = REPO_ROOT / "app" / "models" / "weights"
-WEIGHTS_NAME = "conceptscope-demo.safetensors"
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
 
 CURRICULUM: tuple[tuple[float, dict[str, Any]], ...] = (
     # (until this fraction of steps, world overrides)
@@ -76,7 +74,7 @@ _STRIP = re.compile(
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``conceptscope train-demo``."""
     parser.add_argument("--steps", type=int, default=4000, help="optimisation steps")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output directory")
     parser.add_argument(
         "--minutes", type=float, default=None,
         help="fit --steps to this time budget (measured during warm-up; reproduce with --steps N)",
@@ -132,42 +130,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init", type=Path, default=None,
         help="fine-tune: start from these weights, on the world's final stage, with fresh images",
     )  # fmt: skip
-
-
-def config_dir_for(weights: Path) -> Path:
-    """Where the config of ``weights`` lives: beside them (experiments) or the shipped one."""
-    beside = Path(weights).parent / f"{MODEL_NAME}.json"
-    return beside.parent if beside.is_file() else CONFIG_DIR
-
-
-def create_model(config_dir: Path = CONFIG_DIR) -> tuple[torch.nn.Module, Any]:
-    """A freshly initialised ``conceptscope-demo`` model (config from ``config_dir``), tokenizer."""
-    import open_clip
-
-    from app.models import register_configs
-
-    register_configs()  # the shipped entry; an experiment's config overrides it for this model only
-    model = open_clip.create_model(MODEL_NAME, **model_config(config_dir))
-    tokenizer = open_clip.get_tokenizer(MODEL_NAME)
-    return model, tokenizer
-
-
-def model_config(config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
-    """The JSON model config."""
-    return json.loads((Path(config_dir) / f"{MODEL_NAME}.json").read_text())
-
-
-def to_tensor(images: list[Any], size: int | None = None) -> torch.Tensor:
-    """PIL images → normalised float tensor (N, 3, H, W), the model's preprocessing."""
-    arrs = []
-    for im in images:
-        if size is not None and im.size != (size, size):
-            im = im.resize((size, size))
-        arrs.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-    x = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def caption_key(caption: str) -> str:
@@ -268,15 +230,6 @@ def lr_at(step: int, steps: int, peak: float, warmup: int) -> float:
     return peak * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def save_weights(model: torch.nn.Module, path: Path) -> None:
-    """fp16 safetensors of ``model.state_dict()``."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path), metadata={"model": MODEL_NAME, "format": "pt"})
-
-
 def plot_loss(losses: list[float], path: Path, evals: list[dict[str, Any]] | None = None) -> None:
     """Loss curve (raw and smoothed) as a PNG, with quick zero-shot checks if given."""
     import matplotlib
@@ -312,28 +265,36 @@ class _LastBlockSparsity:
 
     Per position, the L1/L2 ratio over channels divided by √channels (1 for a flat code,
     1/√channels for a single active unit); scale-free, so it cannot be met by shrinking
-    activations. Averaged over positions and images.
+    activations. Averaged over positions and images. Read at hook name ``layer4.N.act3`` of the
+    vision tower (:mod:`app.models.hooks`) until :meth:`remove`.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
-        block = model.visual.layer4[-1]
-        self._value: torch.Tensor | None = None
-        self._handle = block.act3.register_forward_hook(self._hook)
+        self._name = f"{last_block(model)}.act3"
+        self._hooks = ExitStack()
+        self._store = self._hooks.enter_context(
+            hooks(model.visual, [self._name], detach=False, transform=self._ratio)
+        )
 
-    def _hook(self, _mod: torch.nn.Module, _inp: Any, out: torch.Tensor) -> None:
+    @staticmethod
+    def _ratio(out: torch.Tensor) -> torch.Tensor:
         a = out.float()
         ratio = a.sum(1) / (a.pow(2).sum(1).sqrt() + 1e-6) / math.sqrt(a.shape[1])
-        self._value = ratio.mean()
+        return ratio.mean()
+
+    @property
+    def _value(self) -> torch.Tensor | None:
+        return self._store.get(self._name)
 
     def pop(self) -> torch.Tensor:
         """The penalty of the last forward pass."""
-        value, self._value = self._value, None
+        value = self._store.pop(self._name, None)
         assert value is not None, "no forward pass since the last pop"
         return value
 
     def remove(self) -> None:
         """Remove the hook."""
-        self._handle.remove()
+        self._hooks.close()
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
@@ -343,10 +304,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model, tokenizer = create_model(config_dir_for(Path(args.out) / WEIGHTS_NAME))
+    model, tokenizer = create_demo_model(Path(args.out) / DEMO_WEIGHTS_NAME)
     if args.init:
-        from app.models import load_state_file
-
         load_state_file(model, Path(args.init))
     model.train()
     sparse = _LastBlockSparsity(model) if args.sparsity else None
@@ -428,9 +387,9 @@ def write_model_card(
 ) -> Path:
     """Write ``MODEL_CARD.md`` from the training log and the evaluation."""
     args = log["args"]
-    config = model_config(config_dir_for(out / WEIGHTS_NAME))
+    config = demo_config(out / DEMO_WEIGHTS_NAME)
     cfg = json.dumps(config, indent=2)
-    weights = out / WEIGHTS_NAME
+    weights = out / DEMO_WEIGHTS_NAME
     size_mb = weights.stat().st_size / 1e6 if weights.exists() else float("nan")
     stages = "\n".join(
         f"| until {until:.0%} of steps | {o['word_size'][0]}–{o['word_size'][1]} px | "
@@ -463,7 +422,7 @@ def write_model_card(
 
 A small CLIP (open_clip `CLIP`, ModifiedResNet vision tower) trained {origin} on CPU on the
 synthetic shapes-and-words world of `precompute/demo_world.py`, so that the demo explorer shows
-real multimodal neurons without downloading anything. Weights: `{WEIGHTS_NAME}` (fp16
+real multimodal neurons without downloading anything. Weights: `{DEMO_WEIGHTS_NAME}` (fp16
 safetensors of `model.state_dict()`, {size_mb:.1f} MB). Reproduce with
 `conceptscope train-demo --steps {args["steps"]} --batch {args["batch"]} --seed {args["seed"]}
 --bare-captions {args.get("bare_captions", 0.0)} --sparsity {args.get("sparsity", 0.0)}
@@ -471,7 +430,7 @@ safetensors of `model.state_dict()`, {size_mb:.1f} MB). Reproduce with
 --distractors {args.get("distractors", 0.0)}{init_flag}`;
 evaluate with `conceptscope eval-demo`.
 
-## Model config (`app/models/configs/{MODEL_NAME}.json`)
+## Model config (`app/models/configs/{DEMO_MODEL_NAME}.json`)
 
 ```json
 {cfg}
@@ -590,11 +549,12 @@ def facts_block(model: torch.nn.Module, tokenizer: Any, result: Any) -> str:
 
 def card(out: Path, n: int, threads: int, notes: Path | None = None) -> int:
     """Evaluate the weights in ``out`` and (re)write its model card from ``train_log.json``."""
-    from precompute.eval_demo import evaluate, format_report, load_demo_model
+    from app.models.demo import load_demo_model
+    from precompute.eval_demo import evaluate, format_report
 
     torch.set_num_threads(threads)
     log = json.loads((out / "train_log.json").read_text())
-    model, tokenizer = load_demo_model(out / WEIGHTS_NAME)
+    model, tokenizer = load_demo_model(out / DEMO_WEIGHTS_NAME)
     result = evaluate(model, None, tokenizer, n_per_class=n)
     report = format_report(result)
     print(report)
@@ -610,18 +570,18 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if args.card_only:
         return card(out, args.eval_n, args.threads, args.notes)
-    if args.config and Path(args.config).resolve() != (out / f"{MODEL_NAME}.json").resolve():
-        shutil.copyfile(args.config, out / f"{MODEL_NAME}.json")
-    args.checkpoint = str(out / f".{WEIGHTS_NAME}.partial")
+    if args.config and Path(args.config).resolve() != (out / f"{DEMO_MODEL_NAME}.json").resolve():
+        shutil.copyfile(args.config, out / f"{DEMO_MODEL_NAME}.json")
+    args.checkpoint = str(out / f".{DEMO_WEIGHTS_NAME}.partial")
     res = train(args)
-    save_weights(res["model"], out / WEIGHTS_NAME)
+    save_weights(res["model"], out / DEMO_WEIGHTS_NAME)
     Path(args.checkpoint).unlink(missing_ok=True)
     log = {"losses": res["losses"], "evals": res["evals"], "seconds": res["seconds"],
            "args": {k: v if isinstance(v, int | float | str) else str(v)
                     for k, v in vars(args).items()}}  # fmt: skip
     (out / "train_log.json").write_text(json.dumps(log))
     plot_loss(res["losses"], out / "loss_curve.png", res["evals"])
-    print(f"trained {args.steps} steps in {res['seconds'] / 60:.1f} min → {out / WEIGHTS_NAME}")
+    print(f"trained {args.steps} steps in {res['seconds'] / 60:.1f} min → {out / DEMO_WEIGHTS_NAME}")
     if args.no_card:
         return 0
     return card(out, args.eval_n, args.threads, args.notes)

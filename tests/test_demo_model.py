@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.models.demo import load_demo_model
 from precompute import demo_world as world
 from precompute import eval_demo
 
@@ -29,7 +30,7 @@ def card_facts() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def demo() -> tuple[torch.nn.Module, Any]:
     torch.set_num_threads(1)
-    return eval_demo.load_demo_model(WEIGHTS)
+    return load_demo_model(WEIGHTS)
 
 
 def test_weights_are_small_fp16() -> None:

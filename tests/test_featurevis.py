@@ -16,7 +16,9 @@ from sqlalchemy import func, select
 
 from app.db import make_engine, session_factory
 from app.db.schema import FeatureVisualization, Layer, Neuron, NeuronWord
+from app.models.hooks import run_to
 from app.neurons import featurevis as fv
+from app.neurons.capture import run_visual
 from precompute.featurevis_quality import (
     diagonal_dominance,
     dominant_colour,
@@ -89,8 +91,8 @@ def test_prepared_model_matches_original(demo_loaded) -> None:
     x = torch.rand(2, 3, 64, 64)
     layer = last_layer(demo_loaded)
     with torch.inference_mode():
-        ref = fv.forward_to(demo_loaded.visual, x, [layer])[layer.name]
-        out = fv.forward_to(fast, x, [layer])[layer.name]
+        ref = run_visual(demo_loaded.visual, x, [layer], detach=False)[layer.name]
+        out = run_visual(fast, x, [layer], detach=False)[layer.name]
     assert torch.allclose(ref, out, atol=1e-4 * ref.abs().max().item() + 1e-6)
     assert all(p.requires_grad for p in demo_loaded.visual.parameters())  # original untouched
 
@@ -164,9 +166,8 @@ def test_diversity_term_makes_group_images_differ(demo_loaded) -> None:
 
     def similarity(images: torch.Tensor) -> float:  # what the term penalises, on the final images
         mean, std = fv.normalisation(demo_loaded)
-        probe = fv.module_layer("layer2")
         with torch.inference_mode():
-            acts = fv.forward_to(demo_loaded.visual, (images - mean) / std, [probe])[probe.name]
+            acts = run_to(demo_loaded.visual, (images - mean) / std, ["layer2"])["layer2"]
         return float(fv.gram_diversity(acts, torch.zeros(3, dtype=torch.long), 1))
 
     assert similarity(diverse.images) < similarity(plain.images)
@@ -202,7 +203,7 @@ def test_vit_mlp_neurons_use_patch_tokens() -> None:
     # objective = mean over patch tokens only (CLS excluded)
     mean, std = fv.normalisation(vit)
     with torch.inference_mode():
-        raw = fv.forward_to(vit.visual, (r.images - mean) / std, [layer])[layer.name]
+        raw = run_visual(vit.visual, (r.images - mean) / std, [layer], detach=False)[layer.name]
     patches = raw[:, 1:, :]
     expected = [float(patches[i, :, u].mean()) for i, u in enumerate([0, 1])]
     assert r.objectives == pytest.approx(expected, rel=1e-4, abs=1e-5)

@@ -124,13 +124,13 @@ def test_demo_experiment_weights_bring_their_own_config(tmp_path):
     """``demo:PATH`` builds the config saved beside PATH; the shipped ``demo`` is unaffected."""
     from safetensors.torch import save_file
 
-    from precompute.train_demo import create_model
+    from app.models.demo import create_demo_model
 
     config = json.loads((CONFIG_DIR / "conceptscope-demo.json").read_text())
     config["vision_cfg"]["layers"] = [1, 1, 1, 2]
     (tmp_path / "conceptscope-demo.json").write_text(json.dumps(config))
-    model, _ = create_model(tmp_path)
     weights = tmp_path / "conceptscope-demo.safetensors"
+    model, _ = create_demo_model(weights)
     save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, str(weights))
 
     experiment = load_model(ModelSpec.parse("demo", str(weights)))

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from app.models import CONFIG_DIR, DEMO_WEIGHTS, DEMO_WEIGHTS_NAME
+from app.models.demo import create_demo_model
 from precompute import demo_world as world
 from precompute import train_demo
 
@@ -43,7 +45,7 @@ def test_batch_stream_writes_distractor_words() -> None:
 
 
 def test_sparsity_penalty_is_scale_free_and_removes_its_hook() -> None:
-    model, _ = train_demo.create_model()
+    model, _ = create_demo_model()
     model.eval()
     penalty = train_demo._LastBlockSparsity(model)  # noqa: SLF001
     x = torch.randn(2, 3, world.IMAGE_SIZE, world.IMAGE_SIZE)
@@ -62,7 +64,7 @@ def test_sparsity_penalty_is_scale_free_and_removes_its_hook() -> None:
 
 @pytest.mark.slow
 def test_tiny_training_run_writes_weights_card_and_curve(tmp_path: Path) -> None:
-    config = json.loads((train_demo.CONFIG_DIR / "conceptscope-demo.json").read_text())
+    config = json.loads((CONFIG_DIR / "conceptscope-demo.json").read_text())
     config["vision_cfg"]["layers"] = [1, 1, 1, 2]
     src = tmp_path / "deeper.json"
     src.write_text(json.dumps(config))
@@ -95,7 +97,7 @@ def test_fine_tune_stream_reads_fresh_images_from_the_final_stage() -> None:
 def test_fine_tune_starts_from_the_given_weights(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    shipped = train_demo.DEFAULT_OUT / train_demo.WEIGHTS_NAME
+    shipped = DEMO_WEIGHTS
     out = tmp_path / "tune"
     args = ["--init", str(shipped), "--steps", "1", "--batch", "16", "--lr", "1e-12", "--warmup", "1",
             "--out", str(out), "--threads", "1", "--workers", "0", "--eval-every", "0", "--eval-n", "2",
@@ -104,7 +106,7 @@ def test_fine_tune_starts_from_the_given_weights(tmp_path: Path) -> None:
     log = json.loads((out / "train_log.json").read_text())
     # a random model's contrastive loss on 16 pairs is about ln 16 = 2.77; the trained one's is far lower
     assert log["losses"][0] < 0.5 * math.log(16)
-    before, after = load_file(str(shipped)), load_file(str(out / train_demo.WEIGHTS_NAME))
+    before, after = load_file(str(shipped)), load_file(str(out / DEMO_WEIGHTS_NAME))
     assert before.keys() == after.keys()
     moved = max(float((before[k].float() - after[k].float()).abs().max()) for k in before
                 if before[k].is_floating_point() and "running_" not in k)

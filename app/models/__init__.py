@@ -2,13 +2,15 @@
 
 A model is an open_clip model: an architecture ``name`` (``RN50x4``, ``ViT-B-32``,
 ``conceptscope-demo``) plus a ``pretrained`` source (an open_clip tag such as ``openai``,
-a local checkpoint file, or ``None`` for random weights). ``load_model`` returns the model
-with its preprocess, tokenizer and the layers Conceptscope indexes.
+a local checkpoint file, or ``None`` for random weights). :func:`create_model` is the one factory
+(open_clip's, with our configs of :mod:`app.models.registry`); :func:`load_model` returns the
+model with its preprocess, tokenizer and the layers Conceptscope indexes. The demo model's own
+helpers (training batches, fp16 weights) are in :mod:`app.models.demo`; the capture API in
+:mod:`app.models.hooks`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -20,12 +22,26 @@ from typing import Any
 import torch
 from torch import nn
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DEMO_SLUG = "demo"
-DEMO_MODEL_NAME = "conceptscope-demo"
-DEMO_WEIGHTS = WEIGHTS_DIR / "conceptscope-demo.safetensors"
-RANDOM = "random"
+from app.models.hooks import run_to
+from app.models.registry import (
+    CONFIG_DIR,
+    DEMO_MODEL_NAME,
+    DEMO_SLUG,
+    DEMO_WEIGHTS,
+    DEMO_WEIGHTS_NAME,
+    RANDOM,
+    WEIGHTS_DIR,
+    demo_config,
+    demo_config_beside,
+    register_configs,
+)
+
+__all__ = [
+    "CONFIG_DIR", "DEMO_MODEL_NAME", "DEMO_SLUG", "DEMO_WEIGHTS", "DEMO_WEIGHTS_NAME", "RANDOM",
+    "WEIGHTS_DIR", "LayerInfo", "LoadedModel", "ModelLoadError", "ModelSpec", "create_model",
+    "demo_config", "demo_config_beside", "indexed_layers", "load_model", "load_state_file", "mean_std",
+    "register_configs",
+]  # fmt: skip
 
 
 class ModelLoadError(RuntimeError):
@@ -80,6 +96,12 @@ class LayerInfo:
     grid: tuple[int, int]  # spatial map (H, W) at the model's input resolution
     is_last: bool  # last block: neurons have an exact direction in embedding space
 
+    @property
+    def hook_name(self) -> str:
+        """Where :mod:`app.models.hooks` reads this layer: the input of ``hook`` for a ResNet block
+        (``layer4.0.act3:in``), its output for a ViT MLP (``...mlp.gelu``)."""
+        return f"{self.hook}:in" if self.kind == "resnet_block" else self.hook
+
 
 @dataclass
 class LoadedModel:
@@ -119,12 +141,29 @@ class LoadedModel:
         raise KeyError(name)
 
 
-def register_configs() -> None:
-    """Make our bundled model configs (``conceptscope-demo``) known to open_clip."""
+def create_model(
+    name: str, pretrained: str | None = None, *, config: dict[str, Any] | None = None
+) -> nn.Module:
+    """The one model factory: ``open_clip.create_model`` with our configs registered.
+
+    ``config`` (a whole model config, e.g. an experiment's :func:`demo_config`) replaces the
+    registered one for this model only; open_clip's registry entry stays the shipped one.
+    """
     import open_clip
 
-    if DEMO_MODEL_NAME not in open_clip.list_models():
-        open_clip.add_model_config(CONFIG_DIR)
+    register_configs()
+    return open_clip.create_model(name, pretrained=pretrained, **(config or {}))
+
+
+def mean_std(model: nn.Module | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The image normalisation of ``model``: its config's, else (and without a model) OpenAI CLIP's,
+    ``open_clip.constants.OPENAI_DATASET_MEAN``/``_STD``."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    visual = getattr(model, "visual", model)
+    mean = getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN
+    std = getattr(visual, "image_std", None) or OPENAI_DATASET_STD
+    return tuple(mean), tuple(std)
 
 
 def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedModel:
@@ -157,12 +196,6 @@ def load_model(spec: ModelSpec, device: str | torch.device = "cpu") -> LoadedMod
     return loaded
 
 
-def demo_config_beside(weights: Path) -> dict[str, Any] | None:
-    """The model config that ``train-demo --config`` saves beside experiment weights, if any."""
-    beside = Path(weights).parent / f"{DEMO_MODEL_NAME}.json"
-    return json.loads(beside.read_text()) if beside.is_file() else None
-
-
 def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
     if spec.is_demo:
         weights = Path(spec.pretrained) if spec.pretrained else DEMO_WEIGHTS
@@ -171,23 +204,23 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
         # experiment weights bring their own config; open_clip's registry entry stays the shipped one
         config = demo_config_beside(weights) if spec.pretrained else None
         with _quiet_open_clip_logging():
-            model = open_clip.create_model(DEMO_MODEL_NAME, pretrained=None, **(config or {}))
+            model = create_model(DEMO_MODEL_NAME, config=config)
         if weights.is_file():
             load_state_file(model, weights)
         return model
     if spec.pretrained is None:
-        return open_clip.create_model(spec.name, pretrained=None)
+        return create_model(spec.name, pretrained=None)
     if _looks_like_path(spec.pretrained):
         path = Path(spec.pretrained).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"checkpoint file not found: {path}")
         if path.suffix == ".safetensors":
             with _quiet_open_clip_logging():
-                model = open_clip.create_model(spec.name, pretrained=None)
+                model = create_model(spec.name, pretrained=None)
             load_state_file(model, path)
             return model
         try:
-            return open_clip.create_model(spec.name, pretrained=str(path))
+            return create_model(spec.name, pretrained=str(path))
         except Exception as exc:  # open_clip raises many types; report one line
             raise ModelLoadError(f"could not load checkpoint {path} into {spec.name}: {exc}") from exc
     tags = open_clip.list_pretrained_tags_by_model(spec.name)
@@ -198,7 +231,7 @@ def _create(open_clip: Any, spec: ModelSpec) -> nn.Module:
         )
     try:
         with _quiet_open_clip_logging():
-            return open_clip.create_model(spec.name, pretrained=spec.pretrained)
+            return create_model(spec.name, pretrained=spec.pretrained)
     except Exception as exc:
         raise ModelLoadError(
             f"could not download the {spec.pretrained!r} weights of {spec.name} ({_first_line(exc)}); "
@@ -257,10 +290,8 @@ def indexed_layers(loaded: LoadedModel) -> list[LayerInfo]:
     else:
         raise ModelLoadError(f"unsupported vision tower {type(visual).__name__}")
 
-    from app.neurons.capture import capture_shapes
-
     provisional = [LayerInfo(n, h, k, 0, (0, 0), False) for n, h, k in candidates]
-    shapes = capture_shapes(loaded, provisional)
+    shapes = _layer_shapes(loaded, provisional)
     layers = []
     for i, layer in enumerate(provisional):
         units, grid = shapes[layer.name]
@@ -268,6 +299,31 @@ def indexed_layers(loaded: LoadedModel) -> list[LayerInfo]:
             LayerInfo(layer.name, layer.hook, layer.kind, units, grid, i == len(provisional) - 1)
         )
     return layers
+
+
+def _layer_shapes(
+    loaded: LoadedModel, layers: list[LayerInfo]
+) -> dict[str, tuple[int, tuple[int, int]]]:
+    """Units and spatial grid of each layer, found with one forward pass of a blank image."""
+    size = loaded.image_size
+    blank = torch.zeros(1, 3, size, size, device=loaded.device)
+    with torch.inference_mode():
+        raw = run_to(loaded.visual, blank, [layer.hook_name for layer in layers])
+    shapes: dict[str, tuple[int, tuple[int, int]]] = {}
+    for layer in layers:
+        tensor = raw[layer.hook_name]
+        if layer.kind == "resnet_block":
+            shapes[layer.name] = (tensor.shape[1], (tensor.shape[2], tensor.shape[3]))
+        else:
+            grid = getattr(loaded.visual, "grid_size", None)
+            gh, gw = (int(grid[0]), int(grid[1])) if grid else _square(tensor.shape[1])
+            shapes[layer.name] = (tensor.shape[2], (gh, gw))
+    return shapes
+
+
+def _square(tokens: int) -> tuple[int, int]:
+    side = int((tokens - 1) ** 0.5)
+    return side, side
 
 
 def _looks_like_path(text: str) -> bool:

@@ -45,8 +45,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from app.models import LayerInfo
-from app.neurons.capture import StopForward, capture, spatial_maps
+from app.models import LayerInfo, mean_std
+from app.models.hooks import run_to
+from app.neurons.capture import run_visual, spatial_maps
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -54,6 +55,8 @@ if TYPE_CHECKING:
     from app.models import LoadedModel
 
 ALGORITHM = "conceptscope-featurevis-1"
+DIVERSITY = "diversity"
+"""Key of the diversity layer's activations in the forward pass's hook dict."""
 
 # Lucid's square root of the ImageNet colour correlation matrix (lucid/optvis/param/color.py).
 COLOR_CORRELATION_SVD_SQRT = np.asarray(
@@ -62,8 +65,6 @@ COLOR_CORRELATION_SVD_SQRT = np.asarray(
 COLOR_CORRELATION_NORMALIZED = COLOR_CORRELATION_SVD_SQRT / np.max(
     np.linalg.norm(COLOR_CORRELATION_SVD_SQRT, axis=0)
 )
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def apply_affine(
 
 def normalisation(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     """The model's own input mean/std ``(1, 3, 1, 1)`` (from its preprocess, else OpenAI's)."""
-    mean, std = OPENAI_MEAN, OPENAI_STD
+    mean, std = mean_std()  # OpenAI CLIP's, open_clip's constants
     for t in getattr(loaded.preprocess, "transforms", []):
         if hasattr(t, "mean") and hasattr(t, "std"):
             mean, std = tuple(t.mean), tuple(t.std)
@@ -247,21 +248,13 @@ def normalisation(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
     return as_t(mean), as_t(std)
 
 
-def default_diversity_layer(loaded: LoadedModel, layer: LayerInfo) -> LayerInfo:
-    """An intermediate layer for the diversity term: ``layer2`` (ResNet) or a middle ViT block."""
-    visual = loaded.visual
+def default_diversity_hook(loaded: LoadedModel, layer: LayerInfo) -> str:
+    """Hook name of an intermediate layer for the diversity term (its output): ``layer2`` (ResNet)
+    or a middle ViT block."""
     if layer.kind == "resnet_block":
-        name = "layer2"
-    else:
-        n = len(visual.transformer.resblocks)
-        name = f"transformer.resblocks.{max(0, n // 2 - 1)}"
-    return module_layer(name)
-
-
-def module_layer(name: str) -> LayerInfo:
-    """A pseudo layer whose activation is the output of module ``name`` (for :func:`capture`)."""
-    return LayerInfo(name=f"module:{name}", hook=name, kind="module_output", n_units=0, grid=(0, 0),
-                     is_last=False)
+        return "layer2"
+    n = len(loaded.visual.transformer.resblocks)
+    return f"transformer.resblocks.{max(0, n // 2 - 1)}"
 
 
 _PREPARED: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
@@ -337,18 +330,6 @@ def flushed_denormals() -> Iterator[None]:
         torch.set_flush_denormal(False)
 
 
-def forward_to(
-    visual: nn.Module, images: torch.Tensor, layers: Sequence[LayerInfo]
-) -> dict[str, torch.Tensor]:
-    """Run ``visual`` with gradients only as far as the last of ``layers``; raw activations."""
-    with capture(visual, layers, stop=True, detach=False) as store:
-        try:
-            visual(images)
-        except StopForward:
-            pass
-        return dict(store)
-
-
 def unit_means(raw: torch.Tensor, layer: LayerInfo, units: torch.Tensor) -> torch.Tensor:
     """Spatial mean of unit ``units[i]``'s map on image ``i`` → ``(B,)`` (float32)."""
     maps = spatial_maps(raw, layer)  # (B, C, H, W), ViT: patch tokens only
@@ -376,7 +357,7 @@ def objectives(
         for start in range(0, len(units), batch):
             x = images[start : start + batch].to(loaded.device, torch.float32)
             u = torch.tensor(list(units[start : start + batch]), device=loaded.device)
-            raw = forward_to(loaded.visual, (x - mean) / std, [layer])[layer.name]
+            raw = run_visual(loaded.visual, (x - mean) / std, [layer], detach=False)[layer.name]
             out.extend(unit_means(raw, layer, u).tolist())
     return out
 
@@ -403,7 +384,7 @@ def all_unit_means(
     mean, std = normalisation(loaded)
     with torch.inference_mode():
         x = (images.to(loaded.device) - mean) / std
-        raw = forward_to(visual or loaded.visual, x, [layer])[layer.name]
+        raw = run_visual(visual or loaded.visual, x, [layer], detach=False)[layer.name]
         return spatial_maps(raw, layer).float().mean(dim=(-2, -1))
 
 
@@ -467,18 +448,17 @@ def render(
     signs_t = torch.tensor(list(signs) if signs is not None else [1] * n, dtype=torch.float32, device=device)
     unit_t = torch.tensor(list(units), device=device)
 
-    diversity_layer: LayerInfo | None = None
+    diversity_hook: str | None = None
     group_t: torch.Tensor | None = None
     n_groups = 0
     if groups is not None and settings.diversity_weight > 0:
         remap = {g: i for i, g in enumerate(dict.fromkeys(groups))}
         group_t = torch.tensor([remap[g] for g in groups], device=device)
         n_groups = len(remap)
-        diversity_layer = (
-            module_layer(settings.diversity_layer) if settings.diversity_layer
-            else default_diversity_layer(loaded, layer)
-        )
-    hooked = [diversity_layer, layer] if diversity_layer else [layer]
+        diversity_hook = settings.diversity_layer or default_diversity_hook(loaded, layer)
+    hooked = {layer.name: layer.hook_name}
+    if diversity_hook:
+        hooked = {DIVERSITY: diversity_hook, **hooked}
 
     generator = torch.Generator().manual_seed(settings.seed)
     image = FourierImage(n, size, decay_power=settings.decay_power, sd=settings.init_sd,
@@ -506,12 +486,10 @@ def render(
             if channels_last:
                 pixels = pixels.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                raw = forward_to(visual, (pixels - mean) / std, hooked)
+                raw = run_to(visual, (pixels - mean) / std, hooked, detach=False)
             loss = -(signs_t * unit_means(raw[layer.name], layer, unit_t)).sum()
-            if diversity_layer is not None and group_t is not None:
-                loss = loss + settings.diversity_weight * gram_diversity(
-                    raw[diversity_layer.name], group_t, n_groups
-                )
+            if diversity_hook is not None and group_t is not None:
+                loss = loss + settings.diversity_weight * gram_diversity(raw[DIVERSITY], group_t, n_groups)
             loss.backward()
             optimizer.step()
             if progress is not None:
@@ -521,8 +499,8 @@ def render(
     reached = objectives(loaded, layer, final, list(units))
     extra: dict[str, Any] = {"size": size, "device": device.type,
                              "precision": "bf16-autocast" if use_autocast else "fp32"}
-    if diversity_layer is not None:
-        extra["diversity_layer"] = diversity_layer.hook
+    if diversity_hook is not None:
+        extra["diversity_layer"] = diversity_hook
     return Result(
         images=final,
         units=[int(u) for u in units],
@@ -549,26 +527,3 @@ def to_png(image: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
     to_pil(image).save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
-
-
-def store(session: Any, neuron_id: int, kind: str, index: int, result: Result, i: int,
-          extra: dict[str, Any] | None = None) -> None:
-    """Save image ``i`` of ``result`` as a PNG blob + ``feature_visualizations`` row (upsert)."""
-    from sqlalchemy import select
-
-    from app.db import put_blob
-    from app.db.schema import FeatureVisualization
-
-    png = to_png(result.images[i])
-    size = int(result.images.shape[-1])
-    digest = put_blob(session, png, "image/png", size, size)
-    row = session.scalar(select(FeatureVisualization).where(
-        FeatureVisualization.neuron_id == neuron_id, FeatureVisualization.kind == kind,
-        FeatureVisualization.index == index,
-    ))
-    if row is None:
-        row = FeatureVisualization(neuron_id=neuron_id, kind=kind, index=index)
-        session.add(row)
-    row.blob_sha256 = digest
-    row.objective = float(result.objectives[i])
-    row.settings = {**result.settings, "kind": kind, "seconds": round(result.seconds, 3), **(extra or {})}
