@@ -31,6 +31,7 @@ from app.web.deps import strict_query_ints
 from app.web.errors import install_error_handlers
 from app.web.middleware import HeadAsGet
 from app.web.openapi import install_openapi
+from app.web.ratelimit import install_rate_limit
 from app.web.security import install_security
 from app.web.templating import install_template_helpers
 from app.web.urls import Urls
@@ -145,6 +146,7 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     app.add_middleware(HeadAsGet)
     install_csrf(app)  # app.web.csrf: same-origin browser writes, tokens, JSON POST types
     install_security(app, settings)  # app.web.security: hosts, headers, CORS, upload admission
+    install_rate_limit(app, settings)  # app.web.ratelimit: per-client token bucket (off unless set)
     install_error_handlers(app)
     routers = views.routers()
     for router in routers:
