@@ -3,12 +3,15 @@
 Each section is a module ``app.web.sections.<name>`` with ``load(ctx: NeuronContext)`` returning
 JSON-able data (``None`` or empty: the section is not shown), rendered by its own partial
 ``templates/_partials/neuron_<name>.html`` (which sees ``section`` = that data) and included in the
-page's JSON twin under ``sections.<name>``. A listed module that does not exist yet is skipped, so
-a feature plugs in by creating its module and filling its partial: no edit to the neuron page.
+page's JSON twin under ``sections.<name>``. A feature plugs in by creating its module and partial
+and adding one line to :data:`SECTIONS`: no edit to the neuron page. Every listed module must
+exist and define ``load``: :func:`section_loader` raises otherwise (nothing is skipped silently).
 """
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,3 +61,13 @@ SECTIONS: list[NeuronSection] = [
     NeuronSection("condprob", "Conditional probability", 70),
     NeuronSection("related", "Related neurons", 80),
 ]
+
+
+def section_loader(section: NeuronSection) -> Callable[[NeuronContext], Any]:
+    """The ``load(ctx)`` of ``section``'s module. A listed module that does not exist raises
+    ``ModuleNotFoundError``, one without ``load`` raises ``AttributeError``."""
+    module = importlib.import_module(section.module)
+    load = getattr(module, "load", None)
+    if not callable(load):
+        raise AttributeError(f"section module {section.module} has no load(ctx) function")
+    return load

@@ -7,7 +7,6 @@ histogram of the stored sample (inline SVG), prev/next links, and the optional s
 
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Any
 
@@ -22,30 +21,17 @@ from app.web.deps import ReadSession
 from app.web.formats import respond, split_format
 from app.web.heatmaps import colour_bar_stops, heatmap_data_uri
 from app.web.lookup import find_layer, find_model, find_neuron
-from app.web.sections import NeuronContext, NeuronSection
+from app.web.sections import NeuronContext, NeuronSection, section_loader
 
 router = APIRouter()
 log = logging.getLogger("conceptscope.web")
-
-
-def _section_loader(section: NeuronSection) -> Any:
-    try:
-        module = importlib.import_module(section.module)
-    except ModuleNotFoundError as exc:
-        if exc.name == section.module:
-            return None  # not built yet
-        raise
-    return getattr(module, "load", None)
 
 
 def load_sections(ctx: NeuronContext) -> list[tuple[NeuronSection, Any]]:
     """(section, data) for every section that has data for this neuron, in page order."""
     found = []
     for section in sorted(neuron_sections.SECTIONS, key=lambda s: s.order):
-        loader = _section_loader(section)
-        if loader is None:
-            continue
-        data = loader(ctx)
+        data = section_loader(section)(ctx)
         if data:
             found.append((section, data))
     return found

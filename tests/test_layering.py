@@ -1,0 +1,290 @@
+"""The shape of the codebase: import layers, views that only present, no import cycles.
+
+Reads every module under ``app/`` and ``precompute/`` with :mod:`ast` (nothing is imported, so
+no side effects) and checks the rules of ``CONTRIBUTING.md``:
+
+* **Layers** (left to right)::
+
+      base: app, app.config, app.images     (settings and image decoding; no project imports)
+      app.models → app.neurons → app.db → precompute.* | app.live → app.web → app.cli
+
+  A module imports only from its own layer or layers to its left. ``precompute`` and
+  ``app.live`` are one layer (both compute with the model and write through ``app.db``).
+  ``app.config`` / ``app.images`` form the base layer: everyone may import them, they import
+  nothing of ours. ``app.cli`` (the console script) is the outermost layer.
+* **Views only present**: a module ``app/web/views/<name>.py`` never imports another view, never
+  imports SQLAlchemy, and never opens a session or runs SQL (calls to ``sessions``,
+  ``write_sessions``, ``execute``, ``scalar``, ``scalars``, ``select``, ``text``).
+* **DAG**: the module import graph has no cycle (a cycle is a strongly connected component of
+  more than one module).
+
+Every import counts, also ones inside functions or under ``TYPE_CHECKING``: a lazy import hides a
+dependency, it does not remove it.
+
+Other work in progress still breaks some rules; each remaining violation is listed in an
+allowlist below, by module. A new violation fails, and so does an allowlisted one that no longer
+exists: the lists only shrink. Fix a violation, then delete its line.
+"""
+
+from __future__ import annotations
+
+import ast
+from functools import cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("app", "precompute")
+
+BASE = frozenset({"app", "app.config", "app.images", "precompute"})
+"""The base layer: importable from anywhere. ``app``/``precompute`` are the (empty) packages."""
+
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("app.models",),
+    ("app.neurons",),
+    ("app.db",),
+    ("precompute", "app.live"),
+    ("app.web",),
+    ("app.cli",),
+)
+"""Layer prefixes, left (lowest) to right (highest)."""
+
+VIEWS = "app.web.views"
+SQL_CALLS = frozenset({"sessions", "write_sessions", "execute", "scalar", "scalars", "select", "text"})
+
+# ------------------------------------------------------------------------------- allowlists
+# Each entry is a violation that still exists while issue 13's web half (views → app.live /
+# app.db) is in progress. Remove the line when the violation goes.
+
+CYCLE_ALLOWLIST: frozenset[frozenset[str]] = frozenset({
+    # the modules of an import cycle
+})  # fmt: skip
+
+LAYER_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
+    # (module, the layer prefix it may not import from)
+    ("app.neurons.related", "app.db"),
+})  # fmt: skip
+
+VIEW_IMPORT_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
+    # (view, the other view it imports)
+    ("app.web.views.static", "app.web.views.blobs"),
+})  # fmt: skip
+
+VIEW_SQL_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
+    # (view, "sqlalchemy" for an import of it, or the session/SQL call it makes)
+    ("app.web.views.atlas", "sessions"),
+    ("app.web.views.featurevis", "sqlalchemy"),
+    ("app.web.views.home", "sqlalchemy"),
+    ("app.web.views.meta", "sqlalchemy"),
+    ("app.web.views.meta", "execute"),
+    ("app.web.views.meta", "text"),
+    ("app.web.views.multimodal", "sqlalchemy"),
+    ("app.web.views.multimodal", "sessions"),
+    ("app.web.views.multimodal", "execute"),
+    ("app.web.views.multimodal", "scalars"),
+    ("app.web.views.multimodal", "select"),
+    ("app.web.views.search", "sqlalchemy"),
+    ("app.web.views.search", "sessions"),
+    ("app.web.views.search", "execute"),
+    ("app.web.views.search", "scalar"),
+    ("app.web.views.search", "select"),
+    ("app.web.views.typographic", "sqlalchemy"),
+    ("app.web.views.typographic", "sessions"),
+    ("app.web.views.typographic", "execute"),
+    ("app.web.views.typographic", "scalar"),
+    ("app.web.views.typographic", "scalars"),
+    ("app.web.views.typographic", "select"),
+})  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------- the graph
+
+
+@cache
+def modules() -> dict[str, tuple[Path, bool]]:
+    """Dotted module name → (file, is a package ``__init__``)."""
+    found: dict[str, tuple[Path, bool]] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            is_package = parts[-1] == "__init__"
+            if is_package:
+                parts = parts[:-1]
+            found[".".join(parts)] = (path, is_package)
+    return found
+
+
+@cache
+def tree(name: str) -> ast.Module:
+    return ast.parse(modules()[name][0].read_text(), filename=str(modules()[name][0]))
+
+
+def imported_names(name: str) -> set[str]:
+    """Every module name ``name`` imports (absolute; ``from p import m`` also yields ``p.m``)."""
+    _, is_package = modules()[name]
+    out: set[str] = set()
+    for node in ast.walk(tree(name)):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                package = name.split(".") if is_package else name.split(".")[:-1]
+                package = package[: len(package) - (node.level - 1)]
+                base = ".".join(package + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+@cache
+def graph() -> dict[str, frozenset[str]]:
+    """Module → the project modules it imports (itself excluded)."""
+    known = modules()
+    return {
+        name: frozenset(t for t in imported_names(name) if t in known and t != name) for name in known
+    }
+
+
+def layer_of(name: str) -> int:
+    """Index of ``name``'s layer: -1 for the base layer, then 0.. for ``LAYERS``."""
+    if name in BASE:
+        return -1
+    for index, prefixes in enumerate(LAYERS):
+        if any(name == p or name.startswith(p + ".") for p in prefixes):
+            return index
+    raise AssertionError(f"{name} is in no layer: add it to LAYERS/BASE in this test and CONTRIBUTING.md")
+
+
+def layer_prefix(name: str) -> str:
+    index = layer_of(name)
+    if index < 0:
+        return name
+    return next(p for p in LAYERS[index] if name == p or name.startswith(p + "."))
+
+
+def layer_violations() -> set[tuple[str, str]]:
+    """(module, layer prefix of a module it imports from a layer to its right)."""
+    return {
+        (name, layer_prefix(target))
+        for name, targets in graph().items()
+        for target in targets
+        if layer_of(target) > layer_of(name)
+    }
+
+
+def is_view(name: str) -> bool:
+    return name.startswith(VIEWS + ".") and name.count(".") == VIEWS.count(".") + 1
+
+
+def view_import_violations() -> set[tuple[str, str]]:
+    return {(name, t) for name, targets in graph().items() if is_view(name) for t in targets if is_view(t)}
+
+
+def view_sql_violations() -> set[tuple[str, str]]:
+    found: set[tuple[str, str]] = set()
+    for name in modules():
+        if not is_view(name):
+            continue
+        if any(t == "sqlalchemy" or t.startswith("sqlalchemy.") for t in imported_names(name)):
+            found.add((name, "sqlalchemy"))
+        for node in ast.walk(tree(name)):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if called in SQL_CALLS:
+                found.add((name, called))
+    return found
+
+
+def cycles(edges: dict[str, frozenset[str]] | None = None) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan) of ``edges`` (the graph)."""
+    edges = graph() if edges is None else edges
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+
+    def visit(v: str) -> None:
+        nonlocal counter
+        index[v] = low[v] = counter
+        counter += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def _check(kind: str, found: set[tuple[str, str]], allowed: frozenset[tuple[str, str]]) -> None:
+    new = sorted(found - allowed)
+    gone = sorted(allowed - found)
+    assert not new, f"new {kind} violations (see CONTRIBUTING.md): {new}"
+    assert not gone, f"{kind} allowlist entries that no longer occur (delete them from this test): {gone}"
+
+
+# ---------------------------------------------------------------------------------- the tests
+
+
+def test_the_module_graph_is_found() -> None:
+    edges = graph()
+    assert {"app.models", "app.neurons.capture", "app.db.schema", "app.web.app", "app.cli"} <= set(edges)
+    assert "app.models" in edges["app.neurons.capture"]  # relative and absolute imports are parsed
+    assert all(layer_of(name) >= -1 for name in edges)  # every module is in a layer
+
+
+def test_modules_import_only_from_their_layer_or_layers_to_the_left() -> None:
+    _check("layer", layer_violations(), LAYER_ALLOWLIST)
+
+
+def test_views_never_import_another_view() -> None:
+    _check("view-imports-view", view_import_violations(), VIEW_IMPORT_ALLOWLIST)
+
+
+def test_views_never_touch_sqlalchemy_sessions_or_sql() -> None:
+    _check("view-runs-sql", view_sql_violations(), VIEW_SQL_ALLOWLIST)
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    found = {frozenset(component) for component in cycles()}
+    new, gone = found - CYCLE_ALLOWLIST, CYCLE_ALLOWLIST - found
+    assert not new, f"import cycles (move the shared code into a module both can import): {new}"
+    assert not gone, f"cycle allowlist entries that no longer occur (delete them from this test): {gone}"
+
+
+def test_the_checks_catch_what_they_should() -> None:
+    """The rules are not vacuous: a synthetic right-to-left import, SQL in a view, and a cycle."""
+    snippet = ast.parse("from sqlalchemy import select\nrows = session.execute(select(X))\n")
+    calls = {
+        n.func.attr if isinstance(n.func, ast.Attribute) else n.func.id
+        for n in ast.walk(snippet)
+        if isinstance(n, ast.Call)
+    }
+    assert {"execute", "select"} <= calls & SQL_CALLS
+    assert layer_of("app.models.demo") < layer_of("app.neurons.capture") < layer_of("app.db.queries")
+    assert layer_of("precompute.labels") == layer_of("app.live.runner") < layer_of("app.web.app")
+    assert layer_of("app.config") < layer_of("app.models")
+    loop = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset({"a"})}
+    assert cycles(loop) == [["a", "b", "c"]]
+    assert cycles({"a": frozenset({"b"}), "b": frozenset()}) == []
