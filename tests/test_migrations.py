@@ -174,3 +174,23 @@ def test_upgrade_creates_an_empty_database_and_current_reports(tmp_path: Path, c
     with engine.connect() as conn:
         assert conn.scalar(select(text("count(*)")).select_from(text("models"))) == 0
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_processes_creating_one_fresh_database_together(db_url: str) -> None:
+    """torchrun ranks start together: each connects a writer; one schema, stamped once."""
+    import subprocess
+    import sys
+
+    code = "import sys; from app.db import make_engine; make_engine(sys.argv[1]).dispose()"
+    repo = Path(__file__).resolve().parent.parent
+    argv = [sys.executable, "-c", code, db_url]
+    procs = [subprocess.Popen(argv, cwd=repo, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    engine = _engine(db_url)
+    with engine.connect() as conn:
+        stamps = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    assert stamps == [head_revision()]
+    engine.dispose()
+    assert _diff(db_url) == []

@@ -17,27 +17,13 @@ from sqlalchemy import create_engine
 
 from app.db.migrations import alembic_config, head_revision
 
-_BATCH_ADDS = re.compile(
-    r"    with op\.batch_alter_table\('(\w+)', schema=None\) as batch_op:\n"
-    r"((?:        batch_op\.add_column\(.*\)\n)+)"
-)
-
 
 def _guard(source: str) -> str:
     """Use :mod:`guarded` operations for what ``upgrade()`` adds (tables, columns, indexes)."""
     head, sep, tail = source.partition("def downgrade")
     head = head.replace("op.create_table(", "guarded.create_table(")
     head = head.replace("op.create_index(", "guarded.create_index(")
-
-    def adds(match: re.Match[str]) -> str:
-        lines = match.group(2).splitlines()
-        return "".join(
-            f"    guarded.add_column('{match.group(1)}', "
-            f"{line.strip().removeprefix('batch_op.add_column(')}\n"
-            for line in lines
-        )
-
-    head = _BATCH_ADDS.sub(adds, head)
+    head = head.replace("op.add_column(", "guarded.add_column(")
     head = head.replace(
         "from alembic import op\n", "from alembic import op\n\nfrom app.db.migrations import guarded\n", 1
     )
@@ -56,13 +42,15 @@ def main() -> int:
         with engine.begin() as conn:
             config = alembic_config(connection=conn)
             command.upgrade(config, "head")
+            config.attributes["render_as_batch"] = False
             script = command.revision(config, message=args.message, autogenerate=True, rev_id=next_id)
         engine.dispose()
     path = Path(script.path)  # type: ignore[union-attr]
     slug = re.sub(r"[^a-z0-9]+", "_", args.message.lower()).strip("_")[:40]
     final = path.with_name(f"{next_id}_{slug}.py")
-    final.write_text(_guard(path.read_text()))
+    source = path.read_text()
     path.unlink()
+    final.write_text(_guard(source))
     print(final)
     return 0
 

@@ -25,8 +25,10 @@ def run_offline() -> None:
 
 
 def _run(connection: Connection) -> None:
-    # SQLite cannot ALTER most things in place: batch mode copies the table instead
-    _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
+    # SQLite cannot ALTER most things in place: batch mode copies the table instead (the revision
+    # generator turns it off: adding tables, columns and indexes needs no batch)
+    batch = config.attributes.get("render_as_batch", connection.dialect.name == "sqlite")
+    _configure(connection=connection, render_as_batch=batch)
     with context.begin_transaction():
         context.run_migrations()
 
