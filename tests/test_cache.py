@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import AsyncIterator
 from datetime import datetime
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -140,3 +141,22 @@ async def test_a_finished_run_shows_without_restart(app_client, db_copy):
     _finish_a_run(db_copy)  # another process finishing a precompute stage
     after = await client.get(f"/models/{slug}.json", headers={"If-None-Match": first.headers["etag"]})
     assert after.status_code == 200 and after.headers["etag"] != first.headers["etag"]
+
+
+def test_server_caches_follow_the_data_version(db_copy):
+    """Issue 14.7: percentiles (live model contexts), directions, atlas layouts and recipe centres
+    are kept with ``versioned_cache``: a finished run rebuilds them without a restart."""
+    from app.web.cache import versioned_cache
+    from app.web.state import model_contexts
+
+    app = create_app(Settings(db_url=db_copy))
+    app.state.data_version.ttl = 0.0
+    request = SimpleNamespace(app=app)
+    built = []
+    first = versioned_cache(request, "test", lambda: built.append(1) or object())
+    contexts = model_contexts(request)
+    assert versioned_cache(app, "test", object) is first and model_contexts(request) is contexts
+    _finish_a_run(db_copy)
+    assert versioned_cache(app, "test", object) is not first
+    assert model_contexts(request) is not contexts
+    assert len(built) == 1

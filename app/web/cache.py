@@ -21,11 +21,17 @@ import asyncio
 import hashlib
 import os
 import re
+import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
+
+from app.db.version import data_version
+
+T = TypeVar("T")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -34,7 +40,9 @@ DEFAULT_MAX_MB = 64.0
 MAX_ENTRY_BYTES = 4 * 1024 * 1024
 ENV_MAX_MB = "CONCEPTSCOPE_PAGE_CACHE_MB"
 
-_PAGE_PATHS = re.compile(r"^/(?:$|\.json$|models(?:\.json)?(?:/|$)|search(?:\.json)?$|lists(?:\.json)?$|embed/)")
+_PAGE_PATHS = re.compile(
+    r"^/(?:$|\.json$|models(?:\.json)?(?:/|$)|search(?:\.json)?$|lists(?:\.json)?$|embed/)"
+)
 _NEVER = re.compile(r"/featurevis(?:\.json)?$|^/(?:analy|typographic|-/|static/|blobs/)")
 _VARY = ("HX-Request", "Accept")
 
@@ -284,3 +292,24 @@ def page_cache_of(app: Any) -> PageCache | None:
             return node
         node = getattr(node, "app", None)
     return None
+
+
+_versioned_lock = threading.Lock()
+
+
+def versioned_cache(request: Any, name: str, factory: Callable[[], T]) -> T:
+    """A per-app object derived from the index (``request`` or the app), rebuilt by ``factory()``
+    once the data version changes (:mod:`app.db.version`): a finished precompute run shows
+    without a restart. For objects that do not depend on the index, use ``app_cache``."""
+    app = getattr(request, "app", request)
+    state = app.state
+    version = data_version(state)
+    holder: dict[str, tuple[str, Any]] = state.__dict__.setdefault("_versioned_caches", {})
+    entry = holder.get(name)
+    if entry is None or entry[0] != version:
+        with _versioned_lock:
+            entry = holder.get(name)
+            if entry is None or entry[0] != version:
+                entry = (version, factory())
+                holder[name] = entry
+    return entry[1]

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from app.db.meaning import concepts_of, unit_summaries
 from app.db.schema import Layer, Model
 from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
+from app.web.cache import versioned_cache
 from app.web.urls import Urls
 
 EXPLAIN = (
@@ -29,7 +30,7 @@ EXPLAIN = (
 
 async def _vocabulary_centre(request: Request, runner: Any, slug: str) -> np.ndarray | None:
     """Mean text embedding of the model's label vocabulary (cached per app), or ``None``."""
-    cache: dict[str, np.ndarray | None] = request.app.state.__dict__.setdefault("_recipe_centres", {})
+    cache: dict[str, np.ndarray | None] = versioned_cache(request, "recipe_centres", dict)  # issue 14.7
     if slug not in cache:
 
         def vocabulary() -> list[str]:

@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
 
 MAX_WORKERS = 64
 WORKER_ARGS_ENV = "CONCEPTSCOPE_SERVE_ARGS"
+WORKER_HEALTHCHECK_S = 120
 
 
 def _run_workers(args: argparse.Namespace, settings: Settings, workers: int) -> int:
@@ -115,8 +116,11 @@ def _run_workers(args: argparse.Namespace, settings: Settings, workers: int) -> 
     os.environ[WORKER_ARGS_ENV] = json.dumps(plain)
     print(f"Conceptscope: serving {settings.db_url} on http://{args.host}:{args.port} "
           f"with {workers} worker processes", flush=True)  # fmt: skip
+    # a spawned worker answers uvicorn's health pings only once it has re-imported this package: give
+    # it time on a busy machine (the default 5 s restarted workers in a loop under load)
     uvicorn.run("app.web.serve:worker_app", factory=True, workers=workers, host=args.host, port=args.port,
-                log_level=args.log_level, proxy_headers=True)  # fmt: skip
+                log_level=args.log_level, proxy_headers=True,
+                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)  # fmt: skip
     return 0
 
 

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from app.live import context as live
 from app.live.context import ModelContext, ModelContexts
 from app.live.runner import LiveRunner
+from app.web.cache import versioned_cache
 
 T = TypeVar("T")
 _state_lock = threading.Lock()
@@ -44,7 +45,8 @@ def runner_of(request: Request) -> LiveRunner | None:
 
 
 def model_contexts(request: Request) -> ModelContexts:
-    return app_cache(request, "live_models", lambda: ModelContexts(request.app.state.sessions))
+    # keyed on the data version (issue 14.7): percentiles, layers and cards follow a re-index
+    return versioned_cache(request, "live_models", lambda: ModelContexts(request.app.state.sessions))
 
 
 def model_context(request: Request, slug: str) -> ModelContext | None:

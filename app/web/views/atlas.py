@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from app.db.meaning import unit_summaries
 from app.neurons.atlas import Layout, activation_profiles, layout
 from app.neurons.related import layer_directions, layer_sample
+from app.web.cache import versioned_cache
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
 from app.web.urls import Urls
@@ -31,7 +32,7 @@ _locks_guard = threading.Lock()
 
 
 def _layout(request: Request, slug: str, layer_name: str) -> tuple[Layout, list[int]] | None:
-    cache: dict[tuple[str, str], Any] = request.app.state.__dict__.setdefault("_atlas_layouts", {})
+    cache: dict[tuple[str, str], Any] = versioned_cache(request, "atlas_layouts", dict)  # issue 14.7
     key = (slug, layer_name)
     if key in cache:
         return cache[key]

@@ -37,6 +37,7 @@ from app.live.runner import LiveError, LiveRunner
 from app.neurons import analysis as core
 from app.neurons.render import render_text
 from app.web.analyses import neuron_cards
+from app.web.cache import versioned_cache
 from app.web.formats import respond
 from app.web.recipe import search_recipe
 from app.web.state import app_cache, get_model_context, runner_of
@@ -149,7 +150,7 @@ class LayerDirections:
 
 def directions(request: Request, ctx: ModelContext) -> dict[str, LayerDirections]:
     """The stored unit directions of the model's last-block layers and unit stds (cached per app)."""
-    cache: dict[str, dict[str, LayerDirections]] = app_cache(request, "live_directions", dict)
+    cache: dict[str, dict[str, LayerDirections]] = versioned_cache(request, "live_directions", dict)
     if ctx.slug not in cache:
         found = {}
         with request.app.state.sessions() as session:
