@@ -283,6 +283,8 @@ def label_model(
     top_ids = _top_example_ids(session, [layer.id for layer in layers], options.top)
     sample_ids = sorted({int(i) for s in samples.values() if s is not None for i in s.image_ids})
     wanted = sorted(set(sample_ids) | {i for rows in top_ids.values() for ids in rows.values() for i in ids})
+    if _has_ground_truth(session, sample_ids) and all(s is not None for s in samples.values()):
+        wanted = []  # every layer is labelled from ground-truth tags: no image embeddings needed
     emb = _embeddings(session, run_row, loaded, wanted, options.progress)
     row_of = {image_id: r for r, image_id in enumerate(wanted)}
     mean_ids = [i for i in sample_ids if i in row_of] or wanted
@@ -394,11 +396,13 @@ def _tag_labels(
     tag_source: str,
     k: int,
 ) -> int:
-    """Automatic labels chosen on one half of the sample (best AUC), evidence on the other half
+    """Automatic labels chosen on one half of the sample (best d′ within the concept's modality:
+    pictures against other pictures, written words against other text), evidence on the other half
     for them and for every imported or manual label that names a candidate concept."""
     held = labelling.held_out(list(image_ids))
     positives = labelling.tag_positives(image_tags, candidates)
-    fit_auc = labelling.auc_matrix(values[~held], positives[:, ~held])
+    fit_tags = [t for t, h in zip(image_tags, held, strict=True) if not h]
+    fit_auc = labelling.modality_dprimes(values[~held], fit_tags, candidates)
     ids = [n.id for n in neurons.values()]
     session.execute(delete(Label).where(Label.source == labelling.AUTO_SOURCE, Label.neuron_id.in_(ids)))
     session.execute(delete(LabelEvidence).where(LabelEvidence.neuron_id.in_(ids)))
@@ -410,8 +414,8 @@ def _tag_labels(
     for unit, neuron in neurons.items():
         if unit >= values.shape[1]:
             continue
-        column = np.nan_to_num(fit_auc[:, unit], nan=-1.0)
-        order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if column[j] >= 0]
+        column = np.nan_to_num(fit_auc[:, unit], nan=-np.inf)
+        order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if column[j] > 0]
         for rank, j in enumerate(order):
             session.add(Label(neuron_id=neuron.id, label=candidates[j], source=labelling.AUTO_SOURCE,
                               score=round(float(column[j]), 4), rank=rank))  # fmt: skip
@@ -528,6 +532,11 @@ def _image_tags(
         emb[[row_of[i] for i in ids]], concept_emb, zeroshot.logit_scale(loaded)
     )
     return dict(zip(ids, mm.pseudo_label_tags(probs, concepts), strict=True)), "zero-shot"
+
+
+def _has_ground_truth(session: Session, sample_ids: list[int]) -> bool:
+    metas = session.scalars(select(Image.meta).where(Image.id.in_(sample_ids[:50]))).all()
+    return bool(metas) and all(isinstance(m, dict) and "modality" in m for m in metas)
 
 
 def _png_blob(session: Session, image: PILImage.Image) -> str:

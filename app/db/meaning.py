@@ -99,3 +99,40 @@ def concepts_of(session: Session, model: Model) -> list[str]:
         .limit(1)
     )
     return list(row or [])
+
+
+@dataclass
+class MultimodalUnit:
+    """A unit's multimodality (table ``unit_multimodality``), see :mod:`app.neurons.multimodality`."""
+
+    neuron_id: int
+    unit: int
+    score: float
+    concept: str | None
+    picture_d: float | None
+    word_d: float | None
+    correlation: float | None
+    champion: bool = False  # the most multimodal unit of its concept
+
+
+def multimodal_ranking(session: Session, layer: Layer) -> list[MultimodalUnit]:
+    """The layer's scored units, best first: the most multimodal unit of each concept (by score),
+    then every other unit by score. One concept cannot fill the top of the list with near
+    copies of the same unit; the top shows one unit per concept that has one."""
+    from app.db.schema import UnitMultimodality
+
+    rows = [
+        MultimodalUnit(nid, unit, float(m.score), m.concept, m.picture_d, m.word_d, m.correlation)
+        for nid, unit, m in session.execute(
+            select(Neuron.id, Neuron.unit, UnitMultimodality)
+            .join(UnitMultimodality, UnitMultimodality.neuron_id == Neuron.id)
+            .where(Neuron.layer_id == layer.id, UnitMultimodality.score.is_not(None))
+        )
+    ]
+    rows.sort(key=lambda r: (-r.score, r.unit))
+    seen: set[str | None] = set()
+    for r in rows:
+        if r.concept not in seen:
+            seen.add(r.concept)
+            r.champion = True
+    return [r for r in rows if r.champion] + [r for r in rows if not r.champion]

@@ -188,3 +188,24 @@ def tag_positives(tags: Sequence[Sequence[str]], concepts: Sequence[str]) -> np.
             if i is not None:
                 out[i, row] = True
     return out
+
+
+def modality_dprimes(
+    values: np.ndarray, tags: Sequence[Sequence[str]], candidates: Sequence[str]
+) -> np.ndarray:
+    """``(candidates, units)`` d′ of each candidate tag within its modality: a picture tag
+    (``"red"``) against the other pictures, a text tag (``"red (text)"``) against the other
+    images with written words. NaN where a side has fewer than 3 images."""
+    from app.neurons.multimodality import dprime, is_text_tag
+
+    has_text = np.array([any(is_text_tag(t) for t in ts) for ts in tags], bool)
+    has_any = np.array([bool(ts) for ts in tags], bool)
+    positives = tag_positives(tags, candidates)
+    out = np.full((len(candidates), values.shape[1]), np.nan, np.float32)
+    for j, c in enumerate(candidates):
+        pool = has_text if is_text_tag(c) else (has_any & ~has_text)
+        pos = positives[j] & pool
+        neg = pool & ~positives[j]
+        if pos.sum() >= 3 and neg.sum() >= 3:
+            out[j] = dprime(values[pos], values[neg])
+    return out

@@ -18,8 +18,8 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from app.db import MIME_EXT
-from app.db.meaning import Profile, concept_profile, top_words, unit_summaries
-from app.db.schema import Blob, Image, Layer, Neuron, TopExample
+from app.db.meaning import Profile, concept_profile, multimodal_ranking, top_words, unit_summaries
+from app.db.schema import Blob, Image, Layer, TopExample
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
 from app.web.urls import Urls
@@ -28,8 +28,17 @@ router = APIRouter()
 
 DEFAULT_N, MAX_N = 24, 200
 PHOTOS, TEXTS, EXAMPLES_SCANNED = 5, 3, 40
-TEXT_MODALITIES = ("text", "labelled_object")
+TEXT_MODALITIES = ("text", "labelled_object")  # never photo evidence
 SCATTER = 120  # px
+
+
+EXPLAIN = (
+    "score = the smaller of two d′ for the same concept: how far, in the unit's own standard "
+    "deviations, it responds more to pictures of the concept than to pictures of other concepts "
+    "(d′ pictures), and more to the concept's word printed on a plain background than to the "
+    "other words (d′ words); the most multimodal unit of each concept comes first, dead units are "
+    "left out, and r is the older correlation of the two preferences across concepts"
+)
 
 
 def _is_text(meta: Any, tags: list[str] | None) -> bool:
@@ -57,7 +66,10 @@ def _examples(
             "caption": r.caption or r.key,
             "thumb": urls.blob(r.sha256, MIME_EXT.get(r.mime, "bin")),
         }
-        (texts if _is_text(r.meta, tags) else photos).append(item)
+        if not _is_text(r.meta, tags):
+            photos.append(item)
+        elif not (isinstance(r.meta, dict) and r.meta.get("modality") == "labelled_object"):
+            texts.append(item)  # text evidence: text-only images, never words printed on an object
     return photos[:PHOTOS], texts[:TEXTS]
 
 
@@ -100,16 +112,12 @@ def multimodal_data(request: Request, slug: str, layer_name: str | None, n: int)
                 raise HTTPException(404, f"Model {slug!r} has no indexed layers.")
         else:
             layer = find_layer(session, model, layer_name)
-        rows = session.execute(
-            select(Neuron.id, Neuron.unit, Neuron.multimodality)
-            .where(Neuron.layer_id == layer.id, Neuron.multimodality.is_not(None))
-            .order_by(Neuron.multimodality.desc(), Neuron.unit)
-            .limit(n)
-        ).all()
+        ranking = multimodal_ranking(session, layer)[:n]
+        rows = [(r.neuron_id, r.unit, r.score) for r in ranking]
         profile = concept_profile(session, layer)
-        summaries = unit_summaries(session, layer, [r.unit for r in rows])
+        summaries = unit_summaries(session, layer, [r.unit for r in ranking])
         neurons = []
-        for nid, unit, score in rows:
+        for (nid, unit, score), mmu in zip(rows, ranking, strict=True):
             photos, text_examples = _examples(session, urls, nid, profile)
             words = []
             if profile is not None:
@@ -129,6 +137,11 @@ def multimodal_data(request: Request, slug: str, layer_name: str | None, n: int)
                     "unit": unit,
                     "url": urls.neuron(slug, layer.name, unit),
                     "multimodality": score,
+                    "concept": mmu.concept,
+                    "picture_d": mmu.picture_d,
+                    "word_d": mmu.word_d,
+                    "correlation": mmu.correlation,
+                    "champion": mmu.champion,
                     "label": s.label if s else None,
                     "label_source": s.label_source if s else None,
                     "photos": photos,
@@ -149,10 +162,7 @@ def multimodal_data(request: Request, slug: str, layer_name: str | None, n: int)
             ],
             "n": n,
             "tag_source": profile.source if profile else None,
-            "explain": (
-                "multimodality = correlation, across concepts, between the neuron's mean response to "
-                "pictures of a concept and its response to the concept's word rendered as text"
-            ),
+            "explain": EXPLAIN,
             "neurons": neurons,
             "note": None
             if neurons
