@@ -103,22 +103,27 @@
   document.addEventListener("htmx:pushedIntoHistory", function () { syncState(); });
   document.addEventListener("htmx:replacedInHistory", function () { syncState(); });
   document.addEventListener("htmx:historyRestore", afterNavigation);
-  document.addEventListener("htmx:afterSettle", function () { syncState(); initLists(); });
+  document.addEventListener("htmx:afterSettle", function () { syncState(); initOverlayToggle(); initLists(); });
   window.addEventListener("pageshow", function (event) { if (event.persisted) { afterNavigation(); } });
 
   // ---------------------------------------------------------------- heatmap overlay toggle
-  // State: ?overlay=1|0 in the URL when set there, else the last choice (localStorage).
+  // State: ?overlay=1|0 in the URL when set there, else the last choice (localStorage), else the
+  // toggle's data-default. Whenever the shown state differs from the default, the URL says so.
   function initOverlayToggle() {
     var toggle = document.querySelector("[data-overlay-toggle]");
     if (!toggle || toggle.hasAttribute("data-ready")) return;
     toggle.setAttribute("data-ready", "");
+    var fallback = toggle.getAttribute("data-default") || "0";
     var fromUrl = params().get("overlay");
     var stored = null;
     try { stored = localStorage.getItem(KEY); } catch (e) { /* private mode */ }
-    toggle.checked = fromUrl !== null ? fromUrl === "1" : stored === "1";
+    var state = fromUrl === "1" || fromUrl === "0" ? fromUrl : (stored === "1" || stored === "0" ? stored : fallback);
+    toggle.checked = state === "1";
+    if (fromUrl === null && state !== fallback) { setParam("overlay", state); }
     toggle.addEventListener("change", function () {
-      try { localStorage.setItem(KEY, toggle.checked ? "1" : "0"); } catch (e) { /* ignore */ }
-      setParam("overlay", toggle.checked ? "1" : "0");
+      var value = toggle.checked ? "1" : "0";
+      try { localStorage.setItem(KEY, value); } catch (e) { /* ignore */ }
+      setParam("overlay", value === fallback ? null : value);
     });
   }
 

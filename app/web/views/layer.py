@@ -83,8 +83,9 @@ def layer_page(
             and (key != "multimodality" or listing.has_multimodality)
         ],
         "has_labels": listing.has_labels,
-        "prev_page": page_url(listing.page - 1) if listing.page > 1 else None,
-        "next_page": page_url(listing.page + 1) if listing.page < listing.pages else None,
+        # the JSON twin links to JSON pages, the HTML page to HTML pages
+        "prev_page": page_url(listing.page - 1, fmt) if listing.page > 1 else None,
+        "next_page": page_url(listing.page + 1, fmt) if listing.page < listing.pages else None,
         "neurons": [
             {
                 "unit": row.unit,
