@@ -201,7 +201,10 @@ async def analysis_page(
     html_url = urls.with_query(urls.analysis(the_id), classes=", ".join(class_names) or None)
     json_url = urls.with_query(urls.analysis(the_id, "json"), classes=", ".join(class_names) or None)
     fragment = None
-    if is_htmx(request) and selected is not None:
+    wants_zeroshot = request.headers.get("hx-target") == "analysis-zeroshot"  # Classify keeps layer/unit
+    if is_htmx(request) and classes is not None and wants_zeroshot:
+        fragment = "_partials/analysis_zeroshot.html"
+    elif is_htmx(request) and selected is not None:
         fragment = "_partials/analysis_figure.html"
     elif is_htmx(request) and classes is not None:
         fragment = "_partials/analysis_zeroshot.html"
