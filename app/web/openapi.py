@@ -1,10 +1,156 @@
-"""The OpenAPI document (placeholder until the schemas are attached; see install_openapi)."""
+"""The OpenAPI document at ``/-/openapi.json``, made accurate in one place.
+
+FastAPI describes every route as returning ``application/json`` with an empty schema. Here the
+document is rebuilt from the app's routes and corrected centrally, without touching the views:
+
+- HTML pages are ``text/html``; JSON twins (``….json``, ``/-/health``, ``/-/oembed``) are
+  ``application/json`` with the schemas of :mod:`app.web.schemas`; images, blobs, exports and
+  ``robots.txt`` have their real media types;
+- pages whose JSON twin is chosen by a ``.json`` suffix on their last path parameter
+  (``/models/{model}.json`` …) get that twin documented as its own path;
+- POST routes get their multipart request bodies; form posts document their 303 redirect;
+- every operation documents its errors (``{"ok": false, "status", "title", "error"}`` as JSON, or
+  an HTML error page), so clients can be generated and fuzzers can check every answer.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
 
-def install_openapi(app: Any) -> None:
-    """Attach the OpenAPI rewriting to ``app`` (filled in below)."""
-    return None
+from app.web import schemas
+
+#: Routes never documented: static files, the docs page and the document itself.
+UNDOCUMENTED_PREFIXES = ("/static/", "/-/docs", "/-/openapi")
+#: Pages whose last path parameter may end in ``.json`` to get the JSON twin.
+SUFFIX_TWINS = (
+    "/models/{model}",
+    "/models/{model}/layers/{layer}",
+    "/models/{model}/layers/{layer}/neurons/{unit}",
+)
+#: 5xx answers that are part of a route's contract (documented; anything else 5xx is a bug).
+SERVER_ANSWERS: dict[str, dict[str, str]] = {
+    "/-/oembed": {"501": "a format other than json (as the oEmbed specification says)"},
+}
+HTML = {"text/html": {"schema": {"type": "string"}}}
+ERROR_JSON = {"schema": schemas.ERROR}
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+EXPORT_TYPES = ("application/x-ndjson", "text/csv", "application/vnd.apache.parquet")
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve :func:`build_openapi` (computed once) as ``app.openapi()``."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = build_openapi(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def api_routes(routes: list[Any]) -> list[APIRoute]:
+    """Every :class:`APIRoute` under ``routes`` (included routers walked)."""
+    found: list[APIRoute] = []
+    for route in routes:
+        if isinstance(route, APIRoute):
+            found.append(route)
+        inner = getattr(getattr(route, "original_router", None), "routes", None)
+        if inner is not None:
+            found.extend(api_routes(inner))
+    return found
+
+
+def build_openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document with hidden twins included, then corrected (module docstring)."""
+    hidden = [r for r in api_routes(app.router.routes)
+              if not r.include_in_schema and not r.path.startswith(UNDOCUMENTED_PREFIXES)]  # fmt: skip
+    for route in hidden:
+        route.include_in_schema = True
+    try:
+        app.openapi_schema = None
+        spec = copy.deepcopy(FastAPI.openapi(app))
+    finally:
+        for route in hidden:
+            route.include_in_schema = False
+    spec["info"]["description"] = __doc__.split("\n\n", 1)[0].replace("\n", " ")
+    paths: dict[str, dict[str, Any]] = spec.setdefault("paths", {})
+    for path in SUFFIX_TWINS:
+        if path in paths and path + ".json" not in paths:
+            twin = {m: copy.deepcopy(op) for m, op in paths[path].items() if m == "get"}
+            for op in twin.values():
+                op["operationId"] = op.get("operationId", path) + "_json"
+                op["summary"] = (op.get("summary") or "") + " (JSON)"
+            paths[path + ".json"] = twin
+    for path, operations in paths.items():
+        for method, op in operations.items():
+            _describe(path, method, op)
+    spec.setdefault("components", {}).setdefault("schemas", {})["Error"] = schemas.ERROR
+    return spec
+
+
+def kind_of(path: str, method: str) -> str:
+    """``json``, ``html``, ``png``, ``image`` (blobs), ``export`` or ``text``."""
+    if path.endswith(".json") or path in schemas.RESPONSES or (method == "post" and path in
+                                                                schemas.POST_RESPONSES):  # fmt: skip
+        return "json"
+    if path.endswith(".png"):
+        return "png"
+    if path.startswith("/blobs/"):
+        return "image"
+    if "/export/" in path:
+        return "export"
+    if path.endswith(".txt"):
+        return "text"
+    return "html"
+
+
+def _describe(path: str, method: str, op: dict[str, Any]) -> None:
+    kind = kind_of(path, method)
+    ok: dict[str, Any]
+    if kind == "json":
+        table = schemas.POST_RESPONSES if method == "post" else schemas.RESPONSES
+        schema = table.get(path) or schemas.RESPONSES.get(path) or schemas.ANY_OBJ
+        ok = {"application/json": {"schema": schema}}
+        error: dict[str, Any] = {"application/json": {"schema": {"anyOf": [schemas.ERROR, schema]}}}
+        error_doc = "an error, or the page's own data with a status saying why it is incomplete"
+        if not path.endswith(".json"):  # JSON by default; errors follow the client's Accept
+            error.update(HTML)
+    else:
+        if kind == "html":
+            ok = dict(HTML)
+            if path in SUFFIX_TWINS:  # ".json" on the last parameter: the JSON twin
+                ok["application/json"] = {"schema": schemas.RESPONSES.get(path + ".json", schemas.ANY_OBJ)}
+        elif kind == "png":
+            ok = {"image/png": BINARY}
+        elif kind == "image":
+            ok = {t: BINARY for t in IMAGE_TYPES}
+        elif kind == "export":
+            ok = {t: BINARY for t in EXPORT_TYPES}
+        else:
+            ok = {"text/plain": {"schema": {"type": "string"}}}
+        error = {"application/json": ERROR_JSON, **HTML}
+        error_doc = "an error: an HTML page, or JSON when the client asks for it (Accept)"
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": ok}}
+    if method == "post" and kind == "html":
+        responses["303"] = {
+            "description": "done: see the result page",
+            "headers": {"Location": {"schema": {"type": "string"}, "description": "the result's URL"}},
+        }
+        responses["200"]["description"] = "the form again, with what went wrong"
+    if method == "get" and kind != "export" and path != "/robots.txt":
+        responses["304"] = {"description": "not modified (ETag matched If-None-Match)"}
+    for status, why in SERVER_ANSWERS.get(path, {}).items():
+        responses[status] = {"description": why, "content": error}
+    responses["default"] = {"description": error_doc, "content": error}
+    op["responses"] = responses
+    body = schemas.REQUEST_BODIES.get(path) if method == "post" else None
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"multipart/form-data": {"schema": body}},
+        }
