@@ -16,6 +16,10 @@ COPY static ./static
 RUN pip install --no-cache-dir --index-url "$TORCH_INDEX_URL" torch==2.14.1 torchvision==0.29.1 \
     && pip install --no-cache-dir -e .
 ENV CONCEPTSCOPE_DATA_DIR=/data
+# run as an unprivileged user (issue 14): it owns only /data
+RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin conceptscope \
+    && mkdir -p /data && chown conceptscope:conceptscope /data
+USER conceptscope
 VOLUME ["/data"]
 EXPOSE 8000
 CMD ["conceptscope", "demo", "--db", "/data/demo.db", "--host", "0.0.0.0", "--port", "8000"]
