@@ -20,6 +20,7 @@ from app.db import from_bytes, make_engine, session_factory
 from app.db.schema import Direction, Layer, Model, Neuron
 from app.models import DEMO_WEIGHTS
 from app.neurons import analysis as core
+from app.neurons import zeroshot
 from app.neurons.render import render_text
 from tests.live_support import copy_db, live_server
 
@@ -69,7 +70,7 @@ def test_empty_query_is_a_helpful_page(http: httpx.Client) -> None:
 def test_zero_shot_ranking_is_direction_dot_text_embedding(http: httpx.Client, demo_loaded, index) -> None:
     data = http.get("/search.json", params={"q": "red"}).json()
     assert data["used_query"] == "red" and not data["truncated"]
-    text = core.encode_texts(demo_loaded, ["red"])[0]
+    text = zeroshot.encode_texts(demo_loaded, ["red"])[0]
     layers = data["zero_shot"]["layers"]
     assert [layer["name"] for layer in layers] == list(index["directions"])
     for layer in layers:
@@ -144,3 +145,24 @@ def test_demo_red_neuron_is_found_by_the_word_red(http: httpx.Client, index) -> 
     last = data["zero_shot"]["layers"][-1]
     shown = [n["unit"] for n in last["neurons"]]  # the results the page shows
     assert unit in shown, (unit, shown)
+
+
+def test_search_knows_when_it_does_not_know(http: httpx.Client) -> None:
+    """Issue 16: nonsense is flagged as out of vocabulary; every zero-shot layer carries a
+    confidence against the null words and every unit its z; the recipe shows its null fit and
+    refuses when no better than the null."""
+    nonsense = http.get("/search.json", params={"q": "xqzvbl"}).json()
+    assert nonsense["out_of_vocabulary"] == ["xqzvbl"]
+    assert any("Not a word" in w for w in nonsense["warnings"])
+    assert "Not a word this model" in http.get("/search", params={"q": "xqzvbl"}).text
+    red = http.get("/search.json", params={"q": "red"}).json()
+    assert red["out_of_vocabulary"] == []
+    layer = red["zero_shot"]["layers"][-1]
+    assert 0.0 <= layer["confidence"] <= 1.0 and red["confidence"] == min(
+        lr["confidence"] for lr in red["zero_shot"]["layers"]
+    )
+    assert all(isinstance(n["z"], float) for n in layer["neurons"])
+    recipe = red["recipe"]
+    assert recipe["null"]["n"] == 64 and recipe["null"]["median"] <= recipe["null"]["p95"]
+    assert recipe["refused"] == (recipe["cosine"] <= recipe["null"]["p95"])
+    assert (recipe["terms"] == []) == recipe["refused"]

@@ -20,11 +20,13 @@ from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
 from app.web.cache import versioned_cache
 from app.web.urls import Urls
 
+N_NULL_RECIPES = 64
 EXPLAIN = (
     "The query's text embedding, with the mean embedding of the label vocabulary subtracted, written as "
     "a non-negative combination of at most {n} last-block neuron directions (greedy pursuit with a "
     "non-negative least-squares refit; query and directions at unit length). fit = cosine between the "
-    "query and the combination."
+    "query and the combination. null = the same fit for ordinary words nobody asked for; a fit no "
+    "better than the null's 95th percentile is refused."
 )
 
 
@@ -91,4 +93,33 @@ async def search_recipe(
     layer_name, matrix = next(iter(directions.items()))
     centre = await _vocabulary_centre(request, runner, slug)
     recipe = await run_in_threadpool(fit_recipe, embedding, matrix, max_terms=n_terms, centre=centre)
-    return await run_in_threadpool(_present, request, slug, layer_name, recipe, n_terms)
+    null = await _null_fits(request, runner, slug, matrix, centre, n_terms)
+    out = await run_in_threadpool(_present, request, slug, layer_name, recipe, n_terms)
+    if out is not None:
+        out["null"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in null.items()}
+        out["refused"] = bool(null["n"]) and recipe.cosine <= null["p95"]
+        if out["refused"]:
+            out["terms"] = []
+            out["note"] = (
+                f"No recipe: the fit ({recipe.cosine:.2f}) is no better than the fit of ordinary words "
+                f"nobody asked for (95th percentile {null['p95']:.2f} over {null['n']} words)."
+            )
+    return out
+
+
+async def _null_fits(
+    request: Request, runner: Any, slug: str, matrix: np.ndarray, centre: np.ndarray | None, n_terms: int
+) -> dict[str, float]:
+    """Recipe fits of :data:`N_NULL_RECIPES` null words (cached per app and model)."""
+    from app.neurons.calibration import null_words, recipe_null
+
+    cache: dict[str, dict[str, float]] = request.app.state.__dict__.setdefault("_recipe_nulls", {})
+    if slug not in cache:
+        words = null_words(N_NULL_RECIPES)
+        emb = await runner.encode_texts(words)
+
+        def fits() -> dict[str, float]:
+            return recipe_null([fit_recipe(e, matrix, max_terms=n_terms, centre=centre).cosine for e in emb])
+
+        cache[slug] = await run_in_threadpool(fits)
+    return cache[slug]

@@ -58,6 +58,11 @@ SCORE_HELP = (
     "towards the query. raw = the dot product per unit of activation; cos = raw ÷ the direction's "
     "length."
 )
+CONFIDENCE_HELP = (
+    "confidence = the share of 256 ordinary words (BPE words of frequency ranks 10,000–30,000, the "
+    "null) whose best zero-shot score is below this query's; z = a neuron's score in standard "
+    "deviations of its own scores over those words."
+)
 READING_HELP = (
     "The query written as an image of text (dark on white, at the model's input size); value = the "
     "neuron's activation on that image (max over positions), percentile = within the neuron's "
@@ -253,6 +258,56 @@ def zero_shot_ranking(
     return layers
 
 
+async def calibrate(
+    request: Request,
+    runner: LiveRunner,
+    slug: str,
+    dirs: dict[str, LayerDirections],
+    embedding: np.ndarray,
+    zero_layers: list[dict[str, Any]],
+    data: dict[str, Any],
+    text: str,
+) -> None:
+    """Issue 16: each zero-shot unit's z against the null words, the query's confidence (share of
+    null words whose best score is lower), and out-of-vocabulary words; notes say so."""
+    from app.neurons.calibration import CONFIDENT, fit_null, null_words, out_of_vocabulary
+
+    cache: dict[str, Any] = app_cache(request, "search_nulls", dict)
+    if slug not in cache:
+        null_emb = await runner.encode_texts(null_words())
+        cache[slug] = {
+            name: fit_null((null_emb @ layer.directions.T) * layer.scale) for name, layer in dirs.items()
+        }
+    nulls = cache[slug]
+    confidences = []
+    for layer in zero_layers:
+        null = nulls.get(layer["name"])
+        if null is None:
+            continue
+        best = float(((dirs[layer["name"]].directions @ embedding) * dirs[layer["name"]].scale).max())
+        layer["confidence"] = round(null.confidence_raw(best), 4)
+        confidences.append(layer["confidence"])
+        for n in layer["neurons"]:
+            n["z"] = round(float(null.z(np.float32(n["score"]))[n["unit"]]), 3)
+    oov = out_of_vocabulary(runner.loaded.tokenizer, text)
+    confidence = min(confidences) if confidences else None
+    data["confidence"] = confidence
+    data["out_of_vocabulary"] = oov
+    warnings = []
+    if oov:
+        warnings.append(
+            "Not a word this model's tokenizer knows: " + ", ".join(f"“{w}”" for w in oov)
+            + " is split into pieces, so the results below are about the pieces, not a concept."
+        )
+    if confidence is not None and confidence < CONFIDENT:
+        warnings.append(
+            f"Low confidence: the best neuron scores higher than for only {confidence:.0%} of "
+            "ordinary words nobody asked for (the null); these results may mean nothing."
+        )
+    data["warnings"] = warnings
+    data["explain"]["confidence"] = CONFIDENCE_HELP
+
+
 def reading_ranking(ctx: ModelContext, acts: core.ImageActivations) -> list[dict[str, Any]]:
     layers = []
     for layer in sorted(ctx.layers, key=lambda lr: -lr.position):
@@ -339,6 +394,7 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         raise live_http_error(exc) from exc
     dirs = await run_in_threadpool(directions, request, ctx)
     zero_layers = zero_shot_ranking(dirs, embedding, N_ZERO_SHOT)
+    await calibrate(request, runner, ctx.slug, dirs, embedding, zero_layers, data, query.text)
     reading_layers = reading_ranking(ctx, acts)
     matrices = {name: layer.directions for name, layer in dirs.items()}
     data["recipe"] = await search_recipe(request, runner, ctx.slug, embedding, matrices)

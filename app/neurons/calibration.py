@@ -1,0 +1,100 @@
+"""Search that knows when it does not know (issue 16): scores calibrated against a null.
+
+The null is a fixed list of ordinary words nobody searched for (:func:`null_words`: BPE whole
+words of frequency ranks 10,000–30,000, every ``k``-th, the demo's concept words removed).
+
+* **Zero-shot neuron search**: a unit's raw score for a text (direction · text embedding × the
+  unit's std) is standardised against the same score for the null words: ``z = (score − mean
+  null) / std null``. Units are ranked by ``z`` (a unit whose direction is long scores high for
+  every text; ``z`` asks whether it scores high for *this* text). The query's **confidence** is
+  the share of null words whose own best ``z`` is below the query's best ``z``.
+* **Recipes**: the fit of the query is compared with the fits of the null words; a fit no
+  better than the null's 95th percentile is refused.
+* **Out of vocabulary**: a query word the tokenizer splits into several pieces ("xqzvbl") is not
+  a word the text tower has seen as such; the page says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+N_NULL = 256
+CONFIDENT = 0.95
+"""A query is confident when its best z beats this share of the null words."""
+
+
+def null_words(n: int = N_NULL, exclude: Sequence[str] = ()) -> list[str]:
+    """``n`` ordinary words, spread over BPE frequency ranks 10,000–30,000 (deterministic)."""
+    from app.neurons.vocabulary import bpe_words
+
+    pool = bpe_words(30_000, start=10_000)
+    skip = {w.lower() for w in exclude}
+    pool = [w for w in pool if w.lower() not in skip]
+    step = max(1, len(pool) // n)
+    return pool[::step][:n]
+
+
+@dataclass
+class NullModel:
+    """Per-unit mean and std of the zero-shot score over the null words, and the null's best z."""
+
+    mean: np.ndarray  # (units,)
+    std: np.ndarray  # (units,)
+    best_z: np.ndarray  # (null words,) each null word's best z
+    best_raw: np.ndarray  # (null words,) each null word's best raw score
+
+    def z(self, scores: np.ndarray) -> np.ndarray:
+        return (scores - self.mean) / self.std
+
+    def confidence(self, best_z: float) -> float:
+        """Share of null words whose best z is below ``best_z``."""
+        return float((self.best_z < best_z).mean()) if len(self.best_z) else float("nan")
+
+    def confidence_raw(self, best_score: float) -> float:
+        """Share of null words whose best raw score is below ``best_score``."""
+        return float((self.best_raw < best_score).mean()) if len(self.best_raw) else float("nan")
+
+
+def fit_null(null_scores: np.ndarray) -> NullModel:
+    """The :class:`NullModel` of ``null_scores`` ``(null words, units)``."""
+    mean = null_scores.mean(0)
+    std = null_scores.std(0)
+    std = np.where(std > 1e-12, std, 1.0)
+    z = (null_scores - mean) / std
+    return NullModel(
+        mean.astype(np.float32), std.astype(np.float32), z.max(1).astype(np.float32),
+        null_scores.max(1).astype(np.float32),
+    )  # fmt: skip
+
+
+def out_of_vocabulary(tokenizer: Any, text: str) -> list[str]:
+    """The words of ``text`` that the BPE tokenizer splits into several pieces (unknown as words).
+
+    Returns ``[]`` when the tokenizer is not open_clip's BPE tokenizer (nothing can be said)."""
+    encode = getattr(tokenizer, "encode", None)
+    if encode is None:
+        return []
+    unknown = []
+    for word in text.split():
+        letters = "".join(ch for ch in word if ch.isalpha())
+        if len(letters) < 2:
+            continue
+        try:
+            pieces = encode(letters.lower())
+        except Exception:  # noqa: BLE001 - a tokenizer we do not know: say nothing
+            return []
+        if len(pieces) > 1:
+            unknown.append(word)
+    return unknown
+
+
+def recipe_null(fits: Sequence[float]) -> dict[str, float]:
+    """Median and 95th percentile of the null words' recipe fits."""
+    arr = np.asarray(list(fits), np.float64)
+    if not arr.size:
+        return {"median": float("nan"), "p95": float("nan"), "n": 0}
+    return {"median": float(np.median(arr)), "p95": float(np.quantile(arr, 0.95)), "n": int(arr.size)}
