@@ -201,3 +201,29 @@ def analysis_neurons(
                 entry["thumb"] = top[0].thumb if top else None
         found.append(entry)
     return deepest["name"], found
+
+
+def atlas_sprite(
+    session: Session, cells: list[tuple[int, int, str | None]], cols: int, rows: int, side: int
+) -> tuple[str, bytes]:
+    """``(etag, jpeg)``: one image holding every atlas thumbnail in its grid cell, so the atlas
+    costs one request. ``cells`` are ``(col, row, thumbnail blob hash or None)``."""
+    key = "atlas-v1|" + hashlib.sha256(repr((cols, rows, side, cells)).encode()).hexdigest()
+
+    def render() -> bytes:
+        img = Image.new("RGB", (cols * side, rows * side), (255, 255, 255))
+        decoded: dict[str, Image.Image | None] = {}
+        for col, row, sha in cells:
+            if sha is None:
+                continue
+            if sha not in decoded:
+                found = _blob_image(session, sha)
+                decoded[sha] = _square(found, side) if found is not None else None
+            tile = decoded[sha]
+            if tile is not None:
+                img.paste(tile, (col * side, row * side))
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=85, optimize=True)
+        return out.getvalue()
+
+    return _cached(key, render)
