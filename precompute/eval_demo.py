@@ -24,8 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from app.models.demo import last_block, load_demo_model, to_tensor
+from app.models.demo import as_loaded, last_block, load_demo_model, to_tensor
 from app.models.hooks import hooks
+from app.neurons import zeroshot
 from precompute import demo_world as world
 
 THRESHOLD = 1.5
@@ -102,14 +103,11 @@ def prompts(concept: str) -> list[str]:
             + [f"a photo of {a(c)} {c} {s}" for c in world.COLOURS])  # fmt: skip
 
 
-@torch.no_grad()
 def class_embeddings(model: torch.nn.Module, tokenizer: Any, concepts: tuple[str, ...]) -> torch.Tensor:
-    """(len(concepts), D) normalised mean text embedding of each concept's prompts."""
-    rows = []
-    for c in concepts:
-        t = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts(c))).float(), dim=-1)
-        rows.append(torch.nn.functional.normalize(t.mean(0), dim=-1))
-    return torch.stack(rows)
+    """(len(concepts), D) normalised mean text embedding of each concept's :func:`prompts` (the prompt
+    policy of :func:`app.neurons.zeroshot.encode_concepts`)."""
+    embeddings = zeroshot.encode_concepts(as_loaded(model, tokenizer), concepts, prompts)
+    return torch.from_numpy(embeddings)
 
 
 def eval_set(modality: str, kind: str, n_per_class: int, seed: int) -> tuple[list[Any], np.ndarray]:

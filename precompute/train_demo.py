@@ -5,7 +5,8 @@ open_clip ``CLIP`` (ModifiedResNet vision tower, config ``conceptscope-demo``, b
 ``ClipLoss``, AdamW, linear warm-up then cosine decay, a fixed seed. Batches are rendered on the
 fly from :mod:`precompute.demo_world` (training seed) with no caption content repeated more
 than a few times in one batch, and a curriculum on written words (large, plain words first).
-Writes fp16 safetensors weights, ``loss_curve.png`` and ``MODEL_CARD.md``.
+Writes fp16 safetensors weights, ``loss_curve.png`` and ``MODEL_CARD.md`` (evaluated with
+:mod:`precompute.eval_demo`, which never imports this module).
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ import numpy as np
 import torch
 
 from app.models import load_state_file
-from app.models.demo import create_demo_model, last_block, save_weights, to_tensor
+from app.models.demo import create_demo_model, last_block, load_demo_model, save_weights, to_tensor
 from app.models.hooks import hooks
 from app.models.registry import DEMO_MODEL_NAME, DEMO_WEIGHTS_NAME, WEIGHTS_DIR, demo_config
 from precompute import demo_world as world
+from precompute.eval_demo import REGRESSION, evaluate, format_report, zero_shot_accuracy
 
 CURRICULUM: tuple[tuple[float, dict[str, Any]], ...] = (
     # (until this fraction of steps, world overrides)
@@ -217,8 +219,6 @@ def _worker_init(_: int) -> None:
 
 def quick_eval(model: torch.nn.Module, tokenizer: Any, n: int = 8) -> dict[str, float]:
     """Zero-shot accuracy on a small fixed held-out set (used during training)."""
-    from precompute.eval_demo import zero_shot_accuracy
-
     return zero_shot_accuracy(model, tokenizer, n_per_class=n, seed=world.HELDOUT_SEED + 7)
 
 
@@ -531,8 +531,6 @@ def _targets(result: Any) -> list[str]:
 
 def facts_block(model: torch.nn.Module, tokenizer: Any, result: Any) -> str:
     """Machine-readable facts for tests: a small regression subset and the named neurons."""
-    from precompute.eval_demo import REGRESSION, zero_shot_accuracy
-
     acc = zero_shot_accuracy(model, tokenizer, **REGRESSION)
     facts = {
         "regression": {**REGRESSION, **acc},
@@ -549,9 +547,6 @@ def facts_block(model: torch.nn.Module, tokenizer: Any, result: Any) -> str:
 
 def card(out: Path, n: int, threads: int, notes: Path | None = None) -> int:
     """Evaluate the weights in ``out`` and (re)write its model card from ``train_log.json``."""
-    from app.models.demo import load_demo_model
-    from precompute.eval_demo import evaluate, format_report
-
     torch.set_num_threads(threads)
     log = json.loads((out / "train_log.json").read_text())
     model, tokenizer = load_demo_model(out / DEMO_WEIGHTS_NAME)

@@ -28,7 +28,7 @@ from app.db import from_bytes, make_engine, session_factory
 from app.db.schema import Analysis, Blob, Image, Layer, Model, Neuron, TopExample
 from app.live.runner import Busy, LiveRunner, LiveTimeout
 from app.models import ModelSpec
-from app.neurons import analysis as core
+from app.neurons import zeroshot
 from app.web.uploads import decode_upload
 from precompute import demo_world as world
 from tests.csrf_support import csrf_client
@@ -361,8 +361,8 @@ def test_permalink_json_twin_heatmap_fragment_and_zero_shot(http: httpx.Client, 
     probs = zero["probabilities"]
     assert set(probs) == {"red", "blue", "star"} and abs(sum(probs.values()) - 1) < 1e-5
     embedding = np.asarray(twin_embedding(server[2], the_id), dtype=np.float32)
-    texts = core.encode_texts(runner.loaded, ["red", "blue", "star"])
-    expected = core.zero_shot(embedding, texts, runner.logit_scale)
+    texts = zeroshot.encode_texts(runner.loaded, ["red", "blue", "star"])
+    expected = zeroshot.zero_shot(embedding, texts, runner.logit_scale)
     np.testing.assert_allclose([probs[c] for c in ("red", "blue", "star")], expected, atol=1e-5)
     assert http.get("/analyses/ffffffffffffffffffffffff").status_code == 404
 

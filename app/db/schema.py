@@ -1,7 +1,7 @@
 """The database schema (SQLAlchemy 2.x). SQLite by default; any SQLAlchemy URL works.
 
 Arrays (heatmaps, activation samples, directions) are stored as raw little-endian bytes with
-their dtype and shape alongside; :mod:`app.db.arrays` converts them.
+their dtype and shape alongside; ``app.db.to_bytes`` / ``app.db.from_bytes`` convert them.
 """
 
 from __future__ import annotations

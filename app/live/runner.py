@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from app.models import LoadedModel, ModelLoadError, ModelSpec, load_model
-from app.neurons import analysis
+from app.neurons import analysis, zeroshot
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -255,7 +255,7 @@ class LiveRunner:
             log.info("loading live model %s on %s", self.spec, self.device)
             self._loaded = load_model(self.spec, self.device)
         loaded = self._loaded
-        self._logit_scale = analysis.logit_scale(loaded)
+        self._logit_scale = zeroshot.logit_scale(loaded)
         if not self.warmup:
             return
         size = loaded.image_size
@@ -263,7 +263,7 @@ class LiveRunner:
         for batch in sorted({1, self.max_batch}):
             blank = torch.zeros(batch, 3, size, size)
             analysis.analyze_batch(loaded, blank, top_k=1)
-        analysis.encode_texts(loaded, ["a photo"])
+        zeroshot.encode_texts(loaded, ["a photo"])
         if loaded.device.type == "cuda":
             torch.cuda.synchronize(loaded.device)
         log.info("live model warm in %.2f s", time.perf_counter() - started)
@@ -424,7 +424,7 @@ class LiveRunner:
             return list(analysis.analyze_batch(loaded, images, top_k=[job.top_k for job in batch]))
         if kind == TEXT:
             texts = [text for job in batch for text in job.payload]
-            embeddings = analysis.encode_texts(loaded, texts)
+            embeddings = zeroshot.encode_texts(loaded, texts)
             out, start = [], 0
             for job in batch:
                 out.append(embeddings[start : start + len(job.payload)])

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from app.models import create_model, load_state_file, mean_std
+from app.models import LoadedModel, ModelSpec, create_model, load_state_file, mean_std
 from app.models.registry import DEMO_MODEL_NAME, DEMO_WEIGHTS, demo_config
 
 
@@ -35,6 +35,16 @@ def load_demo_model(weights: str | Path | None = None) -> tuple[nn.Module, Any]:
     load_state_file(model, path)
     model.eval()
     return model, tokenizer
+
+
+def as_loaded(model: nn.Module, tokenizer: Any) -> LoadedModel:
+    """A bare demo model (in training or evaluation) as a :class:`LoadedModel` for the model-maths
+    functions of :mod:`app.neurons` (no preprocess, no indexed layers)."""
+    device = next(model.parameters()).device
+    def preprocess(image: Any) -> torch.Tensor:
+        return to_tensor([image], None, model)[0]
+
+    return LoadedModel(ModelSpec.parse("demo"), model, preprocess, tokenizer, [], device)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:

@@ -4,12 +4,12 @@ Shared by the precompute stages and the live endpoint so both compute a neuron's
 way: the spatial maps of :func:`app.neurons.capture.layer_maps` (pre-ReLU residual sums for
 ResNet blocks, post-GELU MLP units for ViT), and the value of a neuron on an image is the
 maximum of its map. Also: percentiles against a neuron's dataset distribution (the
-``activation_samples`` table) and zero-shot class probabilities.
+``activation_samples`` table) and the parsing of typed class names. Text embeddings and
+zero-shot probabilities are :mod:`app.neurons.zeroshot`'s.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -20,8 +20,6 @@ import torch
 from app.neurons.capture import capture, spatial_maps
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session
-
     from app.models import LayerInfo, LoadedModel
 
 DEFAULT_TOP_K = 12
@@ -141,30 +139,6 @@ def analyze_batch(
     return results
 
 
-def encode_texts(loaded: LoadedModel, texts: Sequence[str]) -> np.ndarray:
-    """L2-normalised text embeddings ``(len(texts), embed_dim)`` (float32)."""
-    tokens = loaded.tokenizer(list(texts)).to(loaded.device)
-    with torch.inference_mode():
-        features = loaded.model.encode_text(tokens)
-    return torch.nn.functional.normalize(features.float(), dim=-1).cpu().numpy()
-
-
-def logit_scale(loaded: LoadedModel) -> float:
-    """The model's learned softmax temperature (``exp(logit_scale)``, capped at 100)."""
-    scale = getattr(loaded.model, "logit_scale", None)
-    if scale is None:
-        return 100.0
-    return float(min(100.0, math.exp(float(scale.detach().cpu()))))
-
-
-def zero_shot(image_embedding: np.ndarray, text_embeddings: np.ndarray, scale: float) -> np.ndarray:
-    """Class probabilities: softmax of ``scale`` × cosine similarities (CLIP's zero-shot recipe)."""
-    logits = scale * (text_embeddings @ image_embedding)
-    logits = logits - logits.max()
-    probs = np.exp(logits)
-    return probs / probs.sum()
-
-
 def parse_class_names(text: str | None) -> list[str]:
     """Comma-separated class names → a clean list (trimmed, no blanks, no duplicates, capped)."""
     if not text:
@@ -181,7 +155,8 @@ class Percentiles:
     """Percentile of a value within each neuron's dataset distribution (``activation_samples``).
 
     Holds, per layer, the sample matrix sorted along the image axis; the percentile of ``v`` for
-    a unit is the share of sampled dataset images on which that unit's value is ``<= v``.
+    a unit is the share of sampled dataset images on which that unit's value is ``<= v``. Built
+    from :func:`app.db.samples.load_activation_samples` with :meth:`from_arrays`.
     """
 
     def __init__(self, sorted_samples: dict[str, np.ndarray]) -> None:
@@ -190,24 +165,6 @@ class Percentiles:
     @classmethod
     def from_arrays(cls, samples: dict[str, np.ndarray]) -> Percentiles:
         return cls({name: np.sort(np.asarray(a, dtype=np.float32), axis=0) for name, a in samples.items()})
-
-    @classmethod
-    def from_db(cls, session: Session, model_id: int) -> Percentiles:
-        """Load the activation samples of every layer of model ``model_id`` (empty when absent)."""
-        from sqlalchemy import select
-
-        from app.db import from_bytes
-        from app.db.schema import ActivationSample, Layer
-
-        rows = session.execute(
-            select(Layer.name, ActivationSample)
-            .join(ActivationSample, ActivationSample.layer_id == Layer.id)
-            .where(Layer.model_id == model_id)
-        ).all()
-        samples = {
-            name: from_bytes(s.values, "float16", (s.n_images, s.n_units)) for name, s in rows if s.n_images
-        }
-        return cls.from_arrays(samples)
 
     def has(self, layer: str) -> bool:
         return layer in self.sorted and self.sorted[layer].shape[0] > 0

@@ -30,6 +30,7 @@ from app.db.units import unit_summaries
 from app.live.context import LayerMeta, ModelContext, live_http_error
 from app.live.runner import LiveError, LiveRunner
 from app.neurons import analysis as core
+from app.neurons import zeroshot
 from app.web import csrf
 from app.web.formats import SafeJSONResponse
 from app.web.heatmaps import heatmap_data_uri
@@ -446,7 +447,7 @@ async def zero_shot(
         texts = await runner.encode_texts(classes)
     except LiveError as exc:
         raise live_http_error(exc) from exc
-    probs = core.zero_shot(np.asarray(result["embedding"], dtype=np.float32), texts, runner.logit_scale)
+    probs = zeroshot.zero_shot(np.asarray(result["embedding"], dtype=np.float32), texts, runner.logit_scale)
     order = np.argsort(-probs)
     return {
         **base,

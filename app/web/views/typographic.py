@@ -182,8 +182,8 @@ async def run_attack(
         raise live.live_http_error(exc) from exc
     templates = list(zeroshot.templates_for(runner.loaded))
     scale = runner.logit_scale
-    p0 = core.zero_shot(before.embedding, class_emb, scale)
-    p1 = core.zero_shot(after.embedding, class_emb, scale)
+    p0 = zeroshot.zero_shot(before.embedding, class_emb, scale)
+    p1 = zeroshot.zero_shot(after.embedding, class_emb, scale)
     stds = await run_in_threadpool(_stds, request, runner.slug)
     changes = activation_changes(before.values, after.values, stds, N_CHANGES)
     urls: Urls = request.app.state.urls
