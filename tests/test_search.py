@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.db import from_bytes, make_engine, session_factory
 from app.db.schema import Direction, Layer, Model, Neuron
 from app.models import DEMO_WEIGHTS
-from app.neurons import analysis as core
+from app.neurons import activations as core
 from app.neurons import zeroshot
 from app.neurons.render import render_text
 from tests.live_support import copy_db, live_server

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from app.db import queries
 from app.db.samples import load_activation_samples
 from app.live.runner import Busy, LiveError, LiveRunner, LiveTimeout
-from app.neurons import analysis as core
+from app.neurons import activations as core
 
 
 @dataclass(frozen=True)

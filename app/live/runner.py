@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from app.models import LoadedModel, ModelLoadError, ModelSpec, load_model
-from app.neurons import analysis, zeroshot
+from app.neurons import activations, zeroshot
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -74,7 +74,7 @@ class _Job:
     kind: str
     future: asyncio.Future[Any]
     payload: Any  # image tensor (3, S, S) | list[str] | (fn, args, kwargs)
-    top_k: int = analysis.DEFAULT_TOP_K
+    top_k: int = activations.DEFAULT_TOP_K
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -262,7 +262,7 @@ class LiveRunner:
         started = time.perf_counter()
         for batch in sorted({1, self.max_batch}):
             blank = torch.zeros(batch, 3, size, size)
-            analysis.analyze_batch(loaded, blank, top_k=1)
+            activations.analyze_batch(loaded, blank, top_k=1)
         zeroshot.encode_texts(loaded, ["a photo"])
         if loaded.device.type == "cuda":
             torch.cuda.synchronize(loaded.device)
@@ -289,9 +289,9 @@ class LiveRunner:
         self,
         image: PILImage.Image | torch.Tensor,
         *,
-        top_k: int = analysis.DEFAULT_TOP_K,
+        top_k: int = activations.DEFAULT_TOP_K,
         timeout: float | None = None,
-    ) -> analysis.ImageActivations:
+    ) -> activations.ImageActivations:
         """Every neuron's value on ``image``, the top ``top_k`` per layer with heatmaps, and the
         image embedding. ``image``: an RGB PIL image or an already preprocessed tensor."""
         self._check_running()
@@ -421,7 +421,7 @@ class LiveRunner:
         kind = batch[0].kind
         if kind == IMAGE:
             images = torch.stack([job.payload for job in batch])
-            return list(analysis.analyze_batch(loaded, images, top_k=[job.top_k for job in batch]))
+            return list(activations.analyze_batch(loaded, images, top_k=[job.top_k for job in batch]))
         if kind == TEXT:
             texts = [text for job in batch for text in job.payload]
             embeddings = zeroshot.encode_texts(loaded, texts)

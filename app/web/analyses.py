@@ -29,7 +29,7 @@ from app.db import analyses as store_db
 from app.db.units import unit_summaries
 from app.live.context import LayerMeta, ModelContext, live_http_error
 from app.live.runner import LiveError, LiveRunner
-from app.neurons import analysis as core
+from app.neurons import activations as core
 from app.neurons import zeroshot
 from app.web import csrf
 from app.web.formats import SafeJSONResponse

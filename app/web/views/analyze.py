@@ -24,7 +24,7 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
-from app.neurons import analysis as core
+from app.neurons import activations as core
 from app.web import analyses as work
 from app.web.formats import is_htmx, link_header, respond
 from app.web.heatmaps import colour_bar_stops

@@ -34,7 +34,7 @@ from app.db import from_bytes
 from app.db.schema import Direction, Label, Layer, Model, Neuron
 from app.live.context import ModelContext, live_http_error
 from app.live.runner import LiveError, LiveRunner
-from app.neurons import analysis as core
+from app.neurons import activations as core
 from app.neurons.render import render_text
 from app.web.analyses import neuron_cards
 from app.web.cache import versioned_cache
