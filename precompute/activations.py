@@ -395,6 +395,7 @@ def run_activations(
     checkpoint_min_seconds: float = CHECKPOINT_MIN_SECONDS,
     stop_after_batches: int | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> ActivationsReport:
     """Index ``dataset`` with ``spec`` into the database at ``db_url`` (resuming if possible).
 
@@ -403,7 +404,9 @@ def run_activations(
     throttle off) and at least every ``checkpoint_seconds``; where the checkpoints fall never
     changes the result. ``stop_after_batches`` ends the call after that
     many batches (and any checkpoint due then) without finalizing, exactly like a run killed
-    there (tests use it to exercise resumption; not under torchrun).
+    there (tests use it to exercise resumption; not under torchrun). ``precision``: ``auto``
+    (bf16 autocast on a GPU, fp32 elsewhere), ``fp32``, ``bf16`` or ``fp16`` (autocast); on a GPU
+    batches are also pinned and copied asynchronously.
     """
     started = time.perf_counter()
     if top_k < 1 or batch_size < 1 or sample_size < 0:
@@ -414,13 +417,18 @@ def run_activations(
     device = device_for(ctx, device)
     loaded = spec if isinstance(spec, LoadedModel) else load_model(spec, device)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset)
+    if precision == "auto":
+        precision = "bf16" if loaded.device.type == "cuda" else "fp32"
+    if precision not in AUTOCAST:
+        raise ValueError(f"precision must be auto, {', '.join(AUTOCAST)} (got {precision!r})")
     options = PassOptions(
         top_k, batch_size, sample_size, workers, checkpoint_batches, checkpoint_seconds,
-        checkpoint_min_seconds, stop_after_batches, progress and ctx.is_writer,
+        checkpoint_min_seconds, stop_after_batches, progress and ctx.is_writer, precision,
     )  # fmt: skip
     # Start decoding the first batches now (a fresh run starts at 0): it overlaps the set-up below.
     mine = share(data, batch_size, ctx)
-    first = BatchLoader(data, loaded.preprocess, batch_size, ranges=mine, workers=workers)
+    pin = loaded.device.type == "cuda"
+    first = BatchLoader(data, loaded.preprocess, batch_size, ranges=mine, workers=workers, pin_memory=pin)
     try:
         return _index(loaded, data, db_url, options, first, started, ctx)
     finally:
@@ -451,6 +459,10 @@ class PassOptions:
     checkpoint_min_seconds: float
     stop_after_batches: int | None
     progress: bool
+    precision: str = "fp32"
+
+
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _start(sessions: Any, loaded: LoadedModel, params: dict[str, Any], n_items: int, ctx: Context) -> tuple:
@@ -492,6 +504,8 @@ def _index(
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     params = run_params(loaded, data, top_k, sample_size)
+    if options.precision != "fp32":  # reduced precision changes the values: another run
+        params["precision"] = options.precision
     layer_names = [layer.name for layer in loaded.layers]
     model_id, run_id, status, part_id, saved = _start(sessions, loaded, params, len(data), ctx)
 
@@ -548,8 +562,9 @@ def _index(
         first.close()
         ranges = share(data, state.batch_size, ctx, start=state.position)
         loader = BatchLoader(
-            data, loaded.preprocess, state.batch_size, ranges=ranges, workers=options.workers
-        )
+            data, loaded.preprocess, state.batch_size, ranges=ranges, workers=options.workers,
+            pin_memory=first.pin_memory,
+        )  # fmt: skip
     mine = sum(hi - lo for lo, hi in share(data, state.batch_size, ctx))
     batches = 0
     timings = {"setup_s": time.perf_counter() - started}
@@ -566,7 +581,7 @@ def _index(
         with fast_layout(loaded), loader:
             remaining = len(loader.ranges)
             for batch in loader:
-                process_batch(loaded, state, batch)
+                process_batch(loaded, state, batch, AUTOCAST[options.precision])
                 batches += 1
                 remaining -= 1
                 bar.update(batch.stop - batch.start)
@@ -692,8 +707,11 @@ def fast_layout(loaded: LoadedModel) -> Iterator[None]:
         loaded.visual.to(memory_format=torch.contiguous_format)
 
 
-def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
-    """Run one batch through the model and merge it into ``state`` (all on the device)."""
+def process_batch(
+    loaded: LoadedModel, state: PassState, batch: Batch, autocast: torch.dtype | None = None
+) -> None:
+    """Run one batch through the model and merge it into ``state`` (all on the device); with
+    ``autocast`` the model runs in that reduced precision (the state stays float32)."""
     for item in batch.errors:
         state.skipped.append((item.key, item.error or "unreadable"))
         state.skipped_positions.append(item.position)
@@ -701,8 +719,10 @@ def process_batch(loaded: LoadedModel, state: PassState, batch: Batch) -> None:
         dev = loaded.device
         positions = torch.tensor(batch.positions, dtype=torch.int64, device=dev)
         slots = state.slots(positions)
+        pixels = batch.pixels.to(dev, non_blocking=True)  # asynchronous from pinned memory
         with torch.inference_mode():
-            raw = run_visual(loaded.visual, batch.pixels.to(dev, non_blocking=True), loaded.layers)
+            with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
+                raw = run_visual(loaded.visual, pixels, loaded.layers)
             for layer in loaded.layers:
                 maps = spatial_maps(raw[layer.name], layer).float()
                 state.layers[layer.name].merge(maps, positions, slots, state.n_indexed)
@@ -919,6 +939,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--sample", type=int, default=DEFAULT_SAMPLE, help="images in the histogram sample" + dflt)
     add("--device", default="auto", help="auto, cpu, cuda, cuda:1, ..." + dflt)
     add("--workers", type=int, default=DEFAULT_WORKERS, help="decoding threads" + dflt)
+    add("--precision", default="auto", choices=["auto", *AUTOCAST],
+        help="auto: bf16 autocast on a GPU, fp32 on the CPU" + dflt)  # fmt: skip
     add("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -935,6 +957,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
             workers=args.workers,
             progress=not args.no_progress,
+            precision=args.precision,
         )
     except (DatasetError, ValueError) as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)

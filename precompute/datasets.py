@@ -236,8 +236,10 @@ class BatchLoader:
         ranges: list[tuple[int, int]] | None = None,
         workers: int = 2,
         prefetch_batches: int = 2,
+        pin_memory: bool = False,
     ):
         self.dataset, self.batch_size, self.start = dataset, batch_size, start
+        self.pin_memory = pin_memory  # page-locked batches: asynchronous copies to a GPU
         self.ranges = dataset.batch_ranges(batch_size, start) if ranges is None else list(ranges)
         self._view, self._to_tensor = split_preprocess(preprocess)
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
@@ -270,6 +272,8 @@ class BatchLoader:
                 good = [r for r in results if r.pixels is not None]
                 errors = [r.item for r in results if r.pixels is None]
                 pixels = torch.stack([r.pixels for r in good]) if good else None
+                if pixels is not None and self.pin_memory:
+                    pixels = pixels.pin_memory()
                 yield Batch(batch_start, stop, good, errors, pixels)
         finally:
             self.close()

@@ -6,6 +6,10 @@ share one optimisation batch (:func:`app.neurons.featurevis.render`). Images are
 blobs with a ``feature_visualizations`` row (objective reached, settings). Resumable: neurons
 whose visualizations are stored are skipped, and every batch is committed on its own.
 
+Under ``torchrun`` the optimisation batches are dealt out round by round (batch ``i`` to rank
+``i % N``); rank 0 gathers each round's images and writes them, so what is stored is always a
+prefix of the batch list and a restarted job resumes where it stopped.
+
 Defaults depend on the device (:func:`app.neurons.featurevis.default_settings`): on a GPU
 Lucid's 512 steps at the model's input size; on a CPU fewer steps at half the input size, a
 budget that keeps the ``conceptscope demo`` build short.
@@ -22,11 +26,13 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from tqdm import tqdm
 
-from app.config import DEFAULT_DATA_DIR, best_device, db_url_from_arg
+from app.config import DEFAULT_DATA_DIR, db_url_from_arg
 from app.db import make_engine, session_factory
 from app.db.schema import FeatureVisualization, Layer, Model, Neuron
+from app.db.visualizations import save_visualization
 from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons import featurevis as fv
+from precompute import distributed
 
 STAGE = "featurevis"
 CPU_STEPS = fv.CPU_STEPS
@@ -164,7 +170,7 @@ def render_batch(
     )  # type: ignore[arg-type]
 
 
-def render_missing(
+def run_featurevis(
     db_url: str,
     *,
     model: str | None = None,
@@ -183,6 +189,8 @@ def render_missing(
 ) -> FeatureVisReport:
     """Render and store the missing visualizations of the DB's model (see module docstring)."""
     started = time.perf_counter()
+    ctx = distributed.context()
+    progress = progress and ctx.is_writer
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     with sessions() as session:
@@ -192,6 +200,7 @@ def render_missing(
             known = ", ".join(row.name for row in model_row.layers)
             raise ValueError(f"unknown layer in {list(layers)} (indexed layers: {known})")
         plans = [(row, *plan_jobs(session, row, units, kinds, diversity)) for row in layer_rows]
+    distributed.barrier(ctx)  # every rank planned from the same rows before anything is written
     n_images = sum(job.count for _, jobs, _ in plans for job in jobs)
     n_complete = sum(done for *_, done in plans)
     if n_images == 0:
@@ -199,7 +208,7 @@ def render_missing(
         return FeatureVisReport(model_row.slug, 0, n_complete, time.perf_counter() - started)
 
     if loaded is None:
-        device = best_device() if device == "auto" else device
+        device = distributed.device_for(ctx, device)
         loaded = load_model(ModelSpec(model_row.name, model_row.pretrained), device)
     on_gpu = loaded.device.type == "cuda"
     settings = fv.default_settings(loaded, steps=steps, size=size, seed=seed)
@@ -218,30 +227,48 @@ def render_missing(
         bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}",
     )
     stored = 0
+    batches = [(row.name, batch_jobs) for row, jobs, _ in plans for batch_jobs in pack(jobs, batch)]
     try:
-        for layer_row, jobs, _ in plans:
-            for batch_jobs in pack(jobs, batch):
+        for first in range(0, len(batches), ctx.world):
+            index = first + ctx.rank
+            result = None
+            if index < len(batches):
+                layer_name, batch_jobs = batches[index]
                 n = sum(job.count for job in batch_jobs)
-                bar.set_postfix_str(f"{layer_row.name}: {stored}/{n_images} images", refresh=False)
+                bar.set_postfix_str(f"{layer_name}: {stored}/{n_images} images", refresh=False)
 
                 def tick(step: int, n: int = n) -> None:
                     bar.update(n)
 
-                result = render_batch(loaded, layer_row.name, batch_jobs, settings, tick)
+                result = render_batch(loaded, layer_name, batch_jobs, settings, tick)
+            results = distributed.gather((index, result), ctx)
+            for index, result in results or []:
+                if result is None:
+                    continue
+                batch_jobs = batches[index][1]
+                n = sum(job.count for job in batch_jobs)
+                if index != first:
+                    bar.update(n * settings.steps)
                 with sessions.begin() as session:
                     i = 0
                     for job in batch_jobs:
-                        for index in range(job.count):
-                            fv.store(session, job.neuron_id, job.kind, index, result, i, extra={"batch": n})
+                        for image in range(job.count):
+                            save_visualization(
+                                session, job.neuron_id, job.kind, image, result, i, extra={"batch": n}
+                            )
                             i += 1
                 stored += n
-                done_batches += 1
-                if stop_after_batches is not None and done_batches >= stop_after_batches:
-                    return FeatureVisReport(model_row.slug, stored, n_complete, time.perf_counter() - started)
+            done_batches += 1
+            if stop_after_batches is not None and done_batches >= stop_after_batches:
+                return FeatureVisReport(model_row.slug, stored, n_complete, time.perf_counter() - started)
+        distributed.barrier(ctx)
     finally:
         bar.close()
         engine.dispose()
     return FeatureVisReport(model_row.slug, stored, n_complete, time.perf_counter() - started)
+
+
+render_missing = run_featurevis  # the stage's former name (kept for callers)
 
 
 # --- CLI -------------------------------------------------------------------------------------
@@ -290,7 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = render_missing(
+        report = run_featurevis(
             db_url_from_arg(args.db),
             model=args.model,
             layers=args.layers,
@@ -307,6 +334,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)
         return 2
+    if not distributed.env_context().is_writer:  # rank 0 reports for the whole job
+        return 0
     if report.n_images == 0:
         print(f"{report.model}: feature visualizations already complete ({report.n_skipped_neurons} neurons)")
     else:

@@ -1,0 +1,83 @@
+"""torchrun: two gloo ranks (real processes) write the same index as one process.
+
+The activations stage reads webdataset shards (each rank takes its own shards); words and
+feature visualization split their batches over the ranks. Top-k ids, values and heatmaps,
+samples, thumbnails, words and visualizations must be equal; means and standard deviations
+(merged by Chan's formula) equal within float rounding. Every process computes with one thread
+(as torchrun sets it), so a batch gives the same values in either run.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+
+import pytest
+import torch
+
+from tests.precompute_support import ROOT, assert_same_content, subprocess_env, torchrun
+
+TOP_K, BATCH, SAMPLE = 8, 8, 20
+VOCAB = ["red", "green", "blue", "circle", "square", "star", "cat", "dog", "purple", "the"]
+FV = {"units": {0, 1, 2}, "steps": 2, "size": 32, "batch": 4, "diversity": 2}
+
+RANK_SCRIPT = """
+import sys
+from precompute.featurevis import run_featurevis
+from precompute.words import run_words
+url, vocab = sys.argv[1], sys.argv[2].split(",")
+run_words(url, vocab=vocab, top=3, batch=3, device="cpu", progress=False)
+run_featurevis(url, units={0, 1, 2}, steps=2, size=32, batch=4, diversity=2, device="cpu", progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loaded):
+    from precompute.activations import run_activations
+    from precompute.featurevis import run_featurevis
+    from precompute.shard_writer import write_shards
+    from precompute.words import run_words
+
+    spec, n, n_shards = write_shards("demo:48", tmp_path / "shards", 12)
+    assert (n, n_shards) == (48, 4)
+
+    one = tmp_path / "one.db"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        url = f"sqlite:///{one}"
+        kwargs = {"top_k": TOP_K, "batch_size": BATCH, "sample_size": SAMPLE, "progress": False}
+        run_activations(demo_loaded, spec, url, **kwargs)
+        run_words(url, loaded=demo_loaded, vocab=VOCAB, top=3, batch=3, progress=False)
+        run_featurevis(url, loaded=demo_loaded, progress=False, **FV)
+    finally:
+        torch.set_num_threads(threads)
+
+    two = tmp_path / "two.db"
+    env = subprocess_env(threads=1)
+    activations = [
+        "-m", "app.cli", "precompute", "activations", "--model", "demo", "--dataset", spec,
+        "--db", str(two), "--top-k", str(TOP_K), "--batch-size", str(BATCH), "--sample", str(SAMPLE),
+        "--device", "cpu", "--workers", "1", "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run([*torchrun(2), *activations], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "indexed 48 of 48 images" in done.stdout  # rank 0 reports the whole job, once
+    assert done.stdout.count("indexed") == 1
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_SCRIPT)
+    done = subprocess.run(
+        [*torchrun(2), str(script), f"sqlite:///{two}", ",".join(VOCAB)],
+        cwd=ROOT, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    con = sqlite3.connect(two)
+    stages = sorted(r[0] for r in con.execute("SELECT stage FROM runs"))
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+              for t in ("top_examples", "neuron_words", "feature_visualizations")}  # fmt: skip
+    con.close()
+    assert stages == ["activations", "words"]  # the ranks' part rows are gone
+    assert counts["top_examples"] > 0 and counts["neuron_words"] > 0
+    assert counts["feature_visualizations"] == 2 * 3 * 2 + 3 * 2  # pos+neg per unit and layer, diversity
+    assert_same_content(two, one)
