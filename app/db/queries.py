@@ -13,12 +13,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from app.db import from_bytes
+from app.db.evidence import title_key
 from app.db.schema import (
     ActivationSample,
     Blob,
     FeatureVisualization,
     Image,
     Label,
+    LabelEvidence,
     Layer,
     Model,
     Neuron,
@@ -31,7 +33,7 @@ from app.db.units import thumb as _thumb
 from app.images import public_dataset_name
 
 MAX_PER_PAGE = 1000
-SORT_KEYS = ("unit", "max", "mean", "std", "label_score", "multimodality")
+SORT_KEYS = ("unit", "max", "mean", "std", "label_score", "multimodality", "label_auc")
 
 
 @dataclass
@@ -62,6 +64,8 @@ class NeuronRow:
     label_source: str | None = None
     label_score: float | None = None
     thumb: Thumb | None = None
+    label_auc: float | None = None  # held-out evidence of the shown label (issue 16)
+    label_weak: bool = False  # the shown label is not backed (AUC < 0.75 or no evidence)
 
 
 @dataclass
@@ -220,8 +224,12 @@ def list_neurons(
     desc: bool | None = None,
     page: int = 1,
     per_page: int = 60,
+    min_auc: float | None = None,
 ) -> NeuronListing:
     """One page of a layer's neurons, filtered by label text ``q`` and sorted by ``sort``.
+
+    ``min_auc`` keeps the neurons with a label (matching ``q``) whose held-out AUC reaches it;
+    backed labels are shown before weak ones (:mod:`app.db.evidence`).
 
     Each row shows its best label (manual, then imported, then automatic by rank), or with ``q``
     its best label containing ``q``; ``label_score`` sorts by that label's score. ``desc`` defaults
@@ -239,26 +247,32 @@ def list_neurons(
     ]
     by_unit = {row.unit: row for row in rows}
     label_rows = session.execute(
-        select(Neuron.unit, Label.label, Label.source, Label.score, Label.rank)
+        select(Neuron.unit, Label.label, Label.source, Label.score, Label.rank, LabelEvidence.auc)
         .join(Label, Label.neuron_id == Neuron.id)
+        .outerjoin(
+            LabelEvidence, (LabelEvidence.neuron_id == Neuron.id) & (LabelEvidence.label == Label.label)
+        )
         .where(Neuron.layer_id == layer.id)
     ).all()
     needle = q.strip().lower() if q else ""
     best: dict[int, tuple[Any, ...]] = {}
     matched: set[int] = set()
-    for unit, text, source, score, rank in label_rows:
+    for unit, text, source, score, rank, auc in label_rows:
         matches = needle in text.lower() if needle else True
+        if min_auc is not None:
+            matches = matches and auc is not None and auc >= min_auc
         if matches:
             matched.add(unit)
         # the shown label: the best one, or when filtering the best one that matches
-        key = (0 if matches else 1, _source_rank(source), rank, -(score or 0.0))
+        key = (0 if matches else 1, *title_key(_source_rank(source), rank, score, auc))
         if unit not in best or key < best[unit][0]:
-            best[unit] = (key, text, source, score)
-    for unit, (_key, text, source, score) in best.items():
+            best[unit] = (key, text, source, score, auc)
+    for unit, (key, text, source, score, auc) in best.items():
         if unit in by_unit:
             row = by_unit[unit]
             row.label, row.label_source, row.label_score = text, source, score
-    if needle:
+            row.label_auc, row.label_weak = auc, key[1] != 0
+    if needle or min_auc is not None:
         rows = [r for r in rows if r.unit in matched]
 
     def sort_key(row: NeuronRow) -> tuple[int, float, int]:

@@ -40,6 +40,7 @@ SORT_LABELS = {
     "std": "std",
     "label_score": "label score",
     "multimodality": "multimodality",
+    "label_auc": "label AUC",
 }
 
 
@@ -58,6 +59,7 @@ def install_template_helpers(app: FastAPI) -> None:
     env.globals["is_htmx"] = is_htmx
     env.globals["live_runner"] = app.state.live_runner
     env.globals["absolute_url"] = absolute_url
+    env.filters["dict_without"] = lambda d, *keys: {k: v for k, v in dict(d).items() if k not in keys}
     env.filters["num"] = num
     env.globals["SORT_LABELS"] = SORT_LABELS
     env.trim_blocks = True

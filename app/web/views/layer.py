@@ -26,6 +26,15 @@ def _int(text: str | None, default: int) -> int:
         return default
 
 
+def _auc(raw: str | None) -> float | None:
+    """``min_auc`` (issue 16 label filter, e.g. 0.9), or ``None`` when absent or not in [0, 1]."""
+    try:
+        value = float(raw) if raw not in (None, "") else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
+
+
 @router.get("/models/{model}/layers/{layer}")
 def layer_page(
     model: str,
@@ -37,8 +46,10 @@ def layer_page(
     sort: str | None = None,
     order: str | None = None,
     q: str | None = None,
+    min_auc: str | None = None,
 ) -> Response:
     """A page of a layer's neurons (``.../layers/{layer}.json`` for JSON)."""
+    auc_floor = _auc(min_auc)
     name, fmt = split_format(layer)
     model_row = find_model(session, model)
     layer_row = find_layer(session, model_row, name)
@@ -51,6 +62,7 @@ def layer_page(
         desc=None if order not in ("asc", "desc") else order == "desc",
         page=_int(page, 1),
         per_page=_int(per_page, DEFAULT_PER_PAGE),
+        min_auc=auc_floor,
     )
     slug = model_row.slug
     state = {
@@ -58,6 +70,7 @@ def layer_page(
         "order": "desc" if listing.desc else "asc",
         "q": listing.q,
         "per_page": listing.per_page if listing.per_page != DEFAULT_PER_PAGE else None,
+        "min_auc": auc_floor,
     }
 
     def page_url(n: int, fmt_: str | None = None) -> str:
@@ -79,7 +92,7 @@ def layer_page(
         "sort_keys": [
             key
             for key in listing.sort_keys
-            if (key != "label_score" or listing.has_labels)
+            if (key not in ("label_score", "label_auc") or listing.has_labels)
             and (key != "multimodality" or listing.has_multimodality)
         ],
         "has_labels": listing.has_labels,
@@ -96,6 +109,8 @@ def layer_page(
                 "label": row.label,
                 "label_source": row.label_source,
                 "label_score": row.label_score,
+                "label_auc": row.label_auc,
+                "label_weak": row.label_weak,
                 "url": urls.neuron(slug, layer_row.name, row.unit),
                 "json": urls.neuron(slug, layer_row.name, row.unit, "json"),
                 "thumb": urls.blob(row.thumb.sha256, row.thumb.ext) if row.thumb else None,
