@@ -158,7 +158,7 @@ def free_port() -> int:
 
 @contextmanager
 def served(db: str, *, workers: int = 1, live: bool = True, env: dict[str, str] | None = None,
-           timeout_s: float = 180.0) -> Iterator[int]:  # fmt: skip
+           timeout_s: float = 180.0, repo: Path = REPO) -> Iterator[int]:  # fmt: skip
     """``conceptscope serve --db DB`` on a free port until ``/-/health`` answers; yields the port."""
     port = free_port()
     args = [sys.executable, "-m", "app.cli", "serve", "--db", db, "--host", HOST, "--port", str(port),
@@ -169,7 +169,7 @@ def served(db: str, *, workers: int = 1, live: bool = True, env: dict[str, str] 
         args.append("--no-live")
     full_env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(args, cwd=repo, env=full_env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -295,13 +295,16 @@ def main() -> int:
     parser.add_argument("--query", default="yellow")
     parser.add_argument("--no-live", action="store_true", help="serve without the live model")
     parser.add_argument("--wrk", action="store_true", help="cross-check neuron + static with wrk")
+    parser.add_argument("--repo", type=Path, default=REPO,
+                        help="serve from this source tree (e.g. an older commit's, for a before/after)")
     parser.add_argument("--compare-uncached", action="store_true",
                         help="repeat the alone phase with the page cache off")  # fmt: skip
     args = parser.parse_args()
     db = ensure_db(args.db)
     live = not args.no_live
-    print(f"index {db}; {args.workers} worker process(es); live model {'on' if live else 'off'}")
-    with served(db, workers=args.workers, live=live) as port:
+    print(f"index {db}; {args.workers} worker process(es); live model {'on' if live else 'off'}; "
+          f"code {args.repo}")  # fmt: skip
+    with served(db, workers=args.workers, live=live, repo=args.repo) as port:
         pages = discover_pages(port, args.query)
         alone = measure_alone(port, pages, args.sequential, args.warmup)
         distinct = asyncio.run(sequential(port, distinct_neurons(pages, args.sequential), 0))
@@ -312,8 +315,12 @@ def main() -> int:
                 wrk[name] = run_wrk(port, pages[name], args.clients, args.seconds)
     uncached = {}
     if args.compare_uncached:
-        with served(db, workers=args.workers, live=live, env={"CONCEPTSCOPE_PAGE_CACHE_MB": "0"}) as port:
-            uncached = measure_alone(port, pages, max(10, args.sequential // 5), 3)
+        try:
+            env = {"CONCEPTSCOPE_PAGE_CACHE_MB": "0"}
+            with served(db, workers=args.workers, live=live, env=env, repo=args.repo) as port:
+                uncached = measure_alone(port, pages, max(10, args.sequential // 5), 3)
+        except RuntimeError as exc:
+            print(f"uncached comparison failed: {exc}")
 
     names = [n for n in pages if not n.startswith("_")]
     print(f"\neach page alone ({args.sequential} sequential requests after {args.warmup} warm-up), ms:")

@@ -54,7 +54,7 @@ def test_two_workers_answer_pages_and_see_a_finished_run(tiny_db, tmp_path):
             with ThreadPoolExecutor(8) as pool:
                 answers = list(pool.map(get, pages * 4))
             assert [r.status_code for r in answers] == [200] * len(answers)
-            workers = [c for c in _children(proc.pid) if "multiprocessing" in _cmdline(c)]
+            workers = [c for c in _children(proc.pid) if "spawn_main" in _cmdline(c)]
             assert len(workers) == 2, workers  # two uvicorn worker processes (spawned)
             etag = answers[-1].headers["etag"]
             before = client.get(pages[-1]).json()["sections"]["related"]["precomputed"]
