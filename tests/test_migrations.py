@@ -194,3 +194,21 @@ def test_processes_creating_one_fresh_database_together(db_url: str) -> None:
     assert stamps == [head_revision()]
     engine.dispose()
     assert _diff(db_url) == []
+
+
+def test_copy_needs_a_current_source_and_copies_rows(tmp_path: Path, capsys) -> None:
+    """``db copy`` refuses a source behind the newest revision; after ``db upgrade`` it copies."""
+    source = f"sqlite:///{tmp_path / 'old.db'}"
+    _upgrade_to(source, FIRST_REVISION)
+    _first_schema_rows(source)
+    target = tmp_path / "new.db"
+    assert main(["db", "copy", "--from", source, "--to", str(target), "--quiet"]) == 1
+    assert "db upgrade" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--db", source]) == 0
+    assert main(["db", "copy", "--from", source, "--to", str(target)]) == 0
+    out = capsys.readouterr()
+    assert "copied 4 rows" in out.out and "images: 1 rows" in out.err
+    _rows_survived(f"sqlite:///{target}")
+    assert _revision(f"sqlite:///{target}") == head_revision()
+    assert main(["db", "copy", "--from", source, "--to", str(target)]) == 1  # not empty now
+    assert "not empty" in capsys.readouterr().err
