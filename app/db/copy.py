@@ -1,12 +1,13 @@
 """Copy an index between databases (``conceptscope db copy --from A --to B``).
 
 Typically SQLite → PostgreSQL: build an index on one machine, serve it from a shared server.
-Every table of the models is copied in foreign-key order, in batches (by rows and bytes, so
-blob-heavy tables never hold much in memory), in one transaction on the target: a copy that
-fails leaves the target as it was. The target must hold no rows (a non-empty target is refused,
-so running the same copy twice never duplicates or mixes indexes); its schema is created and
-stamped at the newest migration. The source must be at the newest migration too (``db upgrade``
-it first). PostgreSQL sequences are moved past the copied ids, so later inserts get new ids.
+Every table of the models (but :data:`SKIP_TABLES`) is copied in foreign-key order, in batches
+(by rows and bytes, so blob-heavy tables never hold much in memory), in one transaction on the
+target: a copy that fails leaves the target without rows. The target must hold no rows (a
+non-empty target is refused, so running the same copy twice never duplicates or mixes indexes);
+its schema is created and stamped at the newest migration. The source must be at the newest
+migration too (``db upgrade`` it first). PostgreSQL sequences are moved past the copied ids, so
+later inserts get new ids.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from app.db import make_engine
 from app.db.migrations import VERSION_TABLE, current_revision, head_revision, schema_diff
 from app.db.schema import Base
 
+#: Not copied: transient state of the serving process (an in-flight render claim would block the
+#: target's renders of that neuron until its deadline).
+SKIP_TABLES = frozenset({"featurevis_jobs"})
 DEFAULT_BATCH_ROWS = 1000
 DEFAULT_BATCH_BYTES = 32 * 1024 * 1024
 
@@ -64,7 +68,8 @@ def copy_index(
     try:
         with source.connect() as src:
             _check_source(src, source_url)
-            tables = [t for t in Base.metadata.sorted_tables if inspect(src).has_table(t.name)]
+            tables = [t for t in Base.metadata.sorted_tables
+                      if t.name not in SKIP_TABLES and inspect(src).has_table(t.name)]  # fmt: skip
             totals = {t.name: src.scalar(select(func.count()).select_from(t)) or 0 for t in tables}
             start = time.perf_counter()
             report = CopyReport()
