@@ -348,3 +348,123 @@ def test_http_missing_file_field_is_422(http: httpx.Client) -> None:
     response = http.post("/analyze.json", files={"other": ("x.png", b"123", "image/png")})
     assert response.status_code == 422
     assert "image" in response.json()["error"]
+
+
+# ------------------------------------------------------- issue 14: bombs, frames, bounded memory
+
+
+def many_frame_gif(frames: int) -> bytes:
+    """A 1×1 GIF with ``frames`` frames (hand-written: Pillow would merge identical frames)."""
+    head = b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    frame = b"\x21\xf9\x04\x00\x00\x00\x00\x00" + b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)
+    return head + (frame + b"\x02\x02\x44\x01\x00") * frames + b"\x3b"
+
+
+def multipage_tiff() -> bytes:
+    pages = [gradient_rgb((32, 24)), Image.new("RGB", (32, 24), (0, 200, 0)), Image.new("L", (16, 16), 99)]
+    return encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+
+
+def test_huge_frame_count_is_counted_boundedly() -> None:
+    import time
+
+    from app.web.uploads import MAX_COUNTED_FRAMES
+
+    data = many_frame_gif(300_000)
+    started = time.perf_counter()
+    decoded = decode(data)
+    assert time.perf_counter() - started < 2.0  # counting all 300,000 frames took ~1 s of CPU
+    assert decoded.frames == MAX_COUNTED_FRAMES and decoded.frames_capped
+    assert decode(animated_gif()).describe()["frames_capped"] is False
+
+
+@pytest.mark.parametrize("maker", [animated_gif, multipage_tiff], ids=["gif", "tiff"])
+def test_corrupt_or_truncated_later_frames_are_4xx_never_a_crash(maker) -> None:
+    """Every truncation point and byte flips all over a multi-frame file: decoded, or a 4xx."""
+    data = maker()
+    rng = np.random.default_rng(14)
+    variants = [data[:cut] for cut in range(8, len(data), max(1, len(data) // 60))]
+    for _ in range(60):
+        broken = bytearray(data)
+        for pos in rng.integers(6, len(data), 4):
+            broken[pos] = int(rng.integers(0, 256))
+        variants.append(bytes(broken))
+    for variant in variants:
+        try:
+            decoded = decode(variant)
+        except UploadError as exc:
+            assert 400 <= exc.status < 500, exc.message
+        else:
+            assert decoded.image.mode == "RGB"
+
+
+def test_multipage_tiff_counts_pages_and_uses_the_first() -> None:
+    decoded = decode(multipage_tiff())
+    assert decoded.frames == 3 and not decoded.frames_capped
+    assert decoded.image.size == (32, 24)
+
+
+def big(mode: str, side: int) -> Image.Image:
+    """A large image with structure (a ramp), so reduction is checkable."""
+    ramp = np.linspace(0, 1, side, dtype=np.float32)[None, :].repeat(side, 0)
+    if mode == "I;16":
+        return Image.fromarray((ramp * 65535).round().astype(np.uint16))
+    rgba = np.stack([ramp * 255, 255 - ramp * 255, np.full_like(ramp, 40), np.full_like(ramp, 255)], 2)
+    return Image.fromarray(rgba.round().astype(np.uint8), "RGBA").convert(mode)
+
+
+@pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("RGBA", "PNG"), ("RGBA", "TIFF"), ("RGB", "JPEG"),
+                                      ("P", "GIF")])  # fmt: skip
+def test_large_images_are_reduced_while_decoding_with_the_same_colours(mode, fmt) -> None:
+    from app.web.uploads import REDUCE_TARGET
+
+    original = big(mode, 2600)
+    params = {"compression": "tiff_lzw"} if fmt == "TIFF" else {"quality": 95} if fmt == "JPEG" else {}
+    decoded = decode(encode(original, fmt, **params))
+    assert (decoded.width, decoded.height) == (2600, 2600)  # the original's size is reported
+    assert REDUCE_TARGET <= min(decoded.image.size) < 2 * REDUCE_TARGET
+    from app.images import to_rgb
+
+    reference = to_rgb(original).resize(decoded.image.size, Image.Resampling.BOX)
+    assert np.abs(rgb(decoded.image) - rgb(reference)).mean() < 3
+
+
+def test_pixel_cap_default_is_lower_and_bombs_are_413_from_the_header() -> None:
+    import time
+
+    assert Settings().max_image_pixels <= 25_000_000
+    for width, height in ((6300, 6300), (100_000, 100_000), (40_000, 1_000)):
+        started = time.perf_counter()
+        with pytest.raises(UploadError) as info:
+            decode_upload(png_header(width, height), max_pixels=Settings().max_image_pixels)
+        assert info.value.status == 413 and time.perf_counter() - started < 0.5
+
+
+MEMORY_PROBE = """
+import resource, sys
+data = open(sys.argv[1], "rb").read()
+from app.web.uploads import decode_upload
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+decoded = decode_upload(data, max_pixels=10**9)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, *decoded.image.size)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode,fmt", [("I;16", "PNG"), ("RGBA", "PNG"), ("RGBA", "TIFF")])
+def test_decoding_memory_is_bounded_by_the_decoded_pixels(mode, fmt, tmp_path) -> None:
+    """Peak RSS of a decode (fresh process) stays within 1.5× the image's own pixel buffer at
+    4 bytes per pixel; before issue 14 it was 5× (RGBA, LZW TIFF) to 12× (16-bit grey)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    side = 3000
+    params = {"compression": "tiff_lzw"} if fmt == "TIFF" else {}
+    path = tmp_path / f"big.{fmt.lower()}"
+    Image.new(mode, (side, side), 900 if mode == "I;16" else (9, 8, 7, 6)).save(path, fmt, **params)
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(path)], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent.parent, check=True, timeout=120)  # fmt: skip
+    extra, width, height = (int(x) for x in out.stdout.split())
+    assert max(width, height) < 1024
+    assert extra <= 1.5 * side * side * 4, f"{extra / 2**20:.0f} MiB for {side}x{side} {mode} {fmt}"
