@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     fv.prepared_visual(loaded.visual, loaded.device)  # one-off preparation, not timed per call
 
     def ours(canvas: bool) -> tuple[float, list[float], int]:
-        settings = fv.Settings(steps=args.steps, size=size, canvas=canvas)
+        settings = fv.RenderSettings(steps=args.steps, size=size, canvas=canvas)
         times, result = [], None
         for _ in range(args.repeats):
             result = fv.render(loaded, layer, units, settings=settings)

@@ -150,7 +150,8 @@ def pack(jobs: list[Job], batch: int) -> list[list[Job]]:
 
 
 def render_batch(
-    loaded: LoadedModel, layer_name: str, jobs: list[Job], settings: fv.Settings, progress: object = None
+    loaded: LoadedModel, layer_name: str, jobs: list[Job], settings: fv.RenderSettings,
+    progress: object = None,
 ) -> fv.Result:
     """One optimisation for a batch of jobs (diversity groups get the Gram penalty)."""
     units, signs, groups = [], [], []

@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"diagonal dominance at the CPU defaults ({cpu.steps} steps, {cpu.size} px, lr {cpu.lr}): "
           f"{share:.1%} of {layer.n_units} neurons ({time.perf_counter() - started:.0f} s)")
 
-    gpu = fv.Settings(steps=fv.GPU_STEPS, size=loaded.image_size)
+    gpu = fv.RenderSettings(steps=fv.GPU_STEPS, size=loaded.image_size)
     runs = {"CPU defaults": (cpu, everything, {u: i for i, u in enumerate(everything.units)})}
     few = fv.render(loaded, layer, units, settings=gpu)
     runs["GPU defaults"] = (gpu, few, {u: i for i, u in enumerate(few.units)})

@@ -28,7 +28,7 @@ from precompute.featurevis_quality import (
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "app" / "models" / "weights"
 WEIGHTS = WEIGHTS_DIR / "conceptscope-demo.safetensors"
-TINY = fv.Settings(steps=6, size=48)
+TINY = fv.RenderSettings(steps=6, size=48)
 
 
 def last_layer(loaded):
@@ -40,11 +40,12 @@ def last_layer(loaded):
 
 def test_transforms_are_identity_without_randomness_and_independent_per_image() -> None:
     image = torch.rand(3, 3, 32, 32)
-    plain = fv.Settings(pad=0, jitter=0, jitter2=0, scales=(1.0,), angles=(0,))
+    plain = fv.RenderSettings(pad=0, jitter=0, jitter2=0, scales=(1.0,), angles=(0,))
     theta = fv.random_affine(3, 32, plain, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert torch.allclose(fv.apply_affine(image, theta), image, atol=1e-5)
 
-    theta = fv.random_affine(64, 32, fv.Settings(), torch.Generator().manual_seed(0), torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    theta = fv.random_affine(64, 32, fv.RenderSettings(), generator, torch.device("cpu"))
     assert len({tuple(t.flatten().tolist()) for t in theta}) > 32  # per-image parameters
     # outside the image reads grey
     out = fv.apply_affine(torch.zeros(1, 3, 32, 32), torch.tensor([[[2.0, 0, 0], [0, 2.0, 0]]]))
@@ -70,7 +71,7 @@ def test_add_mean_makes_a_flat_image_of_the_given_logits() -> None:
 def test_colour_start_picks_each_neurons_best_and_worst_flat_colour(demo_loaded) -> None:
     layer = last_layer(demo_loaded)
     units, signs = [3, 3, 40], [1, -1, 1]
-    start = fv.Settings(steps=0, size=32, init_sd=0.0, colour_start=1.0)
+    start = fv.RenderSettings(steps=0, size=32, init_sd=0.0, colour_start=1.0)
     result = fv.render(demo_loaded, layer, units, signs=signs, settings=start)
     candidates = fv.flat_colour_candidates()
     flats = fv.flat_images(candidates, 32)
@@ -126,7 +127,7 @@ def test_params_frozen_during_render_and_restored(demo_loaded) -> None:
 def test_excites_and_inhibits_each_neuron_in_one_batch(demo_loaded, layer_index: int) -> None:
     layer = demo_loaded.layers[layer_index]
     units = [0, 1, 2, 3, 4, 5]
-    settings = fv.Settings(steps=48, size=64)
+    settings = fv.RenderSettings(steps=48, size=64)
     start = fv.render(demo_loaded, layer, units, settings=settings.with_(steps=0)).objectives
     both = fv.render(demo_loaded, layer, units * 2, signs=[1] * 6 + [-1] * 6, settings=settings)
     pos, neg = both.objectives[:6], both.objectives[6:]
@@ -159,7 +160,7 @@ def test_objective_is_measured_on_the_untransformed_image(demo_loaded) -> None:
 
 def test_diversity_term_makes_group_images_differ(demo_loaded) -> None:
     layer = last_layer(demo_loaded)
-    settings = fv.Settings(steps=24, size=48, diversity_weight=10.0)
+    settings = fv.RenderSettings(steps=24, size=48, diversity_weight=10.0)
     plain = fv.render(demo_loaded, layer, [3, 3, 3], settings=settings.with_(seed=5))
     diverse = fv.render(demo_loaded, layer, [3, 3, 3], groups=[0, 0, 0], settings=settings.with_(seed=5))
     assert diverse.settings["diversity_layer"] == "layer2"
@@ -176,7 +177,7 @@ def test_diversity_term_makes_group_images_differ(demo_loaded) -> None:
 def test_cpu_defaults_and_overrides(demo_loaded) -> None:
     s = fv.default_settings(demo_loaded)
     assert (s.steps, s.lr, s.size) == (fv.CPU_STEPS, fv.CPU_LR, demo_loaded.image_size // 2)
-    assert fv.Settings().lr == 0.05  # Lucid's step size stays the default elsewhere (GPU, bench)
+    assert fv.RenderSettings().lr == 0.05  # Lucid's step size stays the default elsewhere (GPU, bench)
     o = fv.default_settings(demo_loaded, steps=8, lr=0.05, size=None)
     assert (o.steps, o.lr, o.size) == (8, 0.05, demo_loaded.image_size // 2)  # None is ignored
 
@@ -196,10 +197,10 @@ def test_vit_mlp_neurons_use_patch_tokens() -> None:
     vit = load_model(ModelSpec.parse("ViT-B-32"), "cpu")
     layer = vit.layers[-1]
     assert layer.kind == "vit_mlp"
-    r = fv.render(vit, layer, [0, 1], settings=fv.Settings(steps=2))
+    r = fv.render(vit, layer, [0, 1], settings=fv.RenderSettings(steps=2))
     assert r.images.shape == (2, 3, 224, 224)
     with pytest.raises(ValueError):
-        fv.render(vit, layer, [0], settings=fv.Settings(steps=1, size=64))
+        fv.render(vit, layer, [0], settings=fv.RenderSettings(steps=1, size=64))
     # objective = mean over patch tokens only (CLS excluded)
     mean, std = fv.normalisation(vit)
     with torch.inference_mode():

@@ -81,7 +81,7 @@ async def test_missing_visualization_is_rendered_on_demand_and_stored(db_copy, d
         first = await c.post(f"{page_url}/featurevis", headers={"HX-Request": "true"})
         assert first.status_code == 200 and "Rendering on the live model" in first.text
         assert "steps at 64 px on the CPU" in first.text and 'hx-trigger="load delay:2s"' in first.text
-        assert f"colour start {fv.Settings().colour_start}" in first.text
+        assert f"colour start {fv.RenderSettings().colour_start}" in first.text
         for _ in range(240):
             status = (await c.get(f"{page_url}/featurevis.json")).json()
             if status["status"] != "rendering":
@@ -91,7 +91,7 @@ async def test_missing_visualization_is_rendered_on_demand_and_stored(db_copy, d
         assert [im["kind"] for im in status["images"]] == ["positive", "negative"]
         done = await c.get(f"{page_url}/featurevis", headers={"HX-Request": "true"})
         assert "<img" in done.text and "hx-trigger" not in done.text and "hx-post" not in done.text
-        assert f"colour start {fv.Settings().colour_start}" in done.text  # the image's title
+        assert f"colour start {fv.RenderSettings().colour_start}" in done.text  # the image's title
         data = (await c.get(page_url + ".json")).json()["sections"]["featurevis"]
         assert [im["kind"] for im in data] == ["positive", "negative"]
         assert data[0]["settings"]["on_demand"] is True and data[0]["settings"]["steps"] == fv.CPU_STEPS

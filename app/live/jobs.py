@@ -37,7 +37,7 @@ def client_key(secret: bytes, address: str) -> str:
     return hmac.new(secret, address.encode(), hashlib.sha256).hexdigest()[:16]
 
 
-def render_settings(runner: LiveRunner) -> tuple[fv.Settings, dict[str, Any]]:
+def render_settings(runner: LiveRunner) -> tuple[fv.RenderSettings, dict[str, Any]]:
     """The on-demand settings for the runner's device, and how the page describes them."""
     loaded = runner.loaded
     settings = fv.default_settings(loaded)
@@ -59,7 +59,7 @@ def describe(settings: dict[str, Any]) -> str:
     )
 
 
-def _render(loaded: Any, layer: str, unit: int, settings: fv.Settings, deadline: float) -> fv.Result:
+def _render(loaded: Any, layer: str, unit: int, settings: fv.RenderSettings, deadline: float) -> fv.Result:
     """Runs on the live model thread; stops at the first step after ``deadline``."""
 
     def check(_step: int) -> None:
@@ -88,7 +88,7 @@ async def _run(
     neuron_id: int,
     layer: str,
     unit: int,
-    settings: fv.Settings,
+    settings: fv.RenderSettings,
     worker: str,
     timeout_s: float,
 ) -> None:

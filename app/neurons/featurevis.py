@@ -68,7 +68,7 @@ COLOR_CORRELATION_NORMALIZED = COLOR_CORRELATION_SVD_SQRT / np.max(
 
 
 @dataclass(frozen=True)
-class Settings:
+class RenderSettings:
     """Optimisation settings; stored as JSON next to every visualization."""
 
     steps: int = 256
@@ -97,7 +97,7 @@ class Settings:
         data["angles"] = list(self.angles)
         return {"algorithm": ALGORITHM, **data, **extra}
 
-    def with_(self, **changes: Any) -> Settings:
+    def with_(self, **changes: Any) -> RenderSettings:
         """A copy with some fields replaced (``None`` values are ignored, except ``size``)."""
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
@@ -110,16 +110,16 @@ neurons; 0.15 and more turn the images noisy."""
 GPU_STEPS = 512
 
 
-def default_settings(loaded: LoadedModel, **changes: Any) -> Settings:
+def default_settings(loaded: LoadedModel, **changes: Any) -> RenderSettings:
     """Settings for ``loaded``'s device: on a GPU Lucid's 512 steps at the model's input size; on a
     CPU ``CPU_STEPS`` steps at ``CPU_LR`` and half the input size (Lucid, too, renders below the
     input size; a ViT needs its input size). ``changes`` override (``None`` values are ignored)."""
     if loaded.device.type == "cuda":
-        base = Settings(steps=GPU_STEPS, size=loaded.image_size)
+        base = RenderSettings(steps=GPU_STEPS, size=loaded.image_size)
     else:
         vit = any(layer.kind == "vit_mlp" for layer in loaded.layers)
         size = loaded.image_size if vit else max(32, loaded.image_size // 2)
-        base = Settings(steps=CPU_STEPS, size=size, lr=CPU_LR)
+        base = RenderSettings(steps=CPU_STEPS, size=size, lr=CPU_LR)
     return base.with_(**changes)
 
 
@@ -187,7 +187,7 @@ class FourierImage(nn.Module):
 
 
 def random_affine(
-    n: int, size: int, settings: Settings, generator: torch.Generator, device: torch.device
+    n: int, size: int, settings: RenderSettings, generator: torch.Generator, device: torch.device
 ) -> torch.Tensor:
     """Per-image affine matrices ``(n, 2, 3)`` realising Lucid's standard transform set.
 
@@ -421,7 +421,7 @@ def render(
     *,
     signs: Sequence[int] | None = None,
     groups: Sequence[int] | None = None,
-    settings: Settings | None = None,
+    settings: RenderSettings | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Result:
     """Optimise one image per entry of ``units`` (all in one batch) and measure what it reached.
@@ -434,7 +434,7 @@ def render(
     import time
 
     started = time.perf_counter()
-    settings = settings or Settings()
+    settings = settings or RenderSettings()
     layer = resolve_layer(loaded, layer)
     device = loaded.device
     n = len(units)
