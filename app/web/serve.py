@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "loads its own live model unless --no-live)")  # fmt: skip
     parser.add_argument("--cors", action="store_true",
                         help="send Access-Control-Allow-Origin: * on JSON answers (off by default)")
+    parser.add_argument("--rate-limit", type=float, default=None, metavar="PER_MINUTE",
+                        help="requests per minute per client address (token bucket; loopback exempt; "
+                             "default: CONCEPTSCOPE_RATE_LIMIT or off)")
     parser.add_argument("--trusted-hosts", default=None, metavar="HOSTS",
                         help="comma-separated Host names to answer (.example.org: with subdomains; "
                              "*: any); default: localhost, 127.0.0.1, ::1 and --host")
@@ -60,6 +63,8 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         settings = settings.with_(store_analyses=False)
     if getattr(args, "cors", False):
         settings = settings.with_(cors=True)
+    if getattr(args, "rate_limit", None) is not None:
+        settings = settings.with_(rate_limit_per_minute=args.rate_limit)
     from app.web.security import default_trusted_hosts, parse_trusted_hosts
 
     hosts = parse_trusted_hosts(getattr(args, "trusted_hosts", None) or "")
