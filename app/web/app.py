@@ -128,7 +128,7 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     app = FastAPI(
         title="Conceptscope",
         lifespan=lifespan,
-        docs_url="/-/docs",
+        docs_url=None,  # /-/docs is served by app/web/views/meta.py (vendored Swagger UI, no CDN)
         redoc_url=None,
         openapi_url="/-/openapi.json",
         dependencies=[Depends(strict_query_ints)],  # app.web.deps: ids and counts parsed strictly
