@@ -56,7 +56,7 @@ async def _download(request: Request, model: str, layer: str | None, name: str) 
     scope = f"{model}-{layer}" if layer else model
     headers = {
         "Content-Disposition": f'attachment; filename="{scope}-{table}.{ext}"'.replace("/", "_"),
-        "Cache-Control": "no-cache",
+        "Cache-Control": "no-store",  # large, streamed: never held by the page cache
     }
     if ext == "parquet":
         body = await run_in_threadpool(_spooled_parquet, sessions, table, model, layer)
