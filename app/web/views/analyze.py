@@ -53,6 +53,7 @@ def _form_data(request: Request) -> dict[str, Any]:
         "formats": list(ALLOWED_FORMATS),
         "stores_analyses": settings.store_analyses,
         "max_stored_analyses": settings.max_stored_analyses if settings.store_analyses else 0,
+        "max_stored_analysis_bytes": settings.max_stored_analysis_bytes if settings.store_analyses else 0,
         "live": live_status(request),
         "examples": work.example_images(request),
     }
