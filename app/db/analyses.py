@@ -130,7 +130,7 @@ def evict_oldest(
     return len(old_ids)
 
 
-def _bounded_wait(conn: Connection, seconds: float) -> None:
+def bounded_wait(conn: Connection, seconds: float) -> None:
     """Make this transaction's lock waits give up after ``seconds`` (SQLite and PostgreSQL)."""
     ms = max(1, int(seconds * 1000))
     if conn.dialect.name == "sqlite":
@@ -170,7 +170,7 @@ class AnalysisWriter:
         if remaining <= 0:
             raise TimeoutError("no time left")
         with self.engine.begin() as conn:
-            _bounded_wait(conn, remaining)
+            bounded_wait(conn, remaining)
             for each in group:
                 _write_one(conn, each)
             evict_oldest(conn, self.cap_rows, self.cap_bytes, keep=frozenset(j.id for j in group))

@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db import put_blob
-from app.db.analyses import _bounded_wait
+from app.db.analyses import bounded_wait
 from app.db.schema import FeatureVisJob, FeatureVisualization, utcnow
 
 WRITE_TIMEOUT_S = 2.0
@@ -78,7 +78,7 @@ def claim(
     now = utcnow()
     try:
         with engine.begin() as conn:
-            _bounded_wait(conn, WRITE_TIMEOUT_S)
+            bounded_wait(conn, WRITE_TIMEOUT_S)
             has_images = conn.execute(
                 select(FeatureVisualization.id).where(FeatureVisualization.neuron_id == neuron_id).limit(1)
             ).first()
@@ -135,7 +135,7 @@ def claim(
 def finish(engine: Engine, neuron_id: int, worker: str, status: str, error: str | None = None) -> None:
     """Mark this worker's job finished (``done``, ``failed`` or ``cancelled``)."""
     with engine.begin() as conn:
-        _bounded_wait(conn, WRITE_TIMEOUT_S)
+        bounded_wait(conn, WRITE_TIMEOUT_S)
         conn.execute(
             update(FeatureVisJob)
             .where(FeatureVisJob.neuron_id == neuron_id, FeatureVisJob.worker == worker)
