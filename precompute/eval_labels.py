@@ -8,8 +8,9 @@ the other words of its kind (candidate ``"red (text)"``). A unit is *selective* 
 reaches :data:`SELECTIVE` (1.5); then
 
 * ``label accuracy`` = share of selective units whose title label (what every page shows, see
-  :mod:`app.db.evidence`) is their most selective concept; a unit without a title counts as
-  wrong. ``lenient`` also accepts any concept with d′ ≥ 1.5;
+  :mod:`app.db.evidence`) names their most selective concept (in pictures or as a written word:
+  ``"red"`` and ``"red (text)"`` both name red); a unit without a title counts as wrong.
+  ``lenient`` also accepts any candidate with d′ ≥ 1.5;
 * ``title labels backed`` = share of shown title labels whose held-out AUC is ≥ 0.75.
 
 ``--ground-truth-csv FILE`` (columns ``layer,unit,label``) instead reports CLIP-Dissect's
@@ -55,6 +56,13 @@ class LabelEval:
     @property
     def backed_share(self) -> float:
         return self.backed / self.titles if self.titles else float("nan")
+
+
+def _concept(label: str) -> str:
+    """The concept of a candidate label: ``"red (text)"`` and ``"red"`` are both ``red``."""
+    from app.neurons.multimodality import TEXT_SUFFIX
+
+    return label[: -len(TEXT_SUFFIX)] if label.endswith(TEXT_SUFFIX) else label
 
 
 def _model(session: object, slug: str | None) -> Model | None:
@@ -129,7 +137,8 @@ def evaluate_demo(db_url: str, slug: str | None = None, n_per_class: int = 30) -
                         continue
                     sel += 1
                     j = index.get((s.label or "").lower())
-                    hit = j is not None and j == int(column.argmax())
+                    best = candidates[int(column.argmax())]
+                    hit = j is not None and _concept(candidates[j]) == _concept(best)
                     cor += hit
                     result.lenient += bool(j is not None and column[j] >= SELECTIVE)
                 result.selective += sel
@@ -199,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
     print("  layer                 selective  title right  titles  backed")
     for name, (sel, cor, titles, backed) in r.per_layer.items():
         print(f"  {name:<20} {sel:9d}  {cor:11d}  {titles:6d}  {backed:6d}")
-    print(f"selective units: {r.selective}; title is their most selective concept: {r.correct}; "
+    print(f"selective units: {r.selective}; title names their most selective concept: {r.correct}; "
           f"title is a concept they are selective for (lenient): {r.lenient}")  # fmt: skip
     print(f"label accuracy: {r.accuracy:.3f}")
     print(f"title labels backed: {r.backed_share:.3f}")

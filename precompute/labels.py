@@ -415,7 +415,7 @@ def _tag_labels(
         if unit >= values.shape[1]:
             continue
         column = np.nan_to_num(fit_auc[:, unit], nan=-np.inf)
-        order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if column[j] > 0]
+        order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if np.isfinite(column[j])]
         for rank, j in enumerate(order):
             session.add(Label(neuron_id=neuron.id, label=candidates[j], source=labelling.AUTO_SOURCE,
                               score=round(float(column[j]), 4), rank=rank))  # fmt: skip
