@@ -10,6 +10,16 @@ from fastapi import FastAPI
 from app.web.formats import is_htmx
 
 
+def ordinal(value: Any, digits: int = 1) -> str:
+    """``64.3`` -> ``"64.3rd"``, ``1`` -> ``"1st"``, ``12`` -> ``"12th"`` (issue 16: correct ordinals)."""
+    if value is None:
+        return "–"
+    text = f"{float(value):.{digits}f}".rstrip("0").rstrip(".") if digits else str(round(float(value)))
+    tail = text[-2:]
+    suffix = "th" if tail in ("11", "12", "13") else {"1": "st", "2": "nd", "3": "rd"}.get(text[-1], "th")
+    return text + suffix
+
+
 def num(value: Any, digits: int = 3) -> str:
     """A compact number with ``digits`` significant digits: ``0.00145``, ``-0.000985``, ``12.3``,
     ``1235``; exponent outside [1e-4, 1e7): ``2.64e-5``, ``3e+9``; ``—`` for missing."""
@@ -61,6 +71,7 @@ def install_template_helpers(app: FastAPI) -> None:
     env.globals["absolute_url"] = absolute_url
     env.filters["dict_without"] = lambda d, *keys: {k: v for k, v in dict(d).items() if k not in keys}
     env.filters["num"] = num
+    env.filters["ordinal"] = ordinal
     env.globals["SORT_LABELS"] = SORT_LABELS
     env.trim_blocks = True
     env.lstrip_blocks = True

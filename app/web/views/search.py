@@ -325,6 +325,8 @@ def reading_ranking(ctx: ModelContext, acts: core.ImageActivations) -> list[dict
                 ],
             }
         )
+        # issue 16: on the unit's own scale, a unit at the 100th percentile comes before a larger raw value
+        layers[-1]["neurons"].sort(key=lambda n: -(n["percentile"] if n["percentile"] is not None else -1.0))
     return layers
 
 
