@@ -267,3 +267,21 @@ def test_upload_admission_answers_503_before_reading_the_body(tiny_db, demo_load
             assert elapsed < 10
             health = client.get("/-/health")
             assert health.status_code == 200
+
+
+def test_serve_flags_set_hosts_cors_and_rate_limit(monkeypatch) -> None:
+    import argparse
+
+    from app.web.serve import add_arguments, settings_from_args
+
+    monkeypatch.delenv("CONCEPTSCOPE_TRUSTED_HOSTS", raising=False)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plain = settings_from_args(parser.parse_args(["--db", "x.db", "--host", "10.0.0.5"]))
+    assert plain.trusted_hosts == ("localhost", "127.0.0.1", "::1", "10.0.0.5") and not plain.cors
+    wild = settings_from_args(parser.parse_args(["--db", "x.db", "--host", "0.0.0.0"]))
+    assert "0.0.0.0" not in wild.trusted_hosts
+    custom = settings_from_args(parser.parse_args(
+        ["--db", "x.db", "--trusted-hosts", "Example.org,.example.org", "--cors", "--rate-limit", "30"]))
+    assert custom.trusted_hosts == ("example.org", ".example.org") and custom.cors
+    assert custom.rate_limit_per_minute == 30
