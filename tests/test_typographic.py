@@ -243,3 +243,37 @@ def test_lab_works_in_a_browser_without_javascript_tricks(server) -> None:
             assert not errors, errors
         finally:
             browser.close()
+
+
+# ------------------------------------------------------------------------ issue 18: honest lab
+
+
+def test_verdict_reports_failed_attacks_as_failed() -> None:
+    from app.web.views.typographic import verdict
+
+    classes = ["square", "pink", "blue"]
+    failed = verdict("blue", classes, 0, 1)  # moved to another class, not to the word
+    assert failed["attack_succeeded"] is False and failed["verdict"].startswith("The attack failed")
+    assert "not to the written word “blue”" in failed["verdict"]
+    assert verdict("blue", classes, 0, 2)["attack_succeeded"] is True
+    assert verdict("blue", classes, 0, 0)["verdict"] == "The attack failed: the prediction stays “square”."
+    assert verdict("banana", classes, 0, 1)["attack_succeeded"] is None
+
+
+def test_blank_label_control_picker_and_lean_json(server) -> None:
+    client, url = server
+    red = _object_image_id(url, "red")
+    picker = client.get("/typographic.json").json()
+    assert any("red" in e["caption"] for e in picker["examples"])  # one of each colour on offer
+    found = client.get("/typographic.json", params={"pick": "red"}).json()["examples"]
+    assert found and all("red" in e["caption"].lower() for e in found)
+    params = {"image": red, "word": "blue", "placement": "label", "classes": "red, blue", "control": "blank"}
+    data = client.get("/typographic.json", params=params).json()
+    assert data["examples"] is None and data["examples_url"].startswith("/typographic.json")
+    control = data["result"]["control"]
+    assert control["top"] in ("red", "blue") and set(control["probabilities"]) == {"red", "blue"}
+    assert control["image"] != data["result"]["images"]["after"]
+    assert data["result"]["zero_shot"]["verdict"]
+    assert "control=blank" in data["permalink"]
+    html = client.get("/typographic", params=params).text
+    assert "With a blank label the prediction is" in html

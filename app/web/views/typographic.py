@@ -59,7 +59,7 @@ MAX_VOCAB_AS_CLASSES = 30
 
 def _params(request: Request) -> dict[str, str]:
     q = request.query_params
-    keys = ("image", "analysis", "word", "placement", "size", "colour", "classes")
+    keys = ("image", "analysis", "word", "placement", "size", "colour", "classes", "control", "pick")
     return {k: q.get(k, "").strip() for k in keys if q.get(k, "").strip()}
 
 
@@ -111,7 +111,9 @@ def _classes(request: Request, model_slug: str | None, text: str | None) -> list
     return list(DEFAULT_CLASSES)
 
 
-def _examples(request: Request, urls: Urls) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
+def _examples(
+    request: Request, urls: Urls, pick: str | None = None
+) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
     """Dataset thumbnails to pick from (plain objects first when the dataset says so), and a
     suggested attack when the images carry colour ground truth (the demo world)."""
     with request.app.state.sessions() as session:
@@ -122,7 +124,20 @@ def _examples(request: Request, urls: Urls) -> tuple[list[dict[str, Any]], dict[
             .limit(600)
         ).all()
     objects = [r for r in rows if isinstance(r.meta, dict) and r.meta.get("modality") == "object"]
-    chosen = (objects or rows)[:N_EXAMPLES]
+    pool = objects or rows
+    if pick:
+        needle = pick.lower()
+        pool = [r for r in rows if needle in (r.caption or r.key or "").lower()]
+    else:  # one image of each colour first (so red objects are always on offer), then the rest
+        seen: set[str] = set()
+        firsts = []
+        for r in pool:
+            colour = r.meta.get("colour") if isinstance(r.meta, dict) else None
+            if colour and colour not in seen:
+                seen.add(colour)
+                firsts.append(r)
+        pool = firsts + [r for r in pool if r not in firsts]
+    chosen = pool[:N_EXAMPLES]
     examples = [
         {"id": r.id, "caption": r.caption or r.key, "thumb": urls.blob(r.sha256, MIME_EXT.get(r.mime, "bin"))}
         for r in chosen
@@ -167,16 +182,21 @@ def _png_uri(image: PILImage.Image) -> str:
 
 
 async def run_attack(
-    request: Request, image: PILImage.Image, attack: Attack, classes: list[str]
+    request: Request, image: PILImage.Image, attack: Attack, classes: list[str], control: str | None = None
 ) -> dict[str, Any]:
     """Before/after zero-shot probabilities and neuron changes (needs the live runner)."""
     runner = live.require_runner(request)
     size = runner.loaded.image_size
     before_img = await run_in_threadpool(centre_square, image, size)
     after_img = await run_in_threadpool(write_word, before_img, attack)
+    blank_img = None
+    if control == "blank" and attack.placement == "label":  # the same sticker, its text invisible
+        blank = Attack(attack.word, "label", attack.size, BLANK_INK)
+        blank_img = await run_in_threadpool(write_word, before_img, blank)
     try:
         before = await runner.analyze(before_img, top_k=1)
         after = await runner.analyze(after_img, top_k=1)
+        blank_acts = await runner.analyze(blank_img, top_k=1) if blank_img is not None else None
         class_emb = await runner.submit(zeroshot.encode_concepts, classes)
     except LiveError as exc:
         raise live.live_http_error(exc) from exc
@@ -223,6 +243,15 @@ async def run_attack(
 
     ranked = sorted(range(len(classes)), key=lambda i: -p1[i])
     top0, top1 = int(np.argmax(p0)), int(np.argmax(p1))
+    control_result = None
+    if blank_acts is not None:
+        pb = zeroshot.zero_shot(blank_acts.embedding, class_emb, scale)
+        control_result = {
+            "kind": "blank label: the same sticker without the word",
+            "image": _png_uri(blank_img),
+            "top": classes[int(np.argmax(pb))],
+            "probabilities": {classes[i]: float(pb[i]) for i in range(len(classes))},
+        }
     return {
         "model": {"slug": runner.slug, "url": urls.model(runner.slug)},
         "images": {"before": _png_uri(before_img), "after": _png_uri(after_img), "side": size},
@@ -241,7 +270,9 @@ async def run_attack(
             "top_before": classes[top0],
             "top_after": classes[top1],
             "flipped": top0 != top1,
+            **verdict(attack.word, classes, top0, top1),
         },
+        "control": control_result,
         "changes": await run_in_threadpool(cards),
         "change_unit": "σ = the neuron's standard deviation over the indexed dataset",
     }
@@ -249,10 +280,34 @@ async def run_attack(
 
 # ------------------------------------------------------------------------------ routes
 
+BLANK_INK = "#fafaf5"  # the label sticker's colour (app.neurons.typographic.write_word)
+
+
+def verdict(word: str, classes: list[str], top0: int, top1: int) -> dict[str, Any]:
+    """Did writing ``word`` make the model predict it? ``attack_succeeded`` is ``None`` when the
+    word is not among the classes (the attack cannot succeed) or already was the prediction."""
+    lowered = [c.strip().lower() for c in classes]
+    target = lowered.index(word.strip().lower()) if word.strip().lower() in lowered else None
+    before, after = classes[top0], classes[top1]
+    if target is None:
+        moved = f"moved from “{before}” to “{after}”" if top0 != top1 else f"stays “{after}”"
+        return {"attack_succeeded": None,
+                "verdict": f"“{word}” is not among the classes, so it cannot win; the prediction {moved}."}
+    if top0 == target:
+        return {"attack_succeeded": None, "verdict": f"The image was already classified as “{before}”."}
+    if top1 == target:
+        text = f"The attack worked: the prediction moved from “{before}” to the written word “{after}”."
+        return {"attack_succeeded": True, "verdict": text}
+    if top0 != top1:
+        return {"attack_succeeded": False, "verdict": (
+            f"The attack failed: the prediction moved from “{before}” to “{after}”, not to the written "
+            f"word “{classes[target]}”.")}
+    return {"attack_succeeded": False, "verdict": f"The attack failed: the prediction stays “{after}”."}
+
 
 def _form(request: Request, params: dict[str, str], model_slug: str | None) -> dict[str, Any]:
     urls: Urls = request.app.state.urls
-    examples, suggestion = _examples(request, urls)
+    examples, suggestion = _examples(request, urls, params.get("pick"))
     return {
         "live": live.live_status(request),
         "examples": examples,
@@ -301,7 +356,10 @@ async def _page(
                 raise HTTPException(422, str(exc)) from exc
             data["attack"] = {"word": attack.word, "placement": attack.placement, "size": attack.size,
                               "colour": attack.colour}  # fmt: skip
-            data["result"] = await run_attack(request, image, attack, data["classes"])
+            data["result"] = await run_attack(request, image, attack, data["classes"], params.get("control"))
+    if fmt == "json" and data["source"] is not None:  # the picker's examples: only on the picker's JSON
+        data["examples"] = None
+        data["examples_url"] = urls.typographic("json", pick=params.get("pick"))
     return respond(
         request,
         "typographic.html",
