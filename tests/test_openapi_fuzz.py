@@ -74,7 +74,7 @@ def test_every_route_is_documented(fuzz_app) -> None:
 
 
 #: Generated cases per operation and mode (positive and negative inputs).
-EXAMPLES = 10
+EXAMPLES = 6
 
 
 def fuzz(api_schema, max_examples: int) -> tuple[int, list[str]]:
