@@ -428,6 +428,8 @@ def run_activations(
     # Start decoding the first batches now (a fresh run starts at 0): it overlaps the set-up below.
     mine = share(data, batch_size, ctx)
     pin = loaded.device.type == "cuda"
+    if len(data.parts()) > 1:  # streamed shards: read nothing before the checkpoint says where
+        mine = []
     first = BatchLoader(data, loaded.preprocess, batch_size, ranges=mine, workers=workers, pin_memory=pin)
     try:
         return _index(loaded, data, db_url, options, first, started, ctx)
@@ -558,7 +560,7 @@ def _index(
         )
 
     loader = first
-    if (state.position, state.batch_size) != (0, first.batch_size):  # resuming elsewhere
+    if not first.ranges or (state.position, state.batch_size) != (0, first.batch_size):  # elsewhere
         first.close()
         ranges = share(data, state.batch_size, ctx, start=state.position)
         loader = BatchLoader(

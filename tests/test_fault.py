@@ -46,7 +46,7 @@ def run_stage(stage: str, url: str, loaded=None) -> object:
     if stage == "featurevis":
         from precompute.featurevis import run_featurevis
 
-        return run_featurevis(url, loaded=loaded, units=set(range(4)), steps=2, size=32, batch=2,
+        return run_featurevis(url, loaded=loaded, units=set(range(4)), steps=2, size=32, batch=4,
                               diversity=2, progress=False)  # fmt: skip
     if stage == "words":
         from precompute.words import run_words
