@@ -982,4 +982,7 @@ def run(args: argparse.Namespace) -> int:
     if result.n_indexed == 0:
         print("conceptscope: error: no image of the dataset could be read", file=sys.stderr)
         return 1
+    from precompute.summaries import compute_summaries  # page summaries (issue 15), rank 0 only
+
+    compute_summaries(db_url_from_arg(args.db), result.model)
     return 0

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageFile, ImageOps
 
 from app.images import to_rgb
-from app.neurons.analysis import split_preprocess
+from app.neurons.activations import split_preprocess
 from precompute import shards
 from precompute.sources import Dataset, DatasetError, Item, _describe, _jsonable
 
