@@ -66,7 +66,6 @@ LAYER_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
 
 VIEW_IMPORT_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
     # (view, the other view it imports)
-    ("app.web.views.static", "app.web.views.blobs"),
 })  # fmt: skip
 
 VIEW_SQL_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({

@@ -10,21 +10,11 @@ from fastapi.responses import Response
 from app.db import MIME_EXT, queries
 from app.web.deps import ReadSession
 from app.web.errors import NotFound
+from app.web.etags import IMMUTABLE, etag_matches
 
 router = APIRouter()
 
-IMMUTABLE = "public, max-age=31536000, immutable"
 _NAME = re.compile(r"([0-9a-f]{64})\.([a-z0-9]{1,5})")
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """RFC 9110 weak comparison of an ``If-None-Match`` header against ``etag``."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    bare = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == bare for tag in if_none_match.split(","))
 
 
 @router.get("/blobs/{name}")

@@ -20,6 +20,7 @@ from app.db import previews
 from app.db.cards import UnitRef, unit_card
 from app.web.deps import ReadSession
 from app.web.errors import NotFound
+from app.web.etags import etag_matches
 from app.web.formats import SafeJSONResponse, html_page
 from app.web.lookup import parse_unit
 from app.web.urls import Urls
@@ -30,15 +31,6 @@ PREVIEW_CACHE = "public, max-age=3600"
 EMBED_WIDTH, EMBED_HEIGHT = 480, 360
 _NEURON_PATH = re.compile(r"/models/([^/]+)/layers/([^/]+)/neurons/([0-9]{1,9})")
 _ANALYSIS_PATH = re.compile(r"/analyses/([A-Za-z0-9_-]{1,64})")
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Weak comparison of an ``If-None-Match`` header with ``etag``."""
-    if not if_none_match:
-        return False
-    return if_none_match.strip() == "*" or any(
-        t.strip().removeprefix("W/") == etag for t in if_none_match.split(",")
-    )
 
 
 def _png(request: Request, found: tuple[str, bytes]) -> Response:

@@ -12,8 +12,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.web.errors import NotFound
+from app.web.etags import IMMUTABLE, etag_matches
 from app.web.urls import static_file_hash
-from app.web.views.blobs import IMMUTABLE, etag_matches
 
 router = APIRouter()
 
