@@ -8,17 +8,27 @@ thumbnails, checkpoints and the final DB writes); the baseline only runs ``encod
 The pass runs a ModifiedResNet in channels-last layout on the CPU (``fast_layout``: same values,
 faster convolutions), so the baseline is also timed in that layout ("like for like"). Repeats
 alternate the order of the loops; the figures are medians of wall-clock images/s (images per
-process CPU-second alongside, as the CPU is shared). The last line is ``ratio: X``: pass
-images/s divided by the images/s of ``encode_image`` on the model as loaded (1.0 = no overhead).
+process CPU-second alongside, as the CPU is shared). The process's peak resident memory is
+printed (``peak RSS``), and the pass alone is run once first in a fresh child process so its own
+peak is measured too. The last line is ``ratio: X``: pass images/s divided by the images/s of
+``encode_image`` on the model as loaded (1.0 = no overhead).
+
+A real-size model needs no download: ``--model RN50x4`` builds open_clip's RN50x4 with seeded
+random weights (same shapes and cost as ``openai``'s). On a GPU (``--device cuda``) the pass runs
+under bf16 autocast with pinned, non-blocking batch copies (``--precision``), and the baseline
+``encode_image`` under the same autocast.
 
     .venv/bin/python bench/precompute_overhead.py [--model demo] [--images N] [--repeats 7]
+    .venv/bin/python bench/precompute_overhead.py --model RN50x4 --images 64 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,20 +64,35 @@ class Subset(Dataset):
         return self.inner.load(position)
 
 
-def bare_encode(loaded, dataset: Dataset, batch_size: int, workers: int) -> float:
-    """Seconds for the baseline: same loader, ``encode_image`` only."""
+def autocast_dtype(loaded, precision: str):
+    """The autocast dtype the pass uses for ``precision`` on this device (None: fp32)."""
+    if precision == "auto":
+        precision = "bf16" if loaded.device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bare_encode(loaded, dataset: Dataset, batch_size: int, workers: int, precision: str = "auto") -> float:
+    """Seconds for the baseline: same loader, ``encode_image`` only (same autocast and copies)."""
+    dtype = autocast_dtype(loaded, precision)
+    pin = loaded.device.type == "cuda"
     started = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(loaded.device.type, dtype=dtype, enabled=dtype is not None):
         for batch in iter_batches(dataset, loaded.preprocess, batch_size, workers=workers):
             if batch.pixels is not None:
-                loaded.model.encode_image(batch.pixels.to(loaded.device))
+                pixels = batch.pixels.pin_memory() if pin else batch.pixels
+                loaded.model.encode_image(pixels.to(loaded.device, non_blocking=True))
     if loaded.device.type == "cuda":
         torch.cuda.synchronize()
     return time.perf_counter() - started
 
 
 def precompute_pass(
-    loaded, dataset: Dataset, batch_size: int, workers: int, top_k: int, sample: int
+    loaded, dataset: Dataset, batch_size: int, workers: int, top_k: int, sample: int, precision: str = "auto"
 ) -> float:
     """Seconds for the whole activations stage into a fresh database."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -83,6 +108,7 @@ def precompute_pass(
             device=str(loaded.device),
             workers=workers,
             progress=False,
+            precision=precision,
         )
         elapsed = time.perf_counter() - started
     assert report.status == "done", report
@@ -106,6 +132,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--pass-only", action="store_true", help=argparse.SUPPRESS)  # the child run
     parser.add_argument(
         "--source",
         choices=("auto", "photos", "demo"),
@@ -126,6 +154,11 @@ def main() -> None:
     if args.images:
         dataset = Subset(dataset, args.images)
     n = len(dataset)
+    if args.pass_only:  # child: one pass, then this process's peak memory
+        knobs = (args.batch_size, args.workers, args.top_k, args.sample, args.precision)
+        precompute_pass(loaded, dataset, *knobs)
+        print(f"peak RSS of a process running one pass: {peak_rss_mib():.0f} MiB")
+        return
     print(
         f"model {loaded.spec.slug} ({loaded.image_size}px) on {loaded.device}, torch threads "
         f"{torch.get_num_threads()}, {n} images: {source}"
@@ -149,15 +182,22 @@ def main() -> None:
         fn()
         return time.perf_counter() - wall, time.process_time() - cpu
 
+    child = subprocess.run(
+        [sys.executable, __file__, *sys.argv[1:], "--pass-only"], capture_output=True, text=True, check=True
+    )
+    pass_peak = child.stdout.strip().splitlines()[-1]
+    print(pass_peak)
+
     def bare() -> None:
-        bare_encode(loaded, dataset, args.batch_size, args.workers)
+        bare_encode(loaded, dataset, args.batch_size, args.workers, args.precision)
 
     def bare_channels_last() -> None:
         with fast_layout(loaded):
-            bare_encode(loaded, dataset, args.batch_size, args.workers)
+            bare_encode(loaded, dataset, args.batch_size, args.workers, args.precision)
 
     def full() -> None:
-        precompute_pass(loaded, dataset, args.batch_size, args.workers, args.top_k, args.sample)
+        knobs = (args.batch_size, args.workers, args.top_k, args.sample, args.precision)
+        precompute_pass(loaded, dataset, *knobs)
 
     loops = {"encode_image": bare, "encode_image channels-last": bare_channels_last, "precompute pass": full}
     bare()  # warm-up (caches, allocator)
@@ -176,6 +216,7 @@ def main() -> None:
     print(f"ratio vs encode_image in the same channels-last layout: {like:.3f}")
     cpu_ratio = cpu["precompute pass"] / cpu["encode_image"]
     print(f"ratio of images per CPU-second (pass / encode_image as loaded): {cpu_ratio:.3f}")
+    print(f"peak RSS of this process (model, all loops): {peak_rss_mib():.0f} MiB; {pass_peak}")
     print(f"ratio: {wall['precompute pass'] / wall['encode_image']:.3f}")
 
 
