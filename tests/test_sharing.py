@@ -74,6 +74,7 @@ def test_export_keys_are_pinned() -> None:
     assert {t: list(cols) for t, cols in export.COLUMNS.items()} == PINNED_KEYS
 
 
+@pytest.mark.slow  # a subprocess that imports the CLI (torch): ~10 s
 def test_cli_export_parquet_reads_back_with_pyarrow(tiny_db, tmp_path, facts) -> None:
     import pyarrow.parquet as pq
 
@@ -97,6 +98,7 @@ def test_cli_export_parquet_reads_back_with_pyarrow(tiny_db, tmp_path, facts) ->
     assert first["dataset"].startswith("demo:") and first["key"]
 
 
+@pytest.mark.slow  # a subprocess that imports the CLI (torch): ~10 s
 def test_cli_export_rejects_an_unknown_layer(tiny_db, tmp_path) -> None:
     args = ["export", "--db", str(tiny_db.path), "--layer", "nope", "--out", str(tmp_path)]
     done = subprocess.run(
