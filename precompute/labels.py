@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +53,7 @@ from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons import labels as labelling
 from app.neurons import multimodality as mm
 from app.neurons import zeroshot
+from precompute.runs import checkpoint_run, finish_run, start_run
 
 STAGE = "labels"
 METHOD = "tag-auc+held-out-evidence+dprime-multimodality"
@@ -131,6 +131,9 @@ def compute_labels(
         return reports
     finally:
         engine.dispose()
+
+
+run_labels = compute_labels  # the stage protocol's name (precompute.runs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -254,14 +257,8 @@ def _params(
 
 
 def _run_row(session: Session, model: Model, params: dict[str, object]) -> Run:
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-    row = session.scalar(
-        select(Run).where(Run.model_id == model.id, Run.stage == STAGE, Run.params_hash == digest)
-    )
-    if row is None:
-        row = Run(model_id=model.id, stage=STAGE, params=params, params_hash=digest, progress={})
-        session.add(row)
-        session.commit()
+    row = start_run(session, model.id, STAGE, dict(params), progress={})
+    session.commit()
     return row
 
 
@@ -354,10 +351,9 @@ def label_model(
         session.commit()
         scored.append(f"{layer.name} (median {np.nanmedian(scores):.2f}, max {np.nanmax(scores):.2f})"
                       if np.isfinite(scores).any() else f"{layer.name} (no score)")  # fmt: skip
-    run_row.status = "done"
-    run_row.state = None  # the embedding checkpoint is no longer needed
-    run_row.finished_at = utcnow()
-    run_row.progress = {**(run_row.progress or {}), "labelled": n_labelled, "multimodality": scored}
+    # the embedding checkpoint is no longer needed (finish_run drops the state)
+    progress = {**(run_row.progress or {}), "labelled": n_labelled, "multimodality": scored}
+    finish_run(session, run_row, progress)
     session.commit()
     return LabelsReport(model.slug, "done", n_labelled, len(concepts), tag_source, scored)
 
@@ -489,8 +485,7 @@ def _checkpoint(session: Session, run_row: Run, done: dict[int, np.ndarray]) -> 
     buffer = io.BytesIO()
     ids = np.array(list(done), dtype=np.int64)
     np.savez(buffer, ids=ids, emb=np.stack(list(done.values())) if done else np.zeros((0, 1)))
-    run_row.state = buffer.getvalue()
-    run_row.progress = {**(run_row.progress or {}), "embedded": len(done)}
+    checkpoint_run(session, run_row, buffer.getvalue(), {**(run_row.progress or {}), "embedded": len(done)})
     session.commit()
 
 

@@ -77,3 +77,28 @@ def named_multimodal_neurons() -> dict[str, int]:
         for c, v in card_facts()["multimodal_neurons"].items()
         if min(float(v[1]), float(v[2])) >= MULTIMODAL_THRESHOLD
     }
+
+
+DEMO_2000 = 2000
+
+
+def demo2000_db(demo_loaded: Any, folder: Path) -> str:
+    """URL of an index of the trained demo model on ``demo:2000`` built like the shipped demo
+    (default activation sample) with the labels stage run (built once)."""
+    if "demo2000" not in _cache:
+        from precompute.activations import run_activations
+        from precompute.labels import LabelsOptions, compute_labels
+
+        url = f"sqlite:///{folder / 'demo2000.db'}"
+        report = run_activations(
+            demo_loaded, f"demo:{DEMO_2000}", url, top_k=20, batch_size=64, progress=False
+        )
+        assert report.status == "done", report
+        compute_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
+        _cache["demo2000"] = url
+    return _cache["demo2000"]
+
+
+def best_units() -> dict[str, int]:
+    """concept -> the unit ``eval-demo`` finds best (max min(d′ objects, d′ text)), all 14."""
+    return {c: int(v[0]) for c, v in card_facts()["multimodal_neurons"].items()}

@@ -295,8 +295,13 @@ def test_atlas_page_places_every_neuron_with_label_and_link(client) -> None:
 def test_multimodal_view_lists_top_neurons_with_photo_and_text_evidence(client) -> None:
     data = client.get("/models/demo/multimodal.json", params={"n": 5}).json()
     assert data["layer"]["name"] == "layer4.5" and len(data["neurons"]) == 5
-    scores = [n["multimodality"] for n in data["neurons"]]
-    assert scores == sorted(scores, reverse=True)
+    # the most multimodal unit of each concept first (by score), then the rest by score
+    champions = [n for n in data["neurons"] if n["champion"]]
+    assert data["neurons"][: len(champions)] == champions
+    for part in (champions, data["neurons"][len(champions) :]):
+        scores = [n["multimodality"] for n in part]
+        assert scores == sorted(scores, reverse=True)
+    assert len({n["concept"] for n in champions}) == len(champions)
     for n in data["neurons"]:
         assert n["url"].endswith(f"/neurons/{n['unit']}")
         assert len(n["concept_words"]) == 3 and all(w["thumb"] for w in n["concept_words"])
