@@ -214,6 +214,20 @@ def drop(db_url: str) -> None:
     engine.dispose()
 
 
+def wait_for_200(port: int, path: str, timeout_s: float = 600.0) -> None:
+    """Poll ``path`` until it answers 200 (a live page answers 503 while its model loads)."""
+    from pages_load import Conn
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, _ = asyncio.run(Conn(port).get(path))
+        if status == 200:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path}: HTTP {status} after {timeout_s:.0f} s")
+        time.sleep(2)
+
+
 def pages_of(slug: str, layer: str, unit: int, query: str) -> dict[str, str]:
     neuron = f"/models/{slug}/layers/{layer}/neurons/{unit}"
     return {"neuron": neuron, "neuron.json": neuron + ".json", "layer": f"/models/{slug}/layers/{layer}",
@@ -268,9 +282,13 @@ def main() -> int:
             scale_pages.pop("search")
         for name in scale_pages:
             for label, port, pages in (("demo", demo_port, demo_pages), ("scale", scale_port, scale_pages)):
+                if name == "search":
+                    wait_for_200(port, pages[name])  # the live model may still be loading
                 alone = asyncio.run(sequential(port, [pages[name]] * args.sequential, 10))
                 rps, times, errors = asyncio.run(concurrent(port, pages[name], args.clients, args.seconds))
                 results[(label, name)] = {"alone": alone, "rps": rps, "times": times, "errors": errors}
+                print(f"  measured {name} on {label}: alone p50 {ms(alone, 50):.2f} ms; "
+                      f"{args.clients} clients {rps:.0f} req/s, p99 {ms(times, 99):.2f} ms", flush=True)
         distinct = [f"/models/{SLUG}/layers/{LAYERS[i % 2]}/neurons/{(11 + 53 * i) % args.units}"
                     for i in range(50)]
         misses = asyncio.run(sequential(scale_port, distinct, 0))
