@@ -81,3 +81,37 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
     assert counts["top_examples"] > 0 and counts["neuron_words"] > 0
     assert counts["feature_visualizations"] == 2 * 3 * 2 + 3 * 2  # pos+neg per unit and layer, diversity
     assert_same_content(two, one)
+
+
+def test_topk_merge_and_chan_merge_are_exact():
+    from precompute.distributed import chan_merge, merge_topk
+
+    generator = torch.Generator().manual_seed(0)
+    n, units, k = 40, 5, 6
+    values = torch.randint(0, 8, (n, units), generator=generator).float()  # many ties
+    maps = torch.randn(n, units, 2, 2, generator=generator)
+    positions = torch.arange(n)
+    shares = [positions[r::3] for r in range(3)]  # three ranks, interleaved positions
+
+    def topk(share: torch.Tensor):  # one rank's lists (value desc, position asc), as a pass keeps them
+        v = values[share].T  # (U, len), positions ascending
+        o = torch.sort(v, dim=1, descending=True, stable=True).indices[:, :k]
+        kept_maps = maps[share].transpose(0, 1).gather(1, o[..., None, None].expand(-1, -1, 2, 2))
+        return v.gather(1, o), share[o], kept_maps
+
+    parts = [topk(p) for p in shares]
+    v, p, m = merge_topk([x[0] for x in parts], [x[1] for x in parts], [x[2] for x in parts], k)
+    for u in range(units):
+        expected = sorted(range(n), key=lambda i: (-values[i, u].item(), i))[:k]
+        assert p[u].tolist() == expected
+        assert v[u].tolist() == values[expected, u].tolist()
+        assert torch.equal(m[u], maps[expected, u])
+
+    data = torch.randn(n, units, dtype=torch.float64, generator=generator) * 3 + 1
+    count, mean, m2 = 0, torch.zeros(units, dtype=torch.float64), torch.zeros(units, dtype=torch.float64)
+    for chunk in (data[:7], data[7:8], data[8:30], data[30:]):
+        c_mean = chunk.mean(0)
+        count, mean, m2 = chan_merge(count, mean, m2, len(chunk), c_mean, (chunk - c_mean).square().sum(0))
+    assert count == n
+    torch.testing.assert_close(mean, data.mean(0), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(m2 / n, data.var(0, unbiased=False), rtol=1e-12, atol=1e-12)
