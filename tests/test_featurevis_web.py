@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 
 import httpx
 import numpy as np
@@ -125,27 +126,63 @@ async def test_featurevis_fragment_without_live_model(db_copy) -> None:
 async def test_render_is_cancelled_at_its_timeout_and_limits_hold(db_copy, demo_loaded) -> None:
     slug, layer, unit = first_neuron(db_copy)
     runner = make_runner(demo_loaded, slug)
-    settings = Settings(db_url=db_copy).with_(featurevis_timeout_s=0.3, featurevis_max_jobs=1)
+    settings = Settings(db_url=db_copy).with_(featurevis_timeout_s=2.0, featurevis_max_jobs=1)
     app = create_app(settings, live_runner=runner)
     page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
     other_url = f"/models/{slug}/layers/{layer}/neurons/{unit + 1}"
     async with runner, client(app) as c:
+        blocker = asyncio.create_task(runner.submit(lambda _loaded: time.sleep(3.0)))  # model thread busy
+        await asyncio.sleep(0.1)
         started = await c.post(f"{page_url}/featurevis.json")
         assert started.status_code == 202 and started.json()["status"] == "rendering"
         full = await c.post(f"{other_url}/featurevis.json")  # one render at a time here
         assert full.status_code == 429 and "rendering already" in full.json()["note"]
-        for _ in range(200):
+        await blocker
+        for _ in range(100):
             status = (await c.get(f"{page_url}/featurevis.json")).json()
-            if status["status"] != "rendering":
+            if status["status"] != "rendering" and job_row(db_copy).finished_at is not None:
                 break
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
         assert status["status"] == "cancelled" and "time limit" in status["error"]
-        # the model thread is free again: a quick live request is answered at once
+        row = job_row(db_copy)
+        assert row.status == "cancelled" and row.finished_at is not None  # stopped, not just expired
+        # the model thread is free again: a live request is answered at once
+        before = time.monotonic()
         answer = await asyncio.wait_for(runner.encode_texts(["red"]), timeout=10)
-        assert np.isfinite(answer).all()
+        assert np.isfinite(answer).all() and time.monotonic() - before < 2.0
     assert count(db_copy, FeatureVisualization) == 0  # nothing stored from a cancelled render
     app.state.engine.dispose()
     app.state.write_engine.dispose()
+
+
+@pytest.mark.slow  # one render's set-up on the CPU (~10-20 s)
+def test_a_running_render_stops_at_its_deadline(demo_loaded, monkeypatch) -> None:
+    from app.live import jobs
+
+    steps: list[int] = []
+    real_render = fv.render
+
+    def counting_render(*args, progress, **kwargs):
+        def count(step: int) -> None:
+            steps.append(step)
+            progress(step)
+
+        return real_render(*args, progress=count, **kwargs)
+
+    monkeypatch.setattr(jobs.fv, "render", counting_render)
+    layer = next(la for la in demo_loaded.layers if la.is_last)
+    render_settings = fv.default_settings(demo_loaded)
+    with pytest.raises(jobs.RenderCancelled):
+        jobs._render(demo_loaded, layer.name, 5, render_settings, time.monotonic() + 0.3)  # noqa: SLF001
+    assert steps and max(steps) <= 2 < render_settings.steps  # stopped at the first step past the deadline
+
+
+def job_row(url: str):
+    engine = make_engine(url, create=False)
+    with session_factory(engine)() as s:
+        row = s.scalars(select(FeatureVisJob)).first()
+    engine.dispose()
+    return row
 
 
 def test_one_claim_per_neuron_over_workers_and_per_client_limit(db_copy) -> None:
