@@ -39,6 +39,7 @@ FIRST_TABLES = (
     "feature_visualizations", "images", "labels", "layers", "models", "neuron_words", "neurons",
     "runs", "top_examples",
 )  # fmt: skip
+PRE_MIGRATIONS = "a schema made before migrations"
 _LOCK_KEY = 0x636F6E63  # "conc": PostgreSQL advisory lock held while the schema is set up
 
 
@@ -77,7 +78,8 @@ def schema_diff(connection: Connection) -> list[Any]:
 def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
     """Upgrade the database at ``url`` to ``revision``; return (before, after) revisions.
 
-    A database made before migrations existed is adopted first (see :func:`ensure_schema`).
+    A database made before migrations existed is adopted first (see :func:`ensure_schema`);
+    its ``before`` is :data:`PRE_MIGRATIONS`.
     """
     engine = create_engine(url, poolclass=pool.NullPool)
     try:
@@ -86,6 +88,7 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
             before = current_revision(conn)
             if before is None and _our_tables(conn):
                 _adopt(conn)
+                before = PRE_MIGRATIONS
             command.upgrade(alembic_config(connection=conn), revision)
             after = current_revision(conn)
         return before, after
