@@ -1,0 +1,180 @@
+"""Issue 16 on the trained demo model at the demo's own size (demo:2000, real pipeline):
+multimodality that means it, labels with evidence, eval-labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from app.config import Settings
+from app.db import from_bytes, make_engine, session_factory
+from app.db.meaning import multimodal_ranking
+from app.db.schema import ActivationSample, Label, LabelEvidence, Layer, Neuron
+from app.neurons import labels as labelling
+from app.neurons import multimodality as mm
+from app.web.app import create_app
+from tests.meaning_support import best_units, demo2000_db, needs_weights
+
+pytestmark = [pytest.mark.slow, needs_weights]
+
+
+@pytest.fixture(scope="module")
+def demo2000(demo_loaded, tmp_path_factory) -> str:
+    return demo2000_db(demo_loaded, tmp_path_factory.mktemp("demo2000"))
+
+
+@pytest.fixture(scope="module")
+def client(demo2000):
+    with TestClient(create_app(Settings(db_url=demo2000, device="cpu"))) as c:
+        yield c
+
+
+def test_multimodal_view_puts_eval_demos_best_units_on_top(client) -> None:
+    """The top 14 of the view contain eval-demo's best unit (model card) of ≥ 10 of the 14
+    concepts (measured 10/14 on the demo index; the old correlation score: 6/14 with d′ over all
+    pictures and words, 2 of its top 5 holding up)."""
+    data = client.get("/models/demo/multimodal.json", params={"n": 14}).json()
+    shown = [n["unit"] for n in data["neurons"]]
+    best = best_units()
+    hits = [c for c, u in best.items() if u in shown]
+    assert len(hits) >= 10, (hits, shown)
+    for n in data["neurons"]:  # both numbers, and the score is their minimum
+        assert n["multimodality"] == pytest.approx(min(n["picture_d"], n["word_d"]), abs=1e-3)
+        assert n["concept"] and n["correlation"] is None or -1 <= n["correlation"] <= 1
+    champions = [n["multimodality"] for n in data["neurons"] if n["champion"]]
+    assert champions == sorted(champions, reverse=True)
+    assert "the smaller of two d′" in client.get("/models/demo/multimodal").text
+
+
+def test_top_units_hold_up_on_renderings_they_were_not_tuned_on(demo2000, demo_loaded) -> None:
+    """The view's top 5 units, on renderings the score never saw: their concept word in font faces
+    the model was not trained on at sizes outside the training range, and plain objects of fresh
+    seeds; each unit's median response placed in its own dataset distribution (percentile)."""
+    from app.neurons.capture import layer_maps
+    from app.neurons.zeroshot import preprocess_batch
+    from precompute import demo_world as world
+
+    faces = [f for f in ("DejaVuSerif-Italic.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSerifCondensed.ttf")
+             if any((d / f).is_file() for d in world._DEJAVU_DIRS)] or ["builtin"]  # noqa: SLF001  # fmt: skip
+    with session_factory(make_engine(demo2000, create=False))() as s:
+        layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
+        sample = s.get(ActivationSample, layer.id)
+        values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units)).astype(np.float32)
+        top = multimodal_ranking(s, layer)[:5]
+    info = demo_loaded.layer(layer.name)
+
+    def responses(images: list) -> np.ndarray:
+        x = preprocess_batch(demo_loaded, images)
+        return layer_maps(demo_loaded, x, [info])[layer.name].amax(dim=(2, 3)).numpy()
+
+    held = 0
+    for r in top:
+        kind = "colour" if r.concept in world.COLOURS else "shape"
+        words = [world.render_word(r.concept, font=f, size=sz) for f in faces for sz in (18, 64)]
+        objects = [world.render(world.HELDOUT_SEED, 7_000_000 + i, "object", **{kind: r.concept}).image
+                   for i in range(8)]  # fmt: skip
+        w = float(np.median(responses(words)[:, r.unit]))
+        o = float(np.median(responses(objects)[:, r.unit]))
+        pct_w = 100 * float((values[:, r.unit] < w).mean())
+        pct_o = 100 * float((values[:, r.unit] < o).mean())
+        held += pct_w >= 65 and pct_o >= 65
+    assert held >= 4, held
+
+
+def test_dead_units_get_no_multimodality() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(60, 4)).astype(np.float32)
+    values[:, 2] = 0.5  # constant
+    values[:, 3] *= 0.01  # near-constant
+    assert mm.alive_units(values).tolist() == [True, True, False, False]
+    picture_d = np.array([[3.0, 0.5, 9.0, 9.0], [0.1, 2.0, 9.0, 9.0]], np.float32)
+    word_d = np.array([[1.0, 4.0, 9.0, 9.0], [0.2, 2.5, 9.0, 9.0]], np.float32)
+    score, best = mm.multimodal_dprime_scores(picture_d, word_d, mm.alive_units(values))
+    assert score[0] == pytest.approx(1.0) and best[0] == 0  # min(3, 1) beats min(0.1, 0.2)
+    assert score[1] == pytest.approx(2.0) and best[1] == 1  # a strong word alone is not enough
+    assert np.isnan(score[2:]).all() and (best[2:] == -1).all()
+
+
+def test_evidence_matches_scipy_and_is_held_out(demo2000) -> None:
+    """Evidence recomputed independently from the index: AUC = U / (n₊ n₋) on the held-out half of
+    the activation sample, precision of the top 20, n; and the auto labels were chosen on the
+    other half."""
+    from scipy.stats import mannwhitneyu
+
+    with session_factory(make_engine(demo2000, create=False))() as s:
+        layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
+        sample = s.get(ActivationSample, layer.id)
+        values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units)).astype(np.float32)
+        from app.db.meaning import concept_profile
+
+        tags = concept_profile(s, layer).image_tags
+        held = labelling.held_out([int(i) for i in sample.image_ids])
+        assert 0.4 < held.mean() < 0.6
+        rows = s.execute(
+            select(Neuron.unit, LabelEvidence)
+            .join(LabelEvidence, LabelEvidence.neuron_id == Neuron.id)
+            .where(Neuron.layer_id == layer.id)
+            .limit(40)
+        ).all()
+        assert rows
+        for unit, ev in rows:
+            pos = np.array([ev.label in tags.get(int(i), []) for i in sample.image_ids])[held]
+            v = values[held, unit]
+            u = mannwhitneyu(v[pos], v[~pos], alternative="greater")
+            assert ev.auc == pytest.approx(u.statistic / (pos.sum() * (~pos).sum()), abs=1e-3)
+            assert ev.p_value == pytest.approx(u.pvalue, rel=1e-3, abs=1e-300)
+            top = np.argsort(-v, kind="stable")[:20]
+            assert ev.precision == pytest.approx(pos[top].mean(), abs=0.051)  # float16 ties
+            assert ev.n_images == int(held.sum()) and ev.n_positive == int(pos.sum())
+        assert s.scalar(select(Label).where(Label.source == "auto").limit(1)) is not None
+
+
+def test_weak_labels_are_never_titles_and_the_grid_filters_by_auc(client, demo2000) -> None:
+    data = client.get("/models/demo/layers/layer4.5.json", params={"min_auc": "0.9", "per_page": 600}).json()
+    assert data["neurons"] and all(n["label_auc"] >= 0.9 for n in data["neurons"])
+    everything = client.get("/models/demo/layers/layer4.5.json", params={"per_page": 600}).json()
+    assert data["total"] < everything["total"]
+    params = {"sort": "label_auc", "per_page": 600}
+    ordered = client.get("/models/demo/layers/layer4.5.json", params=params).json()
+    aucs = [n["label_auc"] for n in ordered["neurons"] if n["label_auc"] is not None]
+    assert aucs == sorted(aucs, reverse=True)
+    page = client.get("/models/demo/layers/layer4.5/neurons/0.json").json()
+    labels = page["sections"]["labels"]
+    titles = [lb for lb in labels if lb["title"]]
+    assert len(titles) <= 1 and all(lb["evidence"]["auc"] >= 0.75 for lb in titles)
+    assert all(lb["weak"] == (lb["evidence"] is None or lb["evidence"]["auc"] < 0.75) for lb in labels)
+    html = client.get("/models/demo/layers/layer4.5/neurons/0").text
+    assert "top-20 precision" in html and "label-hist" in html
+
+
+def test_eval_labels_prints_accuracy_and_backed_share(demo2000, capsys) -> None:
+    from app.cli import main
+
+    assert main(["eval-labels", "--db", demo2000, "--n", "12"]) == 0
+    out = capsys.readouterr().out
+    backed = float(out.split("title labels backed: ")[1].split()[0])
+    accuracy = float(out.split("label accuracy: ")[1].split()[0])
+    assert backed == 1.0 and 0.0 <= accuracy <= 1.0
+
+
+def test_eval_labels_ground_truth_csv(demo2000, tmp_path: Path, capsys) -> None:
+    """CLIP-Dissect's protocol: top-1 accuracy of the title labels against a CSV."""
+    from app.cli import main
+
+    client_rows = []
+    with session_factory(make_engine(demo2000, create=False))() as s:
+        from app.db.units import unit_summaries
+
+        layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
+        titled = [(u, x.label) for u, x in unit_summaries(s, layer).items() if x.label][:10]
+    for i, (unit, label) in enumerate(titled):
+        client_rows.append(f"{layer.name},{unit},{label if i < 5 else 'not-a-label'}")
+    path = tmp_path / "gt.csv"
+    path.write_text("layer,unit,label\n" + "\n".join(client_rows) + "\n")
+    assert main(["eval-labels", "--db", demo2000, "--ground-truth-csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "ground truth rows: 10" in out and "top-1 accuracy: 0.500" in out
