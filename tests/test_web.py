@@ -337,7 +337,7 @@ async def test_label_filter_and_sort(tiny_db, tmp_path, index):
         s.commit()
     engine.dispose()
     app = create_app(Settings(db_url=url))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         base = f"/models/{index['slug']}/layers/{index['layer']}"
         red = (await c.get(base + ".json", params={"q": "RED"})).json()
         assert sorted(n["unit"] for n in red["neurons"]) == [units[0], units[2]] and red["total"] == 2
@@ -383,7 +383,7 @@ async def test_neuron_sections_render_only_with_data(tiny_db, tmp_path, index, m
     monkeypatch.setattr(sections, "SECTIONS", [*sections.SECTIONS, missing])
     app = create_app(Settings(db_url=url))
     base = f"/models/{index['slug']}/layers/{index['layer']}/neurons"
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as c:
         data = (await c.get(f"{base}/{index['unit']}.json")).json()
         html = (await c.get(f"{base}/{index['unit']}")).text
         other = (await c.get(f"{base}/{index['units'][0]}.json")).json()
