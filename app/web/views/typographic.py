@@ -27,7 +27,7 @@ from app.db import MIME_EXT
 from app.db.meaning import concepts_of, unit_summaries
 from app.db.schema import Analysis, Blob, Image, Layer, Model, Neuron
 from app.live.runner import LiveError
-from app.neurons import analysis as core
+from app.neurons import activations as core
 from app.neurons import zeroshot
 from app.neurons.typographic import (
     DEFAULT_SIZE,
