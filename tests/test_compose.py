@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from app.cli import build_parser
+from app.cli import DEMO_STAGES, build_parser
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
@@ -76,8 +76,8 @@ def test_postgres_profile_runs_migrations_then_precompute_then_the_explorer() ->
     for service in (migrate, job):
         assert service["environment"]["CONCEPTSCOPE_DB"] == PG_URL
     script = " ".join(command(job)).replace("$$", "$")  # config keeps the file's escaping
-    for stage in ("activations", "featurevis", "words", "labels"):
-        assert f"conceptscope precompute {stage}" in script
+    stages = [line.split()[2] for line in command(job)[-1].strip().splitlines()]
+    assert stages == [stage[1] for stage in DEMO_STAGES]  # what `conceptscope demo` runs, in order
     assert '--db "$CONCEPTSCOPE_DB"' in script  # $$ in the file: the container's variable
     argv = command(explorer)
     assert argv[:2] == ["conceptscope", "serve"] and argv[argv.index("--db") + 1] == PG_URL
