@@ -77,12 +77,15 @@ def test_every_get_and_head_leaves_the_database_byte_identical(tiny_db, demo_loa
     found = index_values(url)
     with live_server(url, demo_loaded, found["model"]) as (base, _runner, app):
         with csrf_client(base, timeout=120) as client:
+            checkpoint(path)
+            untouched = db_state(path)
             image = encode(gradient_rgb(), "PNG")
             posted = client.post("/analyze.json", files={"image": ("g.png", image, "image/png")})
             assert posted.status_code == 200, posted.text
             analysis = posted.json()
             checkpoint(path)
             before = db_state(path)
+            assert before != untouched  # the comparison sees a write (a POST stores the analysis)
 
             urls = app.state.urls
             values = {
