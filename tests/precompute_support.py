@@ -16,7 +16,9 @@ TIMES = {"started_at", "finished_at", "created_at", "updated_at"}
 FLOAT_STATS = {"neurons": ("mean", "std")}  # merged across ranks: equal up to float rounding
 
 
-def content(path: Path) -> tuple[dict[str, list[tuple]], dict[str, np.ndarray]]:
+def content(
+    path: Path, skip: dict[str, tuple[str, ...]] | None = None
+) -> tuple[dict[str, list[tuple]], dict[str, np.ndarray]]:
     """Every row of every table in insertion order (timestamps, run ids and the timing fields of
     stored settings left out), and the float statistics apart (compare those with a tolerance)."""
     con = sqlite3.connect(path)
@@ -28,10 +30,10 @@ def content(path: Path) -> tuple[dict[str, list[tuple]], dict[str, np.ndarray]]:
         for table in tables:
             cursor = con.execute(f'SELECT * FROM "{table}" ORDER BY rowid')
             columns = [d[0] for d in cursor.description]
-            skip = set(TIMES) | set(FLOAT_STATS.get(table, ()))
+            left_out = set(TIMES) | set(FLOAT_STATS.get(table, ())) | set((skip or {}).get(table, ()))
             if table == "runs":
-                skip |= {"id", "state"}
-            keep = [i for i, c in enumerate(columns) if c not in skip]
+                left_out |= {"id", "state"}
+            keep = [i for i, c in enumerate(columns) if c not in left_out]
             data = cursor.fetchall()
             rows[table] = [tuple(_clean(columns[i], row[i]) for i in keep) for row in data]
             if table in FLOAT_STATS:
@@ -49,10 +51,13 @@ def _clean(column: str, value: object) -> object:
     return value
 
 
-def assert_same_content(got: Path, expected: Path, *, rtol: float = 1e-9) -> None:
-    """Two index databases hold the same rows (statistics within ``rtol``)."""
-    rows_a, floats_a = content(got)
-    rows_b, floats_b = content(expected)
+def assert_same_content(
+    got: Path, expected: Path, *, rtol: float = 1e-9, skip: dict[str, tuple[str, ...]] | None = None
+) -> None:
+    """Two index databases hold the same rows (statistics within ``rtol``; ``skip``: columns
+    left out per table)."""
+    rows_a, floats_a = content(got, skip)
+    rows_b, floats_b = content(expected, skip)
     assert set(rows_a) == set(rows_b)
     for table in rows_b:
         assert rows_a[table] == rows_b[table], f"table {table} differs"

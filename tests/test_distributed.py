@@ -36,6 +36,7 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
     from precompute.activations import run_activations
     from precompute.featurevis import run_featurevis
     from precompute.shard_writer import write_shards
+    from precompute.summaries import compute_summaries
     from precompute.words import run_words
 
     spec, n, n_shards = write_shards("demo:48", tmp_path / "shards", 12)
@@ -48,6 +49,7 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
         url = f"sqlite:///{one}"
         kwargs = {"top_k": TOP_K, "batch_size": BATCH, "sample_size": SAMPLE, "progress": False}
         run_activations(demo_loaded, spec, url, **kwargs)
+        compute_summaries(url, "demo", log=False)  # as the CLI does after the pass
         run_words(url, loaded=demo_loaded, vocab=VOCAB, top=3, batch=3, progress=False)
         run_featurevis(url, loaded=demo_loaded, progress=False, **FV)
     finally:
@@ -77,10 +79,12 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
               for t in ("top_examples", "neuron_words", "feature_visualizations")}  # fmt: skip
     con.close()
-    assert stages == ["activations", "words"]  # the ranks' part rows are gone
+    assert "activations" in stages and "words" in stages
+    assert not [stage for stage in stages if "@" in stage]  # the ranks' part rows are gone
     assert counts["top_examples"] > 0 and counts["neuron_words"] > 0
     assert counts["feature_visualizations"] == 2 * 3 * 2 + 3 * 2  # pos+neg per unit and layer, diversity
-    assert_same_content(two, one)
+    # page summaries (issue 15) are derived from the merged statistics: equal up to their rounding
+    assert_same_content(two, one, skip={"neuron_summaries": ("data",)})
 
 
 def test_topk_merge_and_chan_merge_are_exact():
@@ -115,3 +119,85 @@ def test_topk_merge_and_chan_merge_are_exact():
     assert count == n
     torch.testing.assert_close(mean, data.mean(0), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(m2 / n, data.var(0, unbiased=False), rtol=1e-12, atol=1e-12)
+
+
+KILLABLE_RANK = """
+import os, sys, time
+from pathlib import Path
+from app.models import ModelSpec
+from precompute.activations import run_activations
+from precompute.datasets import DemoDataset
+
+Path(sys.argv[2]).joinpath(f"rank{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+
+class SlowDemo(DemoDataset):  # slow storage: the job takes long enough to be killed mid-way
+    def load(self, position):
+        time.sleep(0.02)
+        return super().load(position)
+
+report = run_activations(ModelSpec.parse("demo"), SlowDemo(96), sys.argv[1], top_k=4, batch_size=8,
+                         sample_size=24, checkpoint_batches=1, checkpoint_min_seconds=0, progress=False)
+Path(sys.argv[2]).joinpath(f"rank{os.environ['RANK']}.batches").write_text(str(report.batches_run))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_rank_restarted_resumes_to_the_same_index(tmp_path, demo_loaded):
+    import os
+    import random
+    import signal
+    import time
+
+    from precompute.activations import run_activations
+    from precompute.datasets import DemoDataset
+
+    script, db = tmp_path / "rank.py", tmp_path / "killed.db"
+    script.write_text(KILLABLE_RANK)
+    command = [*torchrun(2), str(script), f"sqlite:///{db}", str(tmp_path)]
+    env = subprocess_env(threads=1)
+
+    def part_position(rank: int) -> int:
+        try:
+            con = sqlite3.connect(db, timeout=1)
+            try:
+                row = con.execute(
+                    "SELECT json_extract(progress, '$.position') FROM runs WHERE stage = ?",
+                    (f"activations@{rank}/2",),
+                ).fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return -1
+        return int(row[0]) if row and row[0] is not None else -1
+
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while part_position(1) < 3 * 8 and job.poll() is None:
+            assert time.monotonic() < deadline, "rank 1 made no progress"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0, 0.2))
+        assert job.poll() is None, "the job finished before a rank could be killed"
+        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
+        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    at = part_position(1)
+    assert 0 < at < 96
+
+    restarted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)  # same command
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    # rank 1 went on from its checkpoint (its share is 6 of the 12 batches)
+    assert int((tmp_path / "rank1.batches").read_text()) == 6 - at // 16
+
+    straight = tmp_path / "straight.db"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_activations(demo_loaded, DemoDataset(96), f"sqlite:///{straight}", top_k=4, batch_size=8,
+                        sample_size=24, progress=False)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_content(db, straight)
