@@ -3,6 +3,8 @@ first context showed (real chromium via Playwright, a real server with the live 
 
 from __future__ import annotations
 
+import http.server
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -211,3 +213,34 @@ def test_keyboard_skip_link_and_one_stop_drop_zone(server, browser) -> None:
     assert len(opened) == 2  # Enter and Space open the file chooser
     assert not errors, errors
     context.close()
+
+
+def test_embed_loads_in_an_iframe_on_another_origin_and_pages_do_not(server, browser) -> None:
+    slug = httpx.get(f"{server}/-/health").json()["models"][0]
+    layer = httpx.get(f"{server}/models/{slug}.json").json()["layers"][-1]
+    unit = httpx.get(server + layer["json"]).json()["neurons"][0]["unit"]
+    path = f"/models/{slug}/layers/{layer['name']}/neurons/{unit}"
+    oembed = httpx.get(f"{server}/-/oembed", params={"url": server + path}).json()
+    html = (oembed["html"] + f'<iframe id="page" src="{server}{path}"></iframe>').encode()
+
+    class Host(http.server.BaseHTTPRequestHandler):  # another origin that embeds the card
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(html)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Host)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    context, page, _ = fresh_page(browser)
+    page.goto(f"http://127.0.0.1:{other.server_address[1]}/")
+    card = page.frame_locator("iframe[src*='/embed/']").locator(".embed-card")
+    card.wait_for(timeout=30_000)
+    assert f"unit {unit}" in card.inner_text()
+    page.wait_for_timeout(1000)
+    assert page.frame_locator("#page").locator(".neuron-head").count() == 0  # frame-ancestors 'none'
+    context.close()
+    other.shutdown()
