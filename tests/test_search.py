@@ -95,11 +95,14 @@ def test_reading_neurons_fire_on_the_rendered_query(http: httpx.Client, demo_loa
     image = render_text("star", demo_loaded.image_size)
     acts = core.analyze_batch(demo_loaded, demo_loaded.preprocess(image)[None], top_k=10)[0]
     for layer in data["reading"]["layers"]:
-        got = [(n["unit"], n["value"]) for n in layer["neurons"]]
-        want = [(h.unit, h.value) for h in acts.top[layer["name"]]]
+        got = sorted((n["unit"], n["value"]) for n in layer["neurons"])
+        want = sorted((h.unit, h.value) for h in acts.top[layer["name"]])
         assert [u for u, _ in got] == [u for u, _ in want]
         np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-4, atol=1e-6)
         assert all(n["percentile"] is None or 0 <= n["percentile"] <= 100 for n in layer["neurons"])
+        # issue 16: shown on the units' own scale, by percentile (not by raw value)
+        pcts = [n["percentile"] for n in layer["neurons"] if n["percentile"] is not None]
+        assert pcts == sorted(pcts, reverse=True)
     assert data["reading"]["image"].startswith("data:image/png;base64,")
 
 
