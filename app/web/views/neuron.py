@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -107,7 +108,7 @@ def neuron_page(
                     "meta": e.meta,
                 },
                 "thumb": urls.blob(e.thumb.sha256, e.thumb.ext),
-                "heatmap": [[round(float(v), 4) for v in row] for row in e.heatmap],
+                "heatmap": np.round(e.heatmap.astype(np.float64), 4).tolist(),  # vectorised (top-100 x 9x9)
             }
             for e in examples
         ],
