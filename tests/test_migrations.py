@@ -17,6 +17,7 @@ from app.db import make_engine
 from app.db.migrations import (
     FIRST_REVISION,
     FIRST_TABLES,
+    UnknownRevision,
     alembic_config,
     current_revision,
     head_revision,
@@ -212,3 +213,16 @@ def test_copy_needs_a_current_source_and_copies_rows(tmp_path: Path, capsys) -> 
     assert _revision(f"sqlite:///{target}") == head_revision()
     assert main(["db", "copy", "--from", source, "--to", str(target)]) == 1  # not empty now
     assert "not empty" in capsys.readouterr().err
+
+
+def test_a_database_from_a_newer_conceptscope_is_refused_clearly(tmp_path: Path, capsys) -> None:
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    make_engine(url).dispose()
+    engine = _engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+    assert main(["db", "upgrade", "--db", url]) == 1
+    assert "9999 is newer than this conceptscope" in capsys.readouterr().err
+    with pytest.raises(UnknownRevision):
+        make_engine(url)

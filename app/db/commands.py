@@ -37,10 +37,14 @@ def add_upgrade_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_upgrade(args: argparse.Namespace) -> int:
-    from app.db.migrations import upgrade
+    from app.db.migrations import UnknownRevision, upgrade
 
     url = _url(args.db)
-    before, after = upgrade(url, args.revision)
+    try:
+        before, after = upgrade(url, args.revision)
+    except UnknownRevision as exc:
+        print(f"conceptscope: error: {exc}", file=sys.stderr)
+        return 1
     if before == after:
         print(f"{_safe(url)}: already at revision {after}")
     else:

@@ -86,6 +86,8 @@ def upgrade(url: str, revision: str = "head") -> tuple[str | None, str | None]:
         with engine.begin() as conn:
             _lock(conn)
             before = current_revision(conn)
+            if before is not None:
+                _check_known(before)
             if before is None and _our_tables(conn):
                 _adopt(conn)
                 before = PRE_MIGRATIONS
@@ -110,9 +112,24 @@ def ensure_schema(engine: Engine) -> None:
             return
         if revision is None:
             _adopt(conn)
+        else:
+            _check_known(revision)
         log.info("upgrading %s from revision %s to %s", engine.url.render_as_string(),
                  current_revision(conn), head_revision())
         command.upgrade(alembic_config(connection=conn), "head")
+
+
+class UnknownRevision(RuntimeError):
+    """The database was migrated by a newer conceptscope than this one."""
+
+
+def _check_known(revision: str) -> None:
+    known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
+    if revision not in known:
+        raise UnknownRevision(
+            f"the database's schema revision {revision} is newer than this conceptscope knows "
+            f"(newest: {head_revision()}); upgrade conceptscope to use it"
+        )
 
 
 def _our_tables(conn: Connection) -> set[str]:
