@@ -179,8 +179,10 @@ def _safe(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def print_progress(stream: Any = sys.stderr) -> Progress:
-    """A progress callback printing one line per table (and a running count on a terminal)."""
+def print_progress(stream: Any = None) -> Progress:
+    """A progress callback printing one line per table (and a running count on a terminal) to
+    ``stream`` (default: ``sys.stderr`` at call time)."""
+    stream = sys.stderr if stream is None else stream
     tty = hasattr(stream, "isatty") and stream.isatty()
     shown: dict[str, int] = {}
 
