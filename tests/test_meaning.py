@@ -291,7 +291,10 @@ def test_atlas_page_places_every_neuron_with_label_and_link(client) -> None:
     other = client.get("/models/demo/layers/layer3.0/atlas.json").json()
     assert other["features"] == "activation profile" and len(other["points"]) == 256
     html = client.get("/models/demo/layers/layer4.5/atlas").text
-    assert html.count("<image ") == 512 and "<title>unit 0" in html  # unit 0 may have no backed label
+    # issue 18: one sprite image for all thumbnails, every unit in its own cell (none hidden)
+    assert html.count('class="atlas-cell"') == 512 and html.count("<image ") <= 1
+    assert "<title>unit 0" in html  # unit 0 may have no backed label
+    assert len({(p["col"], p["row"]) for p in data["points"]}) == 512
     assert client.get("/models/demo/layers/nope/atlas").status_code == 404
 
 
