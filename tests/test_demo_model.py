@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,13 @@ def card_facts() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def demo() -> tuple[torch.nn.Module, Any]:
+def demo() -> Iterator[tuple[torch.nn.Module, Any]]:
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return load_demo_model(WEIGHTS)
+    try:
+        yield load_demo_model(WEIGHTS)
+    finally:  # later tests (and the child processes they compare with) keep the default
+        torch.set_num_threads(threads)
 
 
 def test_weights_are_small_fp16() -> None:

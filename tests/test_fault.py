@@ -95,6 +95,8 @@ def slow_down(stage: str) -> None:
 
 CHILD = """
 import sys
+import torch
+torch.set_num_threads(int(sys.argv[3]))  # the parent's thread count: same floats, bit for bit
 from tests.test_fault import run_stage, slow_down
 slow_down(sys.argv[1])
 run_stage(sys.argv[1], sys.argv[2])
@@ -132,8 +134,11 @@ def _fv_complete(path: Path) -> bool:
 def _kill_mid_way(stage: str, path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     log = path.with_suffix(".log").open("w")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, stage, f"sqlite:///{path}"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
+    import torch
+
+    threads = str(torch.get_num_threads())  # the resumed and straight runs use this process's
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, stage, f"sqlite:///{path}", threads], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
     try:
         deadline = time.monotonic() + 300
         while _query(path, PROGRESS[stage]) < ENOUGH[stage] and proc.poll() is None:
