@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.config import Settings
 from app.db import from_bytes, make_engine, session_factory
@@ -234,7 +234,10 @@ def test_recipes_lead_with_the_concepts_own_neurons(demo_loaded, tmp_path_factor
         recipe = fit_recipe(query, directions, centre=centre)
         assert recipe.cosine > 0.5, (concept, recipe)
         first = recipe.terms[0].unit
-        leads[concept] = top_label.get(first) == concept or named.get(concept) == first
+        # issue 16: an automatic label names the concept's pictures ("red") or its written word
+        # ("red (text)"); either is the concept's own neuron
+        label = (top_label.get(first) or "").removesuffix(mm.TEXT_SUFFIX)
+        leads[concept] = label == concept or named.get(concept) == first
     assert sum(leads.values()) >= 8, str(leads)
 
 
@@ -348,10 +351,13 @@ def test_folder_dataset_gets_zero_shot_concepts_and_generic_word_renderings(rn50
     reports = compute_labels(
         url, options=LabelsOptions(vocab=vocab, top=3, k=2, progress=False), loaded=rn50_random
     )
-    assert reports[0].tag_source == "zero-shot" and reports[0].labelled == sum(
-        lr.n_units for lr in rn50_random.layers
-    )
+    # issue 16: a label is chosen on half the sample with >= 3 images each side of a tag; 6 images
+    # of a random model give no such tag, so units may stay unlabelled (never labelled without it)
+    assert reports[0].tag_source == "zero-shot"
+    assert 0 <= reports[0].labelled <= sum(lr.n_units for lr in rn50_random.layers)
     with _session(url) as s:
+        written = s.scalar(select(func.count(func.distinct(Label.neuron_id))).where(Label.source == "auto"))
+        assert reports[0].labelled == written  # the report counts the units it labelled
         for layer in s.scalars(select(Layer)):
             profile = s.get(ConceptProfile, layer.id)
             assert profile.source == "zero-shot" and profile.concepts == [
