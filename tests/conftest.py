@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from tests.pg_support import pg_cluster, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)
+from tests.web_support import client, web_app  # noqa: E402, F401  (app + async client over tiny_db)
 
 TINY_DATASET = "demo:48"
 TINY_TOP_K = 8

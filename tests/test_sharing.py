@@ -9,17 +9,13 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from app.config import Settings
 from app.db import export, make_engine, session_factory
 from app.db.schema import Layer, Model, Neuron, TopExample
-from app.web.app import create_app
 
 #: The documented export keys (README "Exports"). Keys may be added, never renamed or removed.
 PINNED_KEYS = {
@@ -28,18 +24,6 @@ PINNED_KEYS = {
     "examples": ["model", "layer", "unit", "rank", "value", "image_id", "dataset", "key", "caption"],
     "words": ["model", "layer", "unit", "rank", "word", "value"],
 }
-
-
-@pytest.fixture(scope="module")
-def web_app(tiny_db):
-    return create_app(Settings(db_url=tiny_db.url))
-
-
-@pytest.fixture
-async def client(web_app) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=web_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import hashlib
 import io
 import re
 import shutil
-from collections.abc import AsyncIterator
 
 import httpx
 import numpy as np
@@ -28,18 +27,6 @@ from app.web.charts import histogram, nice_ticks
 from app.web.formats import split_format
 from app.web.templating import num
 from app.web.urls import Urls
-
-
-@pytest.fixture(scope="module")
-def web_app(tiny_db):
-    return create_app(Settings(db_url=tiny_db.url))
-
-
-@pytest.fixture
-async def client(web_app) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=web_app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 @pytest.fixture(scope="module")
