@@ -87,7 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     groups: dict[str, argparse._SubParsersAction] = {}
 
     demo = top.add_parser("demo", help="build data/demo.db if missing, then serve it")
-    demo.add_argument("--db", default=str(DEMO_DB), help="database file (default: %(default)s)")
+    demo.add_argument("--db", default=str(DEMO_DB),
+                      help="database file or SQLAlchemy URL (default: %(default)s)")  # fmt: skip
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
     demo.add_argument("--rebuild", action="store_true", help="run every stage again (resumes)")
@@ -113,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Build the demo database stage by stage (each stage resumes / is a no-op when done)."""
-    db = Path(args.db)
-    if args.rebuild or not db.exists() or not _demo_complete(db):
+    db: Path | str = args.db if "://" in args.db else Path(args.db)  # a URL is used as-is
+    if isinstance(db, str) or args.rebuild or not db.exists() or not _demo_complete(db):
+        # a database URL (e.g. PostgreSQL) has no marker file: every stage runs (a no-op when done)
         parser = build_parser()
         available = {tuple(words) for words, module, _ in COMMANDS if _has(module)}
         for stage in DEMO_STAGES:
@@ -125,7 +127,8 @@ def run_demo(args: argparse.Namespace) -> int:
             code = stage_args.handler(stage_args)
             if code:
                 return code
-        _mark_demo_complete(db)
+        if isinstance(db, Path):
+            _mark_demo_complete(db)
     if args.no_serve:
         return 0
     serve = ["serve", "--db", str(db), "--host", args.host, "--port", str(args.port)]

@@ -376,3 +376,33 @@ def test_on_demand_feature_visualization_on_postgresql(live, pg_index: PgIndex) 
         neuron = s.scalar(select(Neuron.id).where(Neuron.layer_id == layer.id, Neuron.unit == unit))
         assert _count(s, FeatureVisualization) > 0
         assert s.scalar(select(func.count()).where(FeatureVisualization.neuron_id == neuron)) > 0
+
+
+def test_demo_command_builds_into_a_postgresql_url(pg_cluster, tmp_path: Path, monkeypatch) -> None:
+    """``conceptscope demo --db postgresql+psycopg://…`` uses the URL as-is (no file of that name)."""
+    import app.cli as cli
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(WORDS) + "\n")
+    tiny = {**STAGE_OPTIONS, "activations": ["--dataset", "demo:24", "--top-k", "4", "--sample", "12",
+                                             "--batch-size", "24", "--device", "cpu", "--no-progress"],
+            "featurevis": ["--units", "0", "--steps", "1", "--size", "32", "--batch", "8", "--diversity", "0",
+                           "--device", "cpu", "--no-progress"]}  # fmt: skip
+    stages = [[*stage[:2], *(["--model", "demo"] if stage[1] == "activations" else []),
+               *(o.replace("{vocab}", str(vocab)) for o in tiny.get(stage[1], []))]
+              for stage in DEMO_STAGES]  # fmt: skip
+    monkeypatch.setattr(cli, "DEMO_STAGES", stages)
+    monkeypatch.chdir(tmp_path)
+    url = pg_cluster.create_database("demo_command")
+    assert main(["demo", "--db", url, "--no-serve"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vocab.txt"]  # nothing written as a "path"
+    with _session(url) as s:
+        assert s.bind.dialect.name == "postgresql"
+        assert 20 <= _count(s, Image) <= 24 and _count(s, TopExample) == 4 * _count(s, Neuron) > 0
+        assert _count(s, NeuronWord) > 0 and _count(s, ConceptProfile) > 0  # words and labels ran
+        done = {r.stage for r in s.scalars(select(Run)) if r.status == "done"}
+        before = _count(s, TopExample), _count(s, Run)
+    assert {"activations", "words", "labels"} <= done
+    assert main(["demo", "--db", url, "--no-serve"]) == 0  # again: every stage finds its finished run
+    with _session(url) as s:
+        assert (_count(s, TopExample), _count(s, Run)) == before
