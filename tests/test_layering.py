@@ -60,7 +60,6 @@ CYCLE_ALLOWLIST: frozenset[frozenset[str]] = frozenset()
 
 LAYER_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
     # (module, the layer prefix it may not import from)
-    ("app.neurons.related", "app.db"),
 })  # fmt: skip
 
 VIEW_IMPORT_ALLOWLIST: frozenset[tuple[str, str]] = frozenset()
@@ -68,22 +67,6 @@ VIEW_IMPORT_ALLOWLIST: frozenset[tuple[str, str]] = frozenset()
 
 VIEW_SQL_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
     # (view, "sqlalchemy" for an import of it, or the session/SQL call it makes)
-    ("app.web.views.atlas", "sessions"),
-    ("app.web.views.featurevis", "sqlalchemy"),
-    ("app.web.views.home", "sqlalchemy"),
-    ("app.web.views.meta", "sqlalchemy"),
-    ("app.web.views.meta", "execute"),
-    ("app.web.views.meta", "text"),
-    ("app.web.views.multimodal", "sqlalchemy"),
-    ("app.web.views.multimodal", "sessions"),
-    ("app.web.views.multimodal", "execute"),
-    ("app.web.views.multimodal", "scalars"),
-    ("app.web.views.multimodal", "select"),
-    ("app.web.views.search", "sqlalchemy"),
-    ("app.web.views.search", "sessions"),
-    ("app.web.views.search", "execute"),
-    ("app.web.views.search", "scalar"),
-    ("app.web.views.search", "select"),
     ("app.web.views.typographic", "sqlalchemy"),
     ("app.web.views.typographic", "sessions"),
     ("app.web.views.typographic", "execute"),

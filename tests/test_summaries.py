@@ -12,10 +12,10 @@ from starlette.testclient import TestClient
 
 from app.config import Settings
 from app.db import make_engine, queries, session_factory
+from app.db.related import related_units
 from app.db.schema import Layer, Neuron, NeuronSummary, Run
 from app.db.summaries import neuron_summary
 from app.db.version import read_data_version
-from app.neurons.related import related_units
 from app.web.app import create_app
 from precompute.summaries import STAGE, compute_summaries
 

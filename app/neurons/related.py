@@ -4,6 +4,9 @@
   ``directions``): two units are related when they push the image embedding the same way.
 * Other layers: Pearson correlation of the units' activations over the stored random sample
   (table ``activation_samples``).
+
+Pure maths over arrays; reading the directions and samples from the index is
+:mod:`app.db.related`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sqlalchemy.orm import Session
-
-from app.db import from_bytes
-from app.db.schema import ActivationSample, Direction, Layer
 
 DIRECTION = "direction"
 CORRELATION = "correlation"
@@ -25,22 +24,6 @@ class RelatedUnit:
     unit: int
     similarity: float
     method: str  # "direction" (cosine) or "correlation" (Pearson)
-
-
-def layer_directions(session: Session, layer: Layer) -> np.ndarray | None:
-    """``(units, embed_dim)`` float32 directions of a last-block layer, or ``None``."""
-    row = session.get(Direction, layer.id)
-    if row is None:
-        return None
-    return from_bytes(row.values, "float32", (row.n_units, row.embed_dim))
-
-
-def layer_sample(session: Session, layer: Layer) -> tuple[list[int], np.ndarray] | None:
-    """(image ids, ``(images, units)`` values) of the layer's activation sample, or ``None``."""
-    row = session.get(ActivationSample, layer.id)
-    if row is None or not row.values:
-        return None
-    return [int(i) for i in row.image_ids], from_bytes(row.values, "float16", (row.n_images, row.n_units))
 
 
 def most_similar_directions(directions: np.ndarray, unit: int, k: int = 8) -> list[RelatedUnit]:
@@ -66,18 +49,6 @@ def _best(similarity: np.ndarray, unit: int, k: int, method: str) -> list[Relate
     sim[unit] = -np.inf
     order = np.argsort(-sim, kind="stable")[:k]
     return [RelatedUnit(int(u), float(sim[u]), method) for u in order if np.isfinite(sim[u])]
-
-
-def related_units(session: Session, layer: Layer, unit: int, k: int = 8) -> list[RelatedUnit]:
-    """Related units of ``unit``: by direction for a last block, else by activation correlation."""
-    if layer.is_last:
-        directions = layer_directions(session, layer)
-        if directions is not None and unit < directions.shape[0]:
-            return most_similar_directions(directions, unit, k)
-    sample = layer_sample(session, layer)
-    if sample is None or unit >= sample[1].shape[1] or sample[1].shape[0] < 3:
-        return []
-    return most_correlated(sample[1], unit, k)
 
 
 def _top_k_rows(sim: np.ndarray, k: int) -> list[list[tuple[int, float]]]:

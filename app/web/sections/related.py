@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from app.db.meaning import unit_summaries
-from app.neurons.related import DIRECTION, RelatedUnit, related_units
+from app.db.related import related_units
+from app.neurons.related import DIRECTION, RelatedUnit
 from app.web.sections import NeuronContext
 
 K = 8

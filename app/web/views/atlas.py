@@ -16,14 +16,16 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.db import previews
+from app.db.atlas import layout_features
 from app.db.meaning import unit_summaries
-from app.neurons.atlas import Layout, activation_profiles, layout
-from app.neurons.related import layer_directions, layer_sample
+from app.db.schema import Layer
+from app.neurons.atlas import Layout, layout
 from app.web.atlas_grid import grid_size, snap
 from app.web.cache import versioned_cache
 from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
+from app.web.routing import page
 from app.web.urls import Urls
 
 router = APIRouter()
@@ -35,9 +37,11 @@ _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 
 
-def _layout(request: Request, slug: str, layer_name: str) -> tuple[Layout, list[int]] | None:
+def _layout(
+    request: Request, session: ReadSession, slug: str, layer: Layer
+) -> tuple[Layout, list[int]] | None:
     cache: dict[tuple[str, str], Any] = versioned_cache(request, "atlas_layouts", dict)  # issue 14.7
-    key = (slug, layer_name)
+    key = (slug, layer.name)
     if key in cache:
         return cache[key]
     with _locks_guard:
@@ -45,32 +49,18 @@ def _layout(request: Request, slug: str, layer_name: str) -> tuple[Layout, list[
     with lock:
         if key in cache:
             return cache[key]
-        with request.app.state.sessions() as session:
-            model = find_model(session, slug)
-            layer = find_layer(session, model, layer_name)
-            directions = layer_directions(session, layer) if layer.is_last else None
-            sample = None if directions is not None else layer_sample(session, layer)
-        if directions is not None:
-            result = (layout(directions, "direction"), list(range(directions.shape[0])))
-        elif sample is not None and sample[1].shape[0] >= 3:
-            result = (
-                layout(activation_profiles(sample[1]), "activation profile"),
-                list(range(sample[1].shape[1])),
-            )
-        else:
-            result = None
+        found = layout_features(session, layer)
+        result = (layout(found[1], found[0]), list(range(found[1].shape[0]))) if found else None
         cache[key] = result
         return result
 
 
-def atlas_data(request: Request, slug: str, layer_name: str) -> dict[str, Any]:
+def atlas_data(request: Request, session: ReadSession, slug: str, layer_name: str) -> dict[str, Any]:
     urls: Urls = request.app.state.urls
-    with request.app.state.sessions() as session:
-        model = find_model(session, slug)
-        layer = find_layer(session, model, layer_name)
-        summaries = unit_summaries(session, layer)
-        n_units = layer.n_units
-    found = _layout(request, slug, layer_name)
+    layer = find_layer(session, find_model(session, slug), layer_name)
+    summaries = unit_summaries(session, layer)
+    n_units = layer.n_units
+    found = _layout(request, session, slug, layer)
     data: dict[str, Any] = {
         "model": {"slug": slug, "url": urls.model(slug)},
         "layer": {"name": layer_name, "url": urls.layer(slug, layer_name), "n_units": n_units},
@@ -111,9 +101,13 @@ def atlas_data(request: Request, slug: str, layer_name: str) -> dict[str, Any]:
     return data
 
 
-async def _atlas(request: Request, model: str, layer: str, fmt: str | None) -> Response:
+@page(router, "/models/{model}/layers/{layer}/atlas")
+async def atlas_page(
+    model: str, layer: str, request: Request, session: ReadSession, fmt: str | None
+) -> Response:
+    """The atlas of one layer (``.json``: each unit's 2-D position, label, link and thumbnail)."""
     urls: Urls = request.app.state.urls
-    data = await run_in_threadpool(atlas_data, request, model, layer)
+    data = await run_in_threadpool(atlas_data, request, session, model, layer)
     if not data["points"] and data["note"] is None:
         raise HTTPException(404, f"Layer {layer!r} of {model!r} has no indexed neurons.")
     n = max(len(data["points"]), 1)
@@ -138,7 +132,7 @@ async def _atlas(request: Request, model: str, layer: str, fmt: str | None) -> R
 @router.get("/models/{model}/layers/{layer}/atlas.jpg")
 async def atlas_sprite(model: str, layer: str, request: Request, session: ReadSession) -> Response:
     """All the atlas' thumbnails in one image (one request instead of one per unit)."""
-    data = await run_in_threadpool(atlas_data, request, model, layer)
+    data = await run_in_threadpool(atlas_data, request, session, model, layer)
     if not data.get("sprite"):
         raise HTTPException(404, f"The atlas of {layer!r} has no thumbnails.")
     shas = {
@@ -153,15 +147,3 @@ async def atlas_sprite(model: str, layer: str, request: Request, session: ReadSe
     if request.headers.get("if-none-match") == f'"{etag}"':
         return Response(status_code=304, headers=headers)
     return Response(content=body, media_type="image/jpeg", headers=headers)
-
-
-@router.get("/models/{model}/layers/{layer}/atlas")
-async def atlas_page(model: str, layer: str, request: Request) -> Response:
-    """The atlas of one layer."""
-    return await _atlas(request, model, layer, None)
-
-
-@router.get("/models/{model}/layers/{layer}/atlas.json")
-async def atlas_json(model: str, layer: str, request: Request) -> Response:
-    """The JSON twin of the atlas: each unit's 2-D position, label, link and thumbnail."""
-    return await _atlas(request, model, layer, "json")

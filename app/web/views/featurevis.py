@@ -19,7 +19,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.db import featurevis_jobs as jobs_db
@@ -47,7 +46,7 @@ def fragment_url(request: Request, slug: str, layer: str, unit: int, fmt: str | 
     return request.app.state.urls.neuron(slug, layer, unit) + "/featurevis" + (f".{fmt}" if fmt else "")
 
 
-def section_images(request: Request, session: Session, neuron: Neuron) -> list[dict[str, Any]]:
+def section_images(request: Request, session: ReadSession, neuron: Neuron) -> list[dict[str, Any]]:
     urls = request.app.state.urls
     return [
         {
@@ -63,7 +62,7 @@ def section_images(request: Request, session: Session, neuron: Neuron) -> list[d
     ]
 
 
-def _lookup(session: Session, model: str, layer: str, unit: str) -> tuple[Model, Layer, Neuron]:
+def _lookup(session: ReadSession, model: str, layer: str, unit: str) -> tuple[Model, Layer, Neuron]:
     model_row = find_model(session, model)
     layer_row = find_layer(session, model_row, layer)
     return model_row, layer_row, find_neuron(session, model_row, layer_row, unit)
@@ -71,7 +70,7 @@ def _lookup(session: Session, model: str, layer: str, unit: str) -> tuple[Model,
 
 def _fragment(
     request: Request,
-    session: Session,
+    session: ReadSession,
     found: tuple[Model, Layer, Neuron],
     fmt: str | None,
     *,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy.orm import Session
 
 from app.db import queries
 from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.modelcard import provenance
+from app.web.routing import page
 
 router = APIRouter()
 
 
-def home_data(request: Request, session: Session) -> dict[str, object]:
+def home_data(request: Request, session: ReadSession) -> dict[str, object]:
     urls = request.app.state.urls
     models = []
     for model in queries.list_models(session):
@@ -54,18 +54,9 @@ def home_data(request: Request, session: Session) -> dict[str, object]:
     return {"models": models, "n_images": queries.count_images(session)}
 
 
-@router.get("/", include_in_schema=False)
-def home(request: Request, session: ReadSession) -> Response:
-    return _home(request, session, None)
-
-
-@router.get("/.json")
-def home_json(request: Request, session: ReadSession) -> Response:
+@page(router, "/")
+def home(request: Request, session: ReadSession, fmt: str | None) -> Response:
     """The models in this index."""
-    return _home(request, session, "json")
-
-
-def _home(request: Request, session: Session, fmt: str | None) -> Response:
     urls = request.app.state.urls
     return respond(
         request,

@@ -10,8 +10,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.db import queries
+from app.web import routing
 from app.web.deps import ReadSession
-from app.web.formats import respond, split_format
+from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
 
 router = APIRouter()
@@ -35,12 +36,13 @@ def _auc(raw: str | None) -> float | None:
     return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
-@router.get("/models/{model}/layers/{layer}")
+@routing.page(router, "/models/{model}/layers/{layer}")
 def layer_page(
     model: str,
     layer: str,
     request: Request,
     session: ReadSession,
+    fmt: str | None,
     page: str | None = None,
     per_page: str | None = None,
     sort: str | None = None,
@@ -50,9 +52,8 @@ def layer_page(
 ) -> Response:
     """A page of a layer's neurons (``.../layers/{layer}.json`` for JSON)."""
     auc_floor = _auc(min_auc)
-    name, fmt = split_format(layer)
     model_row = find_model(session, model)
-    layer_row = find_layer(session, model_row, name)
+    layer_row = find_layer(session, model_row, layer)
     urls = request.app.state.urls
     listing = queries.list_neurons(
         session,

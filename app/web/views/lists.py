@@ -14,6 +14,7 @@ from app.db.cards import MAX_UNITS, BadUnitRef, UnitCard, UnitRef, parse_refs, u
 from app.web.charts import histogram
 from app.web.deps import ReadSession
 from app.web.formats import respond
+from app.web.routing import page
 from app.web.urls import Urls
 
 router = APIRouter()
@@ -93,13 +94,15 @@ def _page(
     )
 
 
-@router.get("/lists")
-@router.get("/lists.json", include_in_schema=False)
+@page(router, "/lists")
 def units_list(
-    request: Request, session: ReadSession, units: str | None = None, title: str | None = None
+    request: Request,
+    session: ReadSession,
+    fmt: str | None,
+    units: str | None = None,
+    title: str | None = None,
 ) -> Response:
     """A list of units with their evidence (``/lists.json`` for JSON); the URL is the list."""
-    fmt = "json" if request.url.path.endswith(".json") else None
     refs = _refs(units, MAX_UNITS)
     title = (title or "").strip()[:MAX_TITLE] or None
     urls: Urls = request.app.state.urls
@@ -123,11 +126,9 @@ def units_list(
     )
 
 
-@router.get("/compare")
-@router.get("/compare.json", include_in_schema=False)
-def compare(request: Request, session: ReadSession, units: str | None = None) -> Response:
+@page(router, "/compare")
+def compare(request: Request, session: ReadSession, fmt: str | None, units: str | None = None) -> Response:
     """2–4 units side by side: examples, words, histograms (``/compare.json`` for JSON)."""
-    fmt = "json" if request.url.path.endswith(".json") else None
     refs = _refs(units, COMPARE_MAX)
     if not COMPARE_MIN <= len(refs) <= COMPARE_MAX:
         raise HTTPException(

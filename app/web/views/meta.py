@@ -9,11 +9,11 @@ from importlib import metadata
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from sqlalchemy import text
 
-from app.db import queries
+from app.db.health import served_models
 from app.web.deps import ReadSession
 from app.web.formats import SafeJSONResponse, html_page, respond
+from app.web.routing import page
 
 router = APIRouter()
 log = logging.getLogger("conceptscope.web")
@@ -32,13 +32,12 @@ def live_status(runner: object) -> str:
     return "error: the live model could not be loaded" if error else "starting"
 
 
-@router.get("/-/health")
-@router.get("/-/health.json", include_in_schema=False)
-def health(request: Request, session: ReadSession) -> Response:
-    """Liveness and what is served: ``{"ok": true, "models": [...], "live": ...}``."""
+@page(router, "/-/health")
+def health(request: Request, session: ReadSession, fmt: str | None) -> Response:
+    """Liveness and what is served: ``{"ok": true, "models": [...], "live": ...}`` (JSON with or
+    without the ``.json`` suffix)."""
     try:
-        session.execute(text("SELECT 1"))
-        models = [m.slug for m in queries.list_models(session)]
+        models = served_models(session)
         db_ok = True
     except Exception:  # the DB is unreadable: say so, with 503 (the exception goes to the log only)
         log.exception("health check: the database cannot be read")
@@ -67,18 +66,11 @@ def versions_data(request: Request) -> dict[str, object]:
     }
 
 
-@router.get("/-/versions")
-def versions(request: Request) -> Response:
+@page(router, "/-/versions")
+def versions(request: Request, fmt: str | None) -> Response:
     """Versions of Python, SQLite and the main packages (``/-/versions.json`` for JSON)."""
     urls = request.app.state.urls
-    return respond(request, "versions.html", versions_data(request), fmt=None,
-                   json_url=urls.versions("json"), html_url=urls.versions())
-
-
-@router.get("/-/versions.json", include_in_schema=False)
-def versions_json(request: Request) -> Response:
-    urls = request.app.state.urls
-    return respond(request, "versions.html", versions_data(request), fmt="json",
+    return respond(request, "versions.html", versions_data(request), fmt=fmt,
                    json_url=urls.versions("json"), html_url=urls.versions())
 
 

@@ -8,18 +8,18 @@ from fastapi.responses import Response
 from app.db import queries
 from app.web.deps import ReadSession
 from app.web.errors import NotFound
-from app.web.formats import respond, split_format
+from app.web.formats import respond
 from app.web.lookup import find_model
 from app.web.modelcard import card_path, provenance, render_markdown
+from app.web.routing import page
 
 router = APIRouter()
 
 
-@router.get("/models/{model}")
-def model_page(model: str, request: Request, session: ReadSession) -> Response:
+@page(router, "/models/{model}")
+def model_page(model: str, request: Request, session: ReadSession, fmt: str | None) -> Response:
     """A model's indexed layers (``/models/{model}.json`` for JSON)."""
-    slug, fmt = split_format(model)
-    row = find_model(session, slug)
+    row = find_model(session, model)
     urls = request.app.state.urls
     layers = queries.list_layers(session, row)
     counts = queries.neuron_counts(session, [layer.id for layer in layers])

@@ -14,21 +14,21 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from app.db import MIME_EXT
+from app.db import queries
 from app.db.meaning import Profile, concept_profile, multimodal_ranking, top_words, unit_summaries
-from app.db.schema import Blob, Image, Layer, TopExample
+from app.db.multimodal import EvidenceExample, photo_and_text_examples
+from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
+from app.web.routing import page
 from app.web.urls import Urls
 
 router = APIRouter()
 
 DEFAULT_N, MAX_N = 24, 200
-PHOTOS, TEXTS, EXAMPLES_SCANNED = 5, 3, 40
-TEXT_MODALITIES = ("text", "labelled_object")  # never photo evidence
+PHOTOS, TEXTS = 5, 3
 SCATTER = 120  # px
 
 
@@ -41,36 +41,11 @@ EXPLAIN = (
 )
 
 
-def _is_text(meta: Any, tags: list[str] | None) -> bool:
-    if tags is not None and any(t.endswith(" (text)") for t in tags):
-        return True
-    return isinstance(meta, dict) and meta.get("modality") in TEXT_MODALITIES
-
-
-def _examples(
-    session: Any, urls: Urls, neuron_id: int, profile: Profile | None
-) -> tuple[list[Any], list[Any]]:
-    rows = session.execute(
-        select(TopExample.value, Image.id, Image.caption, Image.key, Image.meta, Blob.sha256, Blob.mime)
-        .join(Image, Image.id == TopExample.image_id)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .where(TopExample.neuron_id == neuron_id)
-        .order_by(TopExample.value.desc(), TopExample.rank)
-        .limit(EXAMPLES_SCANNED)
-    ).all()
-    photos, texts = [], []
-    for r in rows:
-        tags = profile.image_tags.get(r.id) if profile else None
-        item = {
-            "value": float(r.value),
-            "caption": r.caption or r.key,
-            "thumb": urls.blob(r.sha256, MIME_EXT.get(r.mime, "bin")),
-        }
-        if not _is_text(r.meta, tags):
-            photos.append(item)
-        elif not (isinstance(r.meta, dict) and r.meta.get("modality") == "labelled_object"):
-            texts.append(item)  # text evidence: text-only images, never words printed on an object
-    return photos[:PHOTOS], texts[:TEXTS]
+def _evidence(urls: Urls, items: list[EvidenceExample]) -> list[dict[str, Any]]:
+    return [
+        {"value": e.value, "caption": e.caption, "thumb": urls.blob(e.thumb.sha256, e.thumb.ext)}
+        for e in items
+    ]
 
 
 def _scatter(profile: Profile, unit: int) -> dict[str, Any] | None:
@@ -99,81 +74,91 @@ def _scatter(profile: Profile, unit: int) -> dict[str, Any] | None:
     return {"size": SCATTER, "points": points}
 
 
-def multimodal_data(request: Request, slug: str, layer_name: str | None, n: int) -> dict[str, Any]:
+def multimodal_data(
+    request: Request, session: ReadSession, slug: str, layer_name: str | None, n: int
+) -> dict[str, Any]:
     urls: Urls = request.app.state.urls
-    with request.app.state.sessions() as session:
-        model = find_model(session, slug)
-        layers = list(
-            session.scalars(select(Layer).where(Layer.model_id == model.id).order_by(Layer.position))
+    model = find_model(session, slug)
+    layers = queries.list_layers(session, model)
+    if layer_name is None:
+        layer = next((lr for lr in layers if lr.is_last), layers[-1] if layers else None)
+        if layer is None:
+            raise HTTPException(404, f"Model {slug!r} has no indexed layers.")
+    else:
+        layer = find_layer(session, model, layer_name)
+    ranking = multimodal_ranking(session, layer)[:n]
+    rows = [(r.neuron_id, r.unit, r.score) for r in ranking]
+    profile = concept_profile(session, layer)
+    summaries = unit_summaries(session, layer, [r.unit for r in ranking])
+    neurons = []
+    for (nid, unit, score), mmu in zip(rows, ranking, strict=True):
+        photos, text_examples = photo_and_text_examples(
+            session, nid, profile.image_tags if profile else None, PHOTOS, TEXTS
         )
-        if layer_name is None:
-            layer = next((lr for lr in layers if lr.is_last), layers[-1] if layers else None)
-            if layer is None:
-                raise HTTPException(404, f"Model {slug!r} has no indexed layers.")
-        else:
-            layer = find_layer(session, model, layer_name)
-        ranking = multimodal_ranking(session, layer)[:n]
-        rows = [(r.neuron_id, r.unit, r.score) for r in ranking]
-        profile = concept_profile(session, layer)
-        summaries = unit_summaries(session, layer, [r.unit for r in ranking])
-        neurons = []
-        for (nid, unit, score), mmu in zip(rows, ranking, strict=True):
-            photos, text_examples = _examples(session, urls, nid, profile)
-            words = []
-            if profile is not None:
-                responses = profile.word_values[:, unit]
-                for i in np.argsort(-responses)[:TEXTS]:
-                    thumb = profile.word_thumbs[i] if i < len(profile.word_thumbs) else None
-                    words.append(
-                        {
-                            "word": profile.concepts[i],
-                            "value": float(responses[i]),
-                            "thumb": urls.blob(thumb.sha256, thumb.ext) if thumb else None,
-                        }
-                    )
-            s = summaries.get(unit)
-            neurons.append(
-                {
-                    "unit": unit,
-                    "url": urls.neuron(slug, layer.name, unit),
-                    "multimodality": score,
-                    "concept": mmu.concept,
-                    "picture_d": mmu.picture_d,
-                    "word_d": mmu.word_d,
-                    "correlation": mmu.correlation,
-                    "champion": mmu.champion,
-                    "label": s.label if s else None,
-                    "label_source": s.label_source if s else None,
-                    "photos": photos,
-                    "concept_words": words,
-                    "top_words": [
-                        {"word": w, "value": v} for w, v in top_words(session, layer, unit, TEXTS + 2)
-                    ],
-                    "text_examples": text_examples,
-                    "scatter": _scatter(profile, unit) if profile is not None else None,
-                }
-            )
-        return {
-            "model": {"slug": slug, "url": urls.model(slug)},
-            "layer": {"name": layer.name, "url": urls.layer(slug, layer.name)},
-            "layers": [
-                {"name": lr.name, "url": urls.multimodal(slug, layer=lr.name), "current": lr.id == layer.id}
-                for lr in layers
-            ],
-            "n": n,
-            "tag_source": profile.source if profile else None,
-            "explain": EXPLAIN,
-            "neurons": neurons,
-            "note": None
-            if neurons
-            else "No multimodality scores yet: run `conceptscope precompute labels` on this index.",
-        }
+        words = []
+        if profile is not None:
+            responses = profile.word_values[:, unit]
+            for i in np.argsort(-responses)[:TEXTS]:
+                thumb = profile.word_thumbs[i] if i < len(profile.word_thumbs) else None
+                words.append(
+                    {
+                        "word": profile.concepts[i],
+                        "value": float(responses[i]),
+                        "thumb": urls.blob(thumb.sha256, thumb.ext) if thumb else None,
+                    }
+                )
+        s = summaries.get(unit)
+        neurons.append(
+            {
+                "unit": unit,
+                "url": urls.neuron(slug, layer.name, unit),
+                "multimodality": score,
+                "concept": mmu.concept,
+                "picture_d": mmu.picture_d,
+                "word_d": mmu.word_d,
+                "correlation": mmu.correlation,
+                "champion": mmu.champion,
+                "label": s.label if s else None,
+                "label_source": s.label_source if s else None,
+                "photos": _evidence(urls, photos),
+                "concept_words": words,
+                "top_words": [
+                    {"word": w, "value": v} for w, v in top_words(session, layer, unit, TEXTS + 2)
+                ],
+                "text_examples": _evidence(urls, text_examples),
+                "scatter": _scatter(profile, unit) if profile is not None else None,
+            }
+        )
+    return {
+        "model": {"slug": slug, "url": urls.model(slug)},
+        "layer": {"name": layer.name, "url": urls.layer(slug, layer.name)},
+        "layers": [
+            {"name": lr.name, "url": urls.multimodal(slug, layer=lr.name), "current": lr.id == layer.id}
+            for lr in layers
+        ],
+        "n": n,
+        "tag_source": profile.source if profile else None,
+        "explain": EXPLAIN,
+        "neurons": neurons,
+        "note": None
+        if neurons
+        else "No multimodality scores yet: run `conceptscope precompute labels` on this index.",
+    }
 
 
-async def _page(request: Request, model: str, layer: str | None, n: int, fmt: str | None) -> Response:
+@page(router, "/models/{model}/multimodal")
+async def multimodal_page(
+    model: str,
+    request: Request,
+    session: ReadSession,
+    fmt: str | None,
+    layer: str | None = None,
+    n: int = DEFAULT_N,
+) -> Response:
+    """The most multimodal neurons of a layer, photo and text evidence side by side (``.json``)."""
     urls: Urls = request.app.state.urls
     n = max(1, min(MAX_N, n))
-    data = await run_in_threadpool(multimodal_data, request, model, layer, n)
+    data = await run_in_threadpool(multimodal_data, request, session, model, layer, n)
     return respond(
         request,
         "multimodal.html",
@@ -183,19 +168,3 @@ async def _page(request: Request, model: str, layer: str | None, n: int, fmt: st
         html_url=urls.multimodal(model, layer=layer, n=n if n != DEFAULT_N else None),
         context={"title": f"Multimodal neurons · {model}", "current_model": model},
     )
-
-
-@router.get("/models/{model}/multimodal")
-async def multimodal_page(
-    model: str, request: Request, layer: str | None = None, n: int = DEFAULT_N
-) -> Response:
-    """The most multimodal neurons of a layer, photo and text evidence side by side."""
-    return await _page(request, model, layer, n, None)
-
-
-@router.get("/models/{model}/multimodal.json")
-async def multimodal_json(
-    model: str, request: Request, layer: str | None = None, n: int = DEFAULT_N
-) -> Response:
-    """The JSON twin of the multimodal neurons view."""
-    return await _page(request, model, layer, n, "json")

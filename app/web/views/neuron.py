@@ -19,9 +19,10 @@ from app.db.summaries import neuron_summary
 from app.web import sections as neuron_sections
 from app.web.charts import histogram
 from app.web.deps import ReadSession
-from app.web.formats import respond, split_format
+from app.web.formats import respond
 from app.web.heatmaps import colour_bar_stops, heatmap_data_uri
 from app.web.lookup import find_layer, find_model, find_neuron
+from app.web.routing import page
 from app.web.sections import NeuronContext, NeuronSection, section_loader
 
 router = APIRouter()
@@ -38,15 +39,14 @@ def load_sections(ctx: NeuronContext) -> list[tuple[NeuronSection, Any]]:
     return found
 
 
-@router.get("/models/{model}/layers/{layer}/neurons/{unit}")
+@page(router, "/models/{model}/layers/{layer}/neurons/{unit}")
 def neuron_page(
-    model: str, layer: str, unit: str, request: Request, session: ReadSession
+    model: str, layer: str, unit: str, request: Request, session: ReadSession, fmt: str | None
 ) -> Response:
     """A neuron's top examples, statistics and histogram (``.../neurons/{unit}.json`` for JSON)."""
-    unit_text, fmt = split_format(unit)
     model_row = find_model(session, model)
     layer_row = find_layer(session, model_row, layer)
-    neuron = find_neuron(session, model_row, layer_row, unit_text)
+    neuron = find_neuron(session, model_row, layer_row, unit)
     urls = request.app.state.urls
     slug, name = model_row.slug, layer_row.name
     examples = queries.top_examples(session, neuron, layer_row)

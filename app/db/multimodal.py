@@ -1,0 +1,58 @@
+"""The multimodal-neurons view's evidence: a unit's top dataset examples, split into photos and
+text (images of written words), with their thumbnails."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.schema import Blob, Image, TopExample
+from app.db.units import Thumb, thumb
+
+TEXT_MODALITIES = ("text", "labelled_object")  # never photo evidence
+EXAMPLES_SCANNED = 40
+
+
+@dataclass(frozen=True)
+class EvidenceExample:
+    value: float
+    caption: str
+    thumb: Thumb
+
+
+def is_text(meta: Any, tags: list[str] | None) -> bool:
+    """Whether an image is text evidence: tagged ``… (text)`` or of a text modality."""
+    if tags is not None and any(t.endswith(" (text)") for t in tags):
+        return True
+    return isinstance(meta, dict) and meta.get("modality") in TEXT_MODALITIES
+
+
+def photo_and_text_examples(
+    session: Session,
+    neuron_id: int,
+    image_tags: dict[int, list[str]] | None,
+    n_photos: int,
+    n_texts: int,
+) -> tuple[list[EvidenceExample], list[EvidenceExample]]:
+    """The neuron's best photos and best text-only images among its top examples (by value);
+    ``image_tags`` are the concept profile's tags per image id (``None`` without a profile)."""
+    rows = session.execute(
+        select(TopExample.value, Image.id, Image.caption, Image.key, Image.meta, Blob.sha256, Blob.mime)
+        .join(Image, Image.id == TopExample.image_id)
+        .join(Blob, Blob.sha256 == Image.thumb_sha256)
+        .where(TopExample.neuron_id == neuron_id)
+        .order_by(TopExample.value.desc(), TopExample.rank)
+        .limit(EXAMPLES_SCANNED)
+    ).all()
+    photos, texts = [], []
+    for r in rows:
+        tags = image_tags.get(r.id) if image_tags is not None else None
+        item = EvidenceExample(float(r.value), r.caption or r.key, thumb(r.sha256, r.mime))
+        if not is_text(r.meta, tags):
+            photos.append(item)
+        elif not (isinstance(r.meta, dict) and r.meta.get("modality") == "labelled_object"):
+            texts.append(item)  # text evidence: text-only images, never words printed on an object
+    return photos[:n_photos], texts[:n_texts]
