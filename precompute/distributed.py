@@ -12,12 +12,17 @@ from the same batches, so they are bitwise the same) and rank 0 merges the ranks
 exactly: top-k lists by (value descending, position ascending) (:func:`merge_topk`), counts,
 means and variances by Chan's parallel formula (:func:`chan_merge`), maxima, and the disjoint
 rows of the activation sample. Only rank 0 writes the result.
+
+The labels stage is driven by rank 0, which hands its heavy, per-item work (image embeddings,
+word renderings, per-unit label evidence) to every rank with :func:`share_map` while the other
+ranks wait in :func:`serve_maps`.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -25,9 +30,10 @@ from typing import Any, TypeVar
 import torch
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 #: Stages that split their work over torchrun ranks; the others run on rank 0 only.
-DISTRIBUTED_STAGES = ("activations", "featurevis", "words")
+DISTRIBUTED_STAGES = ("activations", "featurevis", "words", "labels")
 TIMEOUT = timedelta(hours=2)  # a rank may wait this long for the others (e.g. while rank 0 writes)
 
 
@@ -165,3 +171,41 @@ def chan_merge(
     mean = mean_a + delta * (n_b / n)
     m2 = m2_a + m2_b + delta.square() * (n_a * n_b / n)
     return n, mean, m2
+
+
+# --- work shared out by rank 0 (the labels stage) ---------------------------------------------
+
+
+def share_map(fn: Callable[[Any, Any], R], items: Sequence[Any], shared: Any, ctx: Context) -> list[R]:
+    """``[fn(shared, item) for item in items]``, computed by every rank (every ``world``-th item
+    each, as :func:`my_share`), in item order on rank 0.
+
+    Only rank 0 calls it; the other ranks wait in :func:`serve_maps`. ``fn`` must be a module-level
+    function (it is pickled by name) and ``shared``/``items`` picklable. Each item's result is what
+    ``fn`` computes alone, so the merged list equals the single-process one.
+    """
+    if not ctx.distributed:
+        return [fn(shared, item) for item in items]
+    broadcast((fn, shared, list(items)), ctx)
+    parts = gather([fn(shared, item) for item in my_share(list(items), ctx)], ctx)
+    assert parts is not None
+    return [parts[i % ctx.world][i // ctx.world] for i in range(len(items))]
+
+
+def serve_maps(ctx: Context) -> int:
+    """On a rank other than 0: compute this rank's share of every :func:`share_map` until rank 0
+    calls :func:`stop_maps`. Returns the number of maps served."""
+    served = 0
+    while True:
+        task = broadcast(None, ctx)
+        if task is None:
+            return served
+        fn, shared, items = task
+        gather([fn(shared, item) for item in my_share(items, ctx)], ctx)
+        served += 1
+
+
+def stop_maps(ctx: Context) -> None:
+    """On rank 0: release the ranks waiting in :func:`serve_maps`."""
+    if ctx.distributed:
+        broadcast(None, ctx)

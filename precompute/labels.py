@@ -53,6 +53,7 @@ from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons import labels as labelling
 from app.neurons import multimodality as mm
 from app.neurons import zeroshot
+from precompute import labels_distributed
 from precompute.runs import checkpoint_run, finish_run, start_run
 
 STAGE = "labels"
@@ -112,6 +113,19 @@ def compute_labels(
     options = options or LabelsOptions()
     if options.top < 1 or options.k < 1:
         raise ValueError("--top and --k must be positive")
+    ctx = labels_distributed.context()  # under torchrun: rank 0 drives, the others compute shares
+    if not ctx.is_writer:
+        labels_distributed.serve(ctx, device)
+        return []
+    try:
+        return _compute_labels(db_url, model, options, device, loaded)
+    finally:
+        labels_distributed.stop(ctx)
+
+
+def _compute_labels(
+    db_url: str, model: str | None, options: LabelsOptions, device: str, loaded: LoadedModel | None
+) -> list[LabelsReport]:
     engine = make_engine(db_url)
     sessions = session_factory(engine)
     try:
@@ -309,7 +323,8 @@ def label_model(
     tags, tag_source = _image_tags(session, spec, loaded, sample_ids, emb, row_of, concepts, concept_emb)
     infos = [loaded.layer(layer.name) for layer in layers if samples.get(layer.id) is not None]
     render = word_renderer(spec)
-    renderings = mm.word_rendering_responses(loaded, infos, concepts, render)
+    renderings = labels_distributed.word_rendering_responses(loaded, infos, concepts, render,
+                                                            labels_distributed.context())  # fmt: skip
     word_blobs = [_png_blob(session, render(c)[0]) for c in concepts]
     groups = concept_groups(spec, concepts)
     candidates = label_candidates(concepts, tag_source)
@@ -405,29 +420,45 @@ def _tag_labels(
     existing: dict[int, set[str]] = {}
     for nid, text in session.execute(select(Label.neuron_id, Label.label).where(Label.neuron_id.in_(ids))):
         existing.setdefault(nid, set()).add(text)
-    index = {c.lower(): i for i, c in enumerate(candidates)}
     labelled = 0
-    for unit, neuron in neurons.items():
-        if unit >= values.shape[1]:
-            continue
-        column = np.nan_to_num(fit_auc[:, unit], nan=-np.inf)
-        order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if np.isfinite(column[j])]
-        for rank, j in enumerate(order):
-            session.add(Label(neuron_id=neuron.id, label=candidates[j], source=labelling.AUTO_SOURCE,
-                              score=round(float(column[j]), 4), rank=rank))  # fmt: skip
-        labelled += bool(order)
-        texts = {candidates[j] for j in order} | existing.get(neuron.id, set())
-        for text in texts:
-            j = index.get(text.lower())
-            if j is None:
-                continue
-            ev = labelling.evidence(values[held, unit], positives[j, held])
+    # each unit's labels and evidence (:func:`_unit_tag_labels`), spread over torchrun ranks
+    units = [(unit, sorted(existing.get(neuron.id, set()))) for unit, neuron in neurons.items()
+             if unit < values.shape[1]]  # fmt: skip
+    shared = (fit_auc, values[held], positives[:, held], candidates, k)
+    results = labels_distributed.map_units(_unit_tag_labels, units, shared, labels_distributed.context())
+    for (unit, _), (chosen, evidences) in zip(units, results, strict=True):
+        neuron = neurons[unit]
+        for rank, (text, score) in enumerate(chosen):
+            session.add(Label(neuron_id=neuron.id, label=text, source=labelling.AUTO_SOURCE,
+                              score=score, rank=rank))  # fmt: skip
+        labelled += bool(chosen)
+        for text, ev in evidences:
             session.add(LabelEvidence(
                 neuron_id=neuron.id, label=text, auc=ev.auc, p_value=ev.p_value, precision=ev.precision,
                 n_images=ev.n_images, n_positive=ev.n_positive, tag_source=tag_source,
                 histogram=ev.histogram,
             ))  # fmt: skip
     return labelled
+
+
+def _unit_tag_labels(
+    shared: tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int], item: tuple[int, list[str]]
+) -> tuple[list[tuple[str, float]], list[tuple[str, labelling.Evidence]]]:
+    """One unit's automatic labels ``(concept, score)`` (best ``k`` fit-half d′) and the held-out
+    evidence of each of them and of the unit's other labels that name a candidate concept.
+    ``shared``: fit-half d′ ``(candidates, units)``, held-out values ``(images, units)`` and
+    positives ``(candidates, images)``, the candidates, ``k``; ``item``: the unit, its other labels."""
+    fit_auc, held_values, held_positives, candidates, k = shared
+    unit, others = item
+    column = np.nan_to_num(fit_auc[:, unit], nan=-np.inf)
+    order = [int(j) for j in np.argsort(-column, kind="stable")[:k] if np.isfinite(column[j])]
+    index = {c.lower(): i for i, c in enumerate(candidates)}
+    evidences = []
+    for text in sorted({candidates[j] for j in order} | set(others)):
+        j = index.get(text.lower())
+        if j is not None:
+            evidences.append((text, labelling.evidence(held_values[:, unit], held_positives[j])))
+    return [(candidates[j], round(float(column[j]), 4)) for j in order], evidences
 
 
 def _top_example_ids(session: Session, layer_ids: list[int], top: int) -> dict[int, dict[int, list[int]]]:
@@ -461,13 +492,18 @@ def _embeddings(
         bar = tqdm(
             total=len(todo), desc=f"{loaded.spec.slug}: embedding images", unit="img", disable=not progress
         )
-        for b, start in enumerate(range(0, len(todo), EMBED_BATCH)):
-            chunk = todo[start : start + EMBED_BATCH]
+        ctx = labels_distributed.context()
+        step = EMBED_BATCH * ctx.world  # a round: one batch per torchrun rank (one batch alone)
+        for b, start in enumerate(range(0, len(todo), step)):
+            chunk = todo[start : start + step]
             images = _thumbnails(session, chunk)
-            good = [i for i in chunk if i in images]
-            if good:
-                vectors = zeroshot.encode_images(loaded, [images[i] for i in good])
-                done.update(zip(good, vectors, strict=True))
+            goods = [[i for i in chunk[s : s + EMBED_BATCH] if i in images]
+                     for s in range(0, len(chunk), EMBED_BATCH)]  # fmt: skip
+            goods = [good for good in goods if good]
+            batches = [[images[i] for i in good] for good in goods]
+            vectors = labels_distributed.embed_batches(loaded, batches, ctx)
+            for good, batch_vectors in zip(goods, vectors, strict=True):
+                done.update(zip(good, batch_vectors, strict=True))
             for i in chunk:
                 if i not in images:  # unreadable thumbnail: neutral (zero) embedding, counted
                     done[i] = np.zeros(loaded.embed_dim, np.float32)

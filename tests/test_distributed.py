@@ -9,6 +9,7 @@ samples, thumbnails, words and visualizations must be equal; means and standard 
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 
@@ -201,3 +202,67 @@ def test_a_killed_rank_restarted_resumes_to_the_same_index(tmp_path, demo_loaded
     finally:
         torch.set_num_threads(threads)
     assert_same_content(db, straight)
+
+
+LABELS_SCRIPT = """
+import sys
+from precompute.labels import LabelsOptions, compute_labels
+for url in sys.argv[1:]:
+    compute_labels(url, options=LabelsOptions(top=4, k=2, progress=False), device="cpu")
+"""
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_label_like_one_process(tmp_path, demo_loaded):
+    """The labels stage under torchrun (rank 0 drives; embeddings, word renderings and per-unit
+    evidence spread over the ranks) writes the same labels, evidence, multimodality rows and
+    concept profiles as one process: on the demo's ground-truth tags, and on an image folder
+    (no ground truth: every image is embedded for zero-shot tags)."""
+    import shutil
+
+    from precompute.activations import run_activations
+    from precompute.datasets import DemoDataset
+    from precompute.labels import LabelsOptions, compute_labels
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    demo = DemoDataset(72)
+    for position in range(len(demo)):
+        item = demo.load(position)
+        if item.image is not None:
+            item.image.save(folder / f"{position:03d}.png")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ones, twos = [], []
+    try:
+        for name, source in (("truth", "demo:96"), ("folder", str(folder))):
+            base = tmp_path / f"{name}.db"
+            run_activations(demo_loaded, source, f"sqlite:///{base}", top_k=6, batch_size=16, sample_size=96,
+                            progress=False)  # fmt: skip
+            one, two = tmp_path / f"{name}-one.db", tmp_path / f"{name}-two.db"
+            shutil.copy(base, one)
+            shutil.copy(base, two)
+            compute_labels(f"sqlite:///{one}", options=LabelsOptions(top=4, k=2, progress=False),
+                           device="cpu", loaded=demo_loaded)  # fmt: skip
+            ones.append(one)
+            twos.append(two)
+    finally:
+        torch.set_num_threads(threads)
+
+    script = tmp_path / "labels.py"
+    script.write_text(LABELS_SCRIPT)
+    done = subprocess.run([*torchrun(2), str(script), *(f"sqlite:///{p}" for p in twos)], cwd=ROOT,
+                          env=subprocess_env(threads=1), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    for one, two in zip(ones, twos, strict=True):
+        con = sqlite3.connect(two)
+        tables = ("labels", "label_evidence", "unit_multimodality", "concept_profiles", "images")
+        counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+        progress, status = con.execute("SELECT progress, status FROM runs WHERE stage = 'labels'").fetchone()
+        con.close()
+        assert all(counts.values()), (two.name, counts)
+        assert status == "done"
+        if "folder" in two.name:  # every image was embedded (zero-shot tags), by both ranks
+            assert json.loads(progress)["embedded"] == counts["images"] > 48, progress
+        assert_same_content(two, one)
