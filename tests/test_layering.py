@@ -15,6 +15,8 @@ no side effects) and checks the rules of ``CONTRIBUTING.md``:
 * **Views only present**: a module ``app/web/views/<name>.py`` never imports another view, never
   imports SQLAlchemy, and never opens a session or runs SQL (calls to ``sessions``,
   ``write_sessions``, ``execute``, ``scalar``, ``scalars``, ``select``, ``text``).
+* **One route helper**: a view registers a page and its ``.json`` twin with
+  :func:`app.web.routing.page`, never a ``.json`` route of its own (``@router.get("/x.json")``).
 * **DAG**: the module import graph has no cycle (a cycle is a strongly connected component of
   more than one module).
 
@@ -50,6 +52,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 VIEWS = "app.web.views"
 SQL_CALLS = frozenset({"sessions", "write_sessions", "execute", "scalar", "scalars", "select", "text"})
+ROUTE_METHODS = frozenset({"get", "post", "put", "patch", "delete", "head", "api_route", "add_api_route"})
 
 # ------------------------------------------------------------------------------- allowlists
 # Each entry is a violation that still exists while issue 13's web half (views → app.live /
@@ -73,6 +76,12 @@ VIEW_SQL_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
     ("app.web.views.typographic", "scalar"),
     ("app.web.views.typographic", "scalars"),
     ("app.web.views.typographic", "select"),
+})  # fmt: skip
+
+JSON_ROUTE_ALLOWLIST: frozenset[tuple[str, str]] = frozenset({
+    # (view, "METHOD path") of a ``.json`` route registered by hand instead of routing.page
+    ("app.web.views.typographic", "GET /typographic.json"),
+    ("app.web.views.analyze", "POST /analyze.json"),  # the API twin of a form post (303 vs JSON)
 })  # fmt: skip
 
 
@@ -178,6 +187,25 @@ def view_sql_violations() -> set[tuple[str, str]]:
     return found
 
 
+def hand_json_routes(module: ast.Module) -> set[str]:
+    """``"METHOD path"`` of each ``router.<method>("….json")`` / ``add_api_route("….json")`` call."""
+    found: set[str] = set()
+    for node in ast.walk(module):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr not in ROUTE_METHODS or not node.args:
+            continue
+        path = node.args[0]
+        if isinstance(path, ast.Constant) and isinstance(path.value, str) and path.value.endswith(".json"):
+            method = "ANY" if node.func.attr.endswith("api_route") else node.func.attr.upper()
+            found.add(f"{method} {path.value}")
+    return found
+
+
+def json_route_violations() -> set[tuple[str, str]]:
+    return {(name, route) for name in modules() if is_view(name) for route in hand_json_routes(tree(name))}
+
+
 def cycles(edges: dict[str, frozenset[str]] | None = None) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan) of ``edges`` (the graph)."""
     edges = graph() if edges is None else edges
@@ -246,6 +274,10 @@ def test_views_never_touch_sqlalchemy_sessions_or_sql() -> None:
     _check("view-runs-sql", view_sql_violations(), VIEW_SQL_ALLOWLIST)
 
 
+def test_views_register_json_twins_through_the_route_helper() -> None:
+    _check("hand-made-json-route", json_route_violations(), JSON_ROUTE_ALLOWLIST)
+
+
 def test_the_import_graph_has_no_cycle() -> None:
     found = {frozenset(component) for component in cycles()}
     new, gone = found - CYCLE_ALLOWLIST, CYCLE_ALLOWLIST - found
@@ -268,3 +300,8 @@ def test_the_checks_catch_what_they_should() -> None:
     loop = {"a": frozenset({"b"}), "b": frozenset({"c"}), "c": frozenset({"a"}), "d": frozenset({"a"})}
     assert cycles(loop) == [["a", "b", "c"]]
     assert cycles({"a": frozenset({"b"}), "b": frozenset()}) == []
+    routes = ast.parse(
+        '@router.get("/x.json")\ndef a(): ...\n@router.post("/x")\ndef b(): ...\n'
+        '@page(router, "/y")\ndef c(fmt): ...\nrouter.add_api_route("/z.json", c)\n'
+    )
+    assert hand_json_routes(routes) == {"GET /x.json", "ANY /z.json"}

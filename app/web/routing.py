@@ -3,7 +3,11 @@
 ``@page(router, "/analyses/{the_id}")`` on ``def view(..., fmt: str | None)`` registers
 ``/analyses/{the_id}.json`` (``fmt="json"``) and ``/analyses/{the_id}`` (``fmt=None``) with the
 same endpoint, so the two can never drift apart; ``fmt`` is not a query parameter. The ``.json``
-route is registered first, so a path parameter never swallows the suffix.
+route is registered first, so a path parameter never swallows the suffix. Route options (e.g.
+``include_in_schema``, ``summary``) apply to both; the twin's OpenAPI summary defaults to the
+page's with `` (JSON)`` (its response schema comes from :mod:`app.web.schemas` by path, see
+:mod:`app.web.openapi`). ``tests/test_layering.py`` checks that no view registers a ``.json``
+route by hand.
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ def page(
             route.__name__ = endpoint.__name__ + ("_json" if fmt else "")
             return route
 
-        router.add_api_route(path + ".json", bound("json"), methods=list(methods), **route_options)
+        twin = {"summary": endpoint.__name__.replace("_", " ").title() + " (JSON)", **route_options}
+        router.add_api_route(path + ".json", bound("json"), methods=list(methods), **twin)
         router.add_api_route(path, bound(None), methods=list(methods), **route_options)
         return endpoint
 
