@@ -54,6 +54,8 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
      "export units, labels, top examples and words (jsonl, csv or parquet)"),
     (("eval-labels",), "precompute.eval_labels:add_arguments:run",
      "title labels against the demo's ground truth (or a --ground-truth-csv)"),
+    (("eval-search",), "precompute.eval_search:add_arguments:run",
+     "zero-shot search for each concept word against the demo card's named neurons"),
     (("eval-featurevis",), "precompute.featurevis_quality:add_arguments:run",
      "feature-visualization quality checks on the demo CLIP"),
     (("dataset", "shard"), "precompute.shard_writer:add_arguments:run",

@@ -1,0 +1,463 @@
+"""The computation behind ``/search`` (the view only parses the request and presents).
+
+Two live rankings, both through the live runner:
+
+* **zero-shot neuron search**: last-block neurons ranked by **evidence** (issue 16,
+  :mod:`app.neurons.concept_search`): min(picture d′, word z), i.e. the unit responds on its own
+  scale both to the sample pictures the model calls by the query and to the query written out.
+  Without that evidence (no concept profile: the labels stage has not run; too few pictures) the
+  units are ranked by the **direction score**: the dot product of their direction in the joint
+  embedding space (table ``directions``) with the query's unit-length text embedding, times the
+  unit's std. Every unit carries both, and its z against null words (:mod:`app.neurons.calibration`);
+* **reading neurons**: the query rendered as an image of text (:func:`app.neurons.render.render_text`)
+  and the neurons that fire most on that image, with their dataset percentile.
+
+Per-app caches (:class:`SearchCaches`) are handed in by the view: text embeddings and rendered
+queries (LRU), stored directions and evidence, the sample's image embeddings (computed once per
+model on the model thread), the null words' scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from app.db import search as store
+from app.db.search import LayerDirections, LayerEvidence
+from app.live.context import ModelContext
+from app.live.runner import LiveRunner
+from app.neurons import activations as core
+from app.neurons import concept_search as cs
+from app.neurons.render import render_text
+
+MAX_QUERY_CHARS = 500
+N_ZERO_SHOT = 20
+N_READING = 10
+CACHE_SIZE = 512
+EMBED_CHUNK = 128
+FALLBACK_SUGGESTIONS = ("red", "a dog", "a face", "text", "water", "a star")
+
+SCORE_HELP = (
+    "Ranked by evidence = min(picture d′, word z) when the index has a concept vocabulary: picture "
+    "d′ = how much higher the neuron's activation is on the sampled images the model itself calls "
+    "by your query (zero-shot, the query against every other word of the index's vocabulary) than "
+    "on the rest of the sample, in pooled standard deviations of the neuron; word z = the neuron's "
+    "response to your query written as text against its responses to the vocabulary's other words "
+    "written the same way, in standard deviations over those words. A neuron ranks high only when "
+    "it responds to both, on its own scale. score = (the neuron's direction in the joint "
+    "image–text embedding space · the query's unit-length text embedding) × the standard "
+    "deviation of the neuron's value over the indexed dataset (the ranking when there is no "
+    "evidence): how far a typical change of this neuron's activation moves the image embedding "
+    "towards the query. raw = the dot product per unit of activation; cos = raw ÷ the direction's "
+    "length."
+)
+CONFIDENCE_HELP = (
+    "confidence = the share of 256 ordinary words (BPE words of frequency ranks 10,000–30,000, the "
+    "null) whose best zero-shot score is below this query's; z = a neuron's score in standard "
+    "deviations of its own scores over those words."
+)
+READING_HELP = (
+    "The query written as an image of text (dark on white, at the model's input size); value = the "
+    "neuron's activation on that image (max over positions), percentile = within the neuron's "
+    "dataset distribution."
+)
+
+
+# ------------------------------------------------------------------------------ the query
+
+
+@dataclass
+class Query:
+    """A search query after cleaning and truncation to the tokenizer's context."""
+
+    raw: str
+    text: str  # what is encoded and rendered
+    truncated: bool
+    note: str | None
+    n_tokens: int | None
+    max_tokens: int | None
+
+
+def clean_query(raw: str | None) -> str:
+    return " ".join((raw or "").split())
+
+
+def fit_to_context(tokenizer: Any, context_length: int, text: str) -> Query:
+    """Truncate ``text`` to what the tokenizer keeps (``context_length`` minus start/end tokens)."""
+    raw = text
+    note = None
+    truncated = False
+    if len(text) > MAX_QUERY_CHARS:
+        text, truncated = text[:MAX_QUERY_CHARS], True
+    encode = getattr(tokenizer, "encode", None)
+    decode = getattr(tokenizer, "decode", None)
+    max_tokens = max(1, context_length - 2)
+    n_tokens = None
+    if callable(encode):
+        try:
+            ids = list(encode(text))
+        except Exception:  # an unusual tokenizer: rely on its own truncation
+            ids = None
+        if ids is not None:
+            n_tokens = len(ids)
+            if n_tokens > max_tokens:
+                truncated = True
+                if callable(decode):
+                    text = " ".join(str(decode(ids[:max_tokens])).split())
+                else:
+                    text = " ".join(text.split()[:max_tokens])
+    if truncated:
+        note = (
+            f"Your query is longer than the model's text context ({max_tokens} tokens); "
+            f"only “{text}” was used."
+        )
+    return Query(raw, text, truncated, note, n_tokens, max_tokens)
+
+
+# ------------------------------------------------------------------------------ per-app caches
+
+
+class LRU:
+    """A small thread-safe LRU cache for model outputs keyed by (model, text)."""
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = size
+        self.items: OrderedDict[Any, Any] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+@dataclass
+class SearchCaches:
+    """The search's per-app caches (the view keeps them with ``app_cache``/``versioned_cache``)."""
+
+    lru: LRU
+    directions: dict[str, dict[str, LayerDirections]]  # slug -> layer -> directions (versioned)
+    evidence: dict[str, Any]  # slug -> _ModelEvidence (versioned)
+    nulls: dict[str, Any]  # slug -> layer -> NullModel
+
+
+@dataclass
+class _ModelEvidence:
+    layers: dict[str, LayerEvidence]
+    vocab_emb: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (concepts, D)
+    image_emb: dict[int, np.ndarray] = field(default_factory=dict)  # image id -> (D,)
+
+
+def directions(
+    sessions: Callable[[], Any], caches: SearchCaches, ctx: ModelContext
+) -> dict[str, LayerDirections]:
+    """The stored unit directions of the model's last-block layers and unit stds (cached)."""
+    if ctx.slug not in caches.directions:
+        with sessions() as session:
+            caches.directions[ctx.slug] = store.layer_directions(session, ctx.id)
+    return caches.directions[ctx.slug]
+
+
+def suggestions(sessions: Callable[[], Any], ctx: ModelContext | None) -> list[str]:
+    """Example queries: the best-scored labels of the model's last-block neurons, else generic ones."""
+    if ctx is None:
+        return list(FALLBACK_SUGGESTIONS)
+    with sessions() as session:
+        found = store.suggestions(session, [layer.id for layer in ctx.layers if layer.is_last])
+    return found or list(FALLBACK_SUGGESTIONS)
+
+
+def default_model(sessions: Callable[[], Any], runner: LiveRunner | None) -> str | None:
+    if runner is not None:
+        return runner.slug
+    with sessions() as session:
+        return store.first_model_slug(session)
+
+
+def _png_data_uri(image: Any) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def text_embedding(caches: SearchCaches, runner: LiveRunner, text: str) -> np.ndarray:
+    key = ("text", runner.slug, text)
+    cached = caches.lru.get(key)
+    if cached is None:
+        cached = (await runner.encode_texts([text]))[0]
+        caches.lru.put(key, cached)
+    return cached
+
+
+async def reading_activations(caches: SearchCaches, runner: LiveRunner, text: str) -> tuple[Any, str]:
+    key = ("reading", runner.slug, text)
+    cached = caches.lru.get(key)
+    if cached is None:
+        image = await run_in_threadpool(render_text, text, runner.loaded.image_size)
+        acts = await runner.analyze(image, top_k=N_READING)
+        cached = (acts, await run_in_threadpool(_png_data_uri, image))
+        caches.lru.put(key, cached)
+    return cached
+
+
+# ------------------------------------------------------------------------------ evidence inputs
+
+
+def written_responses(loaded: Any, layer_names: Sequence[str], text: str) -> dict[str, np.ndarray]:
+    """``layer -> (units,)``: each unit's mean response to ``text`` written as text, rendered by the
+    labels stage's word renderer (the renderings its concept profile's ``word_values`` average)."""
+    from app.neurons import multimodality as mm
+    from precompute.labels import word_renderer
+
+    infos = [loaded.layer(name) for name in layer_names]
+    found = mm.word_rendering_responses(loaded, infos, [text], word_renderer(loaded.spec))
+    return {name: r[0].mean(0) for name, r in found.items()}
+
+
+def _embed_images(loaded: Any, images: list[Any]) -> np.ndarray:
+    from app.neurons.zeroshot import encode_images
+
+    return encode_images(loaded, images)
+
+
+async def _model_evidence(
+    sessions: Callable[[], Any], caches: SearchCaches, runner: LiveRunner, ctx: ModelContext
+) -> _ModelEvidence:
+    """The index's evidence for the model, the vocabulary's text embeddings and the sample's
+    image embeddings (computed once per model and data version, on the model thread)."""
+    found = caches.evidence.get(ctx.slug)
+    if found is not None:
+        return found
+
+    def load() -> _ModelEvidence:
+        with sessions() as session:
+            return _ModelEvidence(store.search_evidence(session, ctx.id))
+
+    found = await run_in_threadpool(load)
+    for name, layer in found.layers.items():
+        found.vocab_emb[name] = await runner.encode_texts(layer.concepts)
+    ids = sorted({i for layer in found.layers.values() for i in layer.image_ids})
+    for start in range(0, len(ids), EMBED_CHUNK):
+        chunk = ids[start : start + EMBED_CHUNK]
+
+        def read(chunk: list[int] = chunk) -> dict[int, Any]:
+            with sessions() as session:
+                return store.thumbnails(session, chunk)
+
+        thumbs = await run_in_threadpool(read)
+        good = [i for i in chunk if i in thumbs]
+        if good:
+            emb = await runner.submit(_embed_images, [thumbs[i] for i in good])
+            found.image_emb.update(zip(good, emb, strict=True))
+    caches.evidence[ctx.slug] = found
+    return found
+
+
+def image_matrix(image_ids: Sequence[int], image_emb: dict[int, np.ndarray], dim: int) -> np.ndarray:
+    """``(images, D)`` embeddings in sample order (zeros for an unreadable thumbnail)."""
+    zero = np.zeros(dim, np.float32)
+    return (
+        np.stack([image_emb.get(i, zero) for i in image_ids]) if image_ids else np.zeros((0, dim), np.float32)
+    )
+
+
+# ------------------------------------------------------------------------------ the ranking
+
+
+def rank_layer(
+    name: str,
+    layer: LayerDirections,
+    embedding: np.ndarray,
+    n: int,
+    ev: cs.Evidence | None = None,
+) -> dict[str, Any]:
+    """One last-block layer's zero-shot results: the ``n`` units of highest evidence, else of
+    highest direction score ((direction · embedding) × the unit's std)."""
+    raw = layer.directions @ embedding
+    scores = raw * layer.scale
+    norms = np.linalg.norm(layer.directions, axis=1)
+    if ev is not None:
+        top = cs.rank_by_evidence(ev.score, n)
+    else:
+        top = np.argsort(-scores, kind="stable")[:n]
+
+    def finite(x: float) -> float | None:
+        return round(float(x), 4) if np.isfinite(x) else None
+
+    neurons = []
+    for u in top:
+        item: dict[str, Any] = {
+            "unit": int(u),
+            "score": float(scores[u]),
+            "raw": float(raw[u]),
+            "cosine": float(raw[u] / norms[u]) if norms[u] > 0 else None,
+            "std": float(layer.scale[u]),
+        }
+        if ev is not None:
+            item.update(
+                evidence=finite(ev.score[u]), picture_d=finite(ev.picture_d[u]), word_z=finite(ev.word_z[u])
+            )
+        neurons.append(item)
+    out: dict[str, Any] = {
+        "name": name,
+        "ranking": "evidence" if ev is not None else "direction",
+        "neurons": neurons,
+    }
+    if ev is not None:
+        out["evidence"] = {"pictures": ev.n_pictures, "images": ev.n_images, "words": ev.n_words}
+    return out
+
+
+def layer_evidence(
+    text: str,
+    layer: LayerEvidence,
+    embedding: np.ndarray,
+    vocab_emb: np.ndarray,
+    images: np.ndarray,
+    response: np.ndarray,
+) -> cs.Evidence | None:
+    """The evidence of one layer for ``text`` (see :mod:`app.neurons.concept_search`)."""
+    others = cs.other_words(text, layer.concepts)
+    called = cs.called_by(embedding, vocab_emb[others], images)
+    return cs.evidence(layer.values, called, response, layer.word_values[others])
+
+
+async def zero_shot(
+    sessions: Callable[[], Any],
+    caches: SearchCaches,
+    runner: LiveRunner,
+    ctx: ModelContext,
+    text: str,
+    embedding: np.ndarray,
+    n: int = N_ZERO_SHOT,
+) -> list[dict[str, Any]]:
+    """Per last-block layer: the zero-shot results (evidence when the index has it)."""
+    dirs = await run_in_threadpool(directions, sessions, caches, ctx)
+    model_ev = await _model_evidence(sessions, caches, runner, ctx)
+    wanted = [name for name in dirs if name in model_ev.layers]
+    responses = await runner.submit(written_responses, wanted, text) if wanted else {}
+    layers = []
+    for name, layer in dirs.items():
+        ev = None
+        if name in model_ev.layers:
+            le = model_ev.layers[name]
+            images = image_matrix(le.image_ids, model_ev.image_emb, embedding.shape[0])
+            ev = layer_evidence(text, le, embedding, model_ev.vocab_emb[name], images, responses[name])
+        layers.append(rank_layer(name, layer, embedding, n, ev))
+    return layers
+
+
+async def calibrate(
+    caches: SearchCaches,
+    runner: LiveRunner,
+    slug: str,
+    dirs: dict[str, LayerDirections],
+    embedding: np.ndarray,
+    zero_layers: list[dict[str, Any]],
+    text: str,
+) -> dict[str, Any]:
+    """Issue 16: each zero-shot unit's z against the null words, the query's confidence (share of
+    null words whose best direction score is lower), out-of-vocabulary words; warnings say so."""
+    from app.neurons.calibration import CONFIDENT, fit_null, null_words, out_of_vocabulary
+
+    if slug not in caches.nulls:
+        null_emb = await runner.encode_texts(null_words())
+        caches.nulls[slug] = {
+            name: fit_null((null_emb @ layer.directions.T) * layer.scale) for name, layer in dirs.items()
+        }
+    nulls = caches.nulls[slug]
+    confidences = []
+    for layer in zero_layers:
+        null = nulls.get(layer["name"])
+        if null is None:
+            continue
+        d = dirs[layer["name"]]
+        best = float(((d.directions @ embedding) * d.scale).max())
+        layer["confidence"] = round(null.confidence_raw(best), 4)
+        confidences.append(layer["confidence"])
+        for n in layer["neurons"]:
+            n["z"] = round(float(null.z(np.float32(n["score"]))[n["unit"]]), 3)
+    oov = out_of_vocabulary(runner.loaded.tokenizer, text)
+    confidence = min(confidences) if confidences else None
+    warnings = []
+    if oov:
+        warnings.append(
+            "Not a word this model's tokenizer knows: "
+            + ", ".join(f"“{w}”" for w in oov)
+            + " is split into pieces, so the results below are about the pieces, not a concept."
+        )
+    if confidence is not None and confidence < CONFIDENT:
+        warnings.append(
+            f"Low confidence: the best neuron scores higher than for only {confidence:.0%} of "
+            "ordinary words nobody asked for (the null); these results may mean nothing."
+        )
+    return {"confidence": confidence, "out_of_vocabulary": oov, "warnings": warnings}
+
+
+def reading_ranking(ctx: ModelContext, acts: core.ImageActivations) -> list[dict[str, Any]]:
+    layers = []
+    for layer in sorted(ctx.layers, key=lambda lr: -lr.position):
+        hits = acts.top.get(layer.name, [])
+        layers.append(
+            {
+                "name": layer.name,
+                "neurons": [
+                    {
+                        "unit": hit.unit,
+                        "value": hit.value,
+                        "percentile": ctx.percentiles.of(layer.name, hit.unit, hit.value),
+                    }
+                    for hit in hits
+                ],
+            }
+        )
+        # issue 16: on the unit's own scale, a unit at the 100th percentile comes before a larger raw value
+        layers[-1]["neurons"].sort(key=lambda n: -(n["percentile"] if n["percentile"] is not None else -1.0))
+    return layers
+
+
+@dataclass
+class Results:
+    """What one search computed (the view adds URLs, cards and the recipe)."""
+
+    query: Query
+    embedding: np.ndarray
+    directions: dict[str, LayerDirections]
+    zero_shot: list[dict[str, Any]]
+    reading: list[dict[str, Any]]
+    image: str
+    calibration: dict[str, Any]
+
+
+async def search(
+    sessions: Callable[[], Any], caches: SearchCaches, runner: LiveRunner, ctx: ModelContext, text: str
+) -> Results:
+    """Run one search with the live model (raises :class:`app.live.runner.LiveError`)."""
+    query = await run_in_threadpool(
+        fit_to_context, runner.loaded.tokenizer, runner.loaded.context_length, text
+    )
+    embedding, (acts, image_uri) = await asyncio.gather(
+        text_embedding(caches, runner, query.text), reading_activations(caches, runner, query.text)
+    )
+    dirs = await run_in_threadpool(directions, sessions, caches, ctx)
+    zero_layers = await zero_shot(sessions, caches, runner, ctx, query.text, embedding)
+    calibration = await calibrate(caches, runner, ctx.slug, dirs, embedding, zero_layers, query.text)
+    return Results(query, embedding, dirs, zero_layers, reading_ranking(ctx, acts), image_uri, calibration)
