@@ -1,238 +1,31 @@
-"""``conceptscope eval-demo``: zero-shot accuracy, typographic attacks and multimodal neurons.
-
-Everything is measured on held-out renderings of :mod:`precompute.demo_world`
-(``HELDOUT_SEED``, disjoint from training):
-
-* zero-shot colour and shape accuracy per modality (object, drawing, text), prompts being the
-  mean text embedding of a few templates that match the training captions;
-* typographic attack rate: objects of colour A labelled with the word for colour B classified
-  as B (and the same for shapes);
-* for each concept, d′ of every last-block neuron (pre-ReLU residual sum of the last Bottleneck
-  of ``visual.layer4``, max over positions, read with :mod:`app.models.hooks`) for the concept
-  against the other concepts of its kind, on objects, text and drawings; the concept's
-  multimodal neuron maximises min(d′ objects, d′ text).
-"""
+"""``conceptscope eval-demo``: zero-shot accuracy, typographic attacks and multimodal neurons of
+the demo model, measured on held-out renderings (the measures are :mod:`precompute.demo_eval`,
+which ``train-demo`` uses for its model card too)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
-from app.models.demo import as_loaded, last_block, load_demo_model, to_tensor
-from app.models.hooks import hooks
-from app.neurons import zeroshot
+from app.models.demo import load_demo_model
 from precompute import demo_world as world
-
-THRESHOLD = 1.5
-"""min(d′ objects, d′ text) a concept's best neuron must reach to count as multimodal."""
-EVAL_MODALITIES = ("object", "drawing", "text")
-REGRESSION: dict[str, int] = {"n_per_class": 6, "seed": world.HELDOUT_SEED + 11}
-"""The small held-out subset whose zero-shot accuracy the model card records for the tests."""
-KINDS: dict[str, tuple[str, ...]] = {"colour": world.COLOURS, "shape": world.SHAPES}
-
-
-@dataclass
-class EvalResult:
-    """Measured figures; ``multimodal_neurons[c] = (unit, d_obj, d_text, d_draw)``; ``layer`` is the
-    last block's module path in the CLIP model (``visual.layer4.N``)."""
-
-    accuracy: dict[str, dict[str, float]]
-    typographic: dict[str, dict[str, float]]
-    multimodal_neurons: dict[str, tuple[int, float, float, float]]
-    layer: str
-    n_per_class: int
-    seed: int
-    threshold: float = THRESHOLD
-    dprime: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
-
-    @property
-    def n_multimodal(self) -> int:
-        """Concepts whose multimodal neuron reaches min(d′ obj, d′ text) ≥ threshold."""
-        return sum(min(v[1], v[2]) >= self.threshold for v in self.multimodal_neurons.values())
-
-    def modality_accuracy(self, modality: str) -> float:
-        """Mean of colour and shape accuracy on ``modality``."""
-        return float(np.mean(list(self.accuracy[modality].values())))
-
-
-# ----------------------------------------------------------------------------------- utilities
-
-
-def _to_tensor(
-    model: torch.nn.Module, images: list[Any], preprocess: Callable[[Any], torch.Tensor] | None
-) -> torch.Tensor:
-    if preprocess is None:
-        return to_tensor(images, world.IMAGE_SIZE, model)
-    return torch.stack([preprocess(im) for im in images])
-
-
-@torch.no_grad()
-def encode_images(
-    model: torch.nn.Module,
-    images: list[Any],
-    preprocess: Callable[[Any], torch.Tensor] | None = None,
-    batch: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised image embeddings, last-block neuron values: max over positions) of ``images``."""
-    feats, acts = [], []
-    neurons = f"{last_block(model)}.act3:in"
-    with hooks(model.visual, [neurons], transform=lambda v: v.amax(dim=(2, 3))) as captured:
-        for i in range(0, len(images), batch):
-            x = _to_tensor(model, images[i : i + batch], preprocess)
-            feats.append(torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1))
-            acts.append(captured[neurons])
-    return torch.cat(feats), torch.cat(acts).float()
-
-
-def prompts(concept: str) -> list[str]:
-    """Zero-shot prompt templates for ``concept`` (they mirror the training captions)."""
-    a = world._a  # noqa: SLF001
-    if concept in world.COLOURS:
-        c = concept
-        return ([c, f"the word {c}", f"something {c}"]
-                + [f"a photo of {a(c)} {c} {s}" for s in world.SHAPES]
-                + [f"a drawing of {a(c)} {c} {s}" for s in world.SHAPES])  # fmt: skip
-    s = concept
-    return ([s, f"the word {s}", f"a photo of a {s}", f"a drawing of a {s}"]
-            + [f"a photo of {a(c)} {c} {s}" for c in world.COLOURS])  # fmt: skip
-
-
-def class_embeddings(model: torch.nn.Module, tokenizer: Any, concepts: tuple[str, ...]) -> torch.Tensor:
-    """(len(concepts), D) normalised mean text embedding of each concept's :func:`prompts` (the prompt
-    policy of :func:`app.neurons.zeroshot.encode_concepts`)."""
-    embeddings = zeroshot.encode_concepts(as_loaded(model, tokenizer), concepts, prompts)
-    return torch.from_numpy(embeddings)
-
-
-def eval_set(modality: str, kind: str, n_per_class: int, seed: int) -> tuple[list[Any], np.ndarray]:
-    """Balanced held-out images of ``modality`` for ``kind`` ("colour"/"shape") and class labels."""
-    classes = KINDS[kind]
-    images, labels = [], []
-    base = {"object": 0, "drawing": 1, "text": 2}[modality] * 1_000_000
-    base += 0 if kind == "colour" else 500_000
-    for ci, c in enumerate(classes):
-        for j in range(n_per_class):
-            index = base + ci * 10_000 + j
-            if modality == "text":
-                s = world.render(seed, index, "text", word=c)
-            else:
-                s = world.render(seed, index, modality, **{kind: c})
-            images.append(s.image)
-            labels.append(ci)
-    return images, np.array(labels)
-
-
-def dprime(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """d′ of every column of ``values`` (N, U) for rows ``positive`` against the others."""
-    a, b = values[positive], values[~positive]
-    pooled = np.sqrt(0.5 * (a.var(0) + b.var(0))) + 1e-6
-    return (a.mean(0) - b.mean(0)) / pooled
-
-
-# ---------------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def zero_shot_accuracy(model: torch.nn.Module, tokenizer: Any, n_per_class: int = 8,
-                       seed: int = world.HELDOUT_SEED) -> dict[str, float]:  # fmt: skip
-    """Quick mean (colour, shape) zero-shot accuracy per modality, for training-time checks."""
-    out: dict[str, float] = {}
-    for modality in EVAL_MODALITIES:
-        accs = []
-        for kind, classes in KINDS.items():
-            images, labels = eval_set(modality, kind, n_per_class, seed)
-            feats, _ = encode_images(model, images)
-            pred = (feats @ class_embeddings(model, tokenizer, classes).T).argmax(1).numpy()
-            accs.append(float((pred == labels).mean()))
-        out[modality] = round(float(np.mean(accs)), 4)
-    return out
-
-
-@torch.no_grad()
-def evaluate(
-    model: torch.nn.Module,
-    preprocess: Callable[[Any], torch.Tensor] | None,
-    tokenizer: Any,
-    n_per_class: int = 50,
-    seed: int = world.HELDOUT_SEED,
-) -> EvalResult:
-    """Run the whole evaluation (see module docstring)."""
-    model.eval()
-    accuracy: dict[str, dict[str, float]] = {m: {} for m in EVAL_MODALITIES}
-    acts: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-    cls = {kind: class_embeddings(model, tokenizer, classes) for kind, classes in KINDS.items()}
-    for modality in EVAL_MODALITIES:
-        for kind in KINDS:
-            images, labels = eval_set(modality, kind, n_per_class, seed)
-            feats, a = encode_images(model, images, preprocess)
-            pred = (feats @ cls[kind].T).argmax(1).numpy()
-            accuracy[modality][kind] = float((pred == labels).mean())
-            acts[(modality, kind)] = (a.numpy(), labels)
-
-    typographic: dict[str, dict[str, float]] = {}
-    for kind, classes in KINDS.items():
-        images, own, written = [], [], []
-        k = len(classes)
-        for j in range(n_per_class * k):
-            rng = np.random.default_rng([seed, 77, j, k])
-            a, b = rng.choice(k, size=2, replace=False)
-            s = world.render(seed, 3_000_000 + (0 if kind == "colour" else 500_000) + j,
-                             "labelled_object", **{kind: classes[a]}, word=classes[b])  # fmt: skip
-            images.append(s.image)
-            own.append(a)
-            written.append(b)
-        feats, _ = encode_images(model, images, preprocess)
-        pred = (feats @ cls[kind].T).argmax(1).numpy()
-        typographic[kind] = {
-            "written": float((pred == np.array(written)).mean()),
-            "true": float((pred == np.array(own)).mean()),
-        }
-
-    name = f"visual.{last_block(model)}"
-    neurons: dict[str, tuple[int, float, float, float]] = {}
-    dps: dict[str, np.ndarray] = {}
-    for kind, classes in KINDS.items():
-        for ci, c in enumerate(classes):
-            per = []
-            for modality in ("object", "text", "drawing"):
-                a, labels = acts[(modality, kind)]
-                per.append(dprime(a, labels == ci))
-            d = np.stack(per)  # (3, U): objects, text, drawings
-            dps[c] = d
-            unit = int(np.argmax(np.minimum(d[0], d[1])))
-            neurons[c] = (unit, float(d[0, unit]), float(d[1, unit]), float(d[2, unit]))
-    return EvalResult(accuracy, typographic, neurons, name, n_per_class, seed, THRESHOLD, dps)
-
-
-def format_report(r: EvalResult) -> str:
-    """The text printed by ``eval-demo`` (last line: ``multimodal concepts: N/M``)."""
-    lines = [f"held-out seed {r.seed}, {r.n_per_class} images per class and modality", "",
-             "zero-shot accuracy   colour   shape    mean"]  # fmt: skip
-    for m in EVAL_MODALITIES:
-        acc = r.accuracy[m]
-        lines.append(f"  {m:<18} {acc['colour']:6.1%}  {acc['shape']:6.1%}  "
-                     f"{r.modality_accuracy(m):6.1%}")  # fmt: skip
-    lines += ["", "typographic attack (object of A labelled with word B)"]
-    for kind, t in r.typographic.items():
-        lines.append(f"  {kind:<7} classified as written word B: {t['written']:6.1%}   "
-                     f"as true {kind} A: {t['true']:6.1%}")  # fmt: skip
-    lines += ["", f"multimodal neurons ({r.layer}, pre-ReLU, max over positions; "
-              f"min(d′obj, d′text) ≥ {r.threshold})",
-              "  concept    unit   d′obj  d′text  d′draw"]  # fmt: skip
-    for c, (u, do, dt, dd) in r.multimodal_neurons.items():
-        mark = "✓" if min(do, dt) >= r.threshold else " "
-        lines.append(f"  {c:<9} {u:5d}  {do:6.2f}  {dt:6.2f}  {dd:6.2f}  {mark}")
-    if r.n_per_class < 30:
-        lines.append(f"  (only {r.n_per_class} images per class: the best of {len(r.dprime['red'][0])} units "
-                     "is picked on the same images, so d′ is biased upward; use --n ≥ 50)")  # fmt: skip
-    lines += ["", f"multimodal concepts: {r.n_multimodal}/{len(r.multimodal_neurons)}"]
-    return "\n".join(lines)
+from precompute.demo_eval import (  # noqa: F401 - re-exported: the helpers' names before the split
+    EVAL_MODALITIES,
+    KINDS,
+    REGRESSION,
+    THRESHOLD,
+    EvalResult,
+    class_embeddings,
+    dprime,
+    encode_images,
+    eval_set,
+    evaluate,
+    format_report,
+    prompts,
+    zero_shot_accuracy,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

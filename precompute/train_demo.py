@@ -6,7 +6,7 @@ open_clip ``CLIP`` (ModifiedResNet vision tower, config ``conceptscope-demo``, b
 fly from :mod:`precompute.demo_world` (training seed) with no caption content repeated more
 than a few times in one batch, and a curriculum on written words (large, plain words first).
 Writes fp16 safetensors weights, ``loss_curve.png`` and ``MODEL_CARD.md`` (evaluated with
-:mod:`precompute.eval_demo`, which never imports this module).
+:mod:`precompute.demo_eval`, the measures ``eval-demo`` prints too).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from app.models.demo import create_demo_model, last_block, load_demo_model, save
 from app.models.hooks import hooks
 from app.models.registry import DEMO_MODEL_NAME, DEMO_WEIGHTS_NAME, WEIGHTS_DIR, demo_config
 from precompute import demo_world as world
-from precompute.eval_demo import REGRESSION, evaluate, format_report, zero_shot_accuracy
+from precompute.demo_eval import REGRESSION, evaluate, format_report, zero_shot_accuracy
 
 CURRICULUM: tuple[tuple[float, dict[str, Any]], ...] = (
     # (until this fraction of steps, world overrides)
