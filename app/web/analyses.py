@@ -13,7 +13,9 @@ import hashlib
 import io
 import json
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +52,14 @@ MAX_TOP_K = 64
 FORM_FIELDS = ("image", "file", "upload")
 N_EXAMPLES = 8
 CARD_TTL_S = 30.0  # how long a layer's labels and thumbnails are cached
+CANDIDATES_PER_SHOWN = 4
+"""The runner returns this many times ``top_k`` units by raw value (at most :data:`MAX_TOP_K`);
+the ``top_k`` of them highest on their own scale (percentile, then z) are kept (issue 16)."""
+SORTS = {
+    "percentile": "percentile in the neuron's own dataset distribution (ties: z-score)",
+    "z": "z-score on the neuron's own dataset distribution: (value − its mean) / its std",
+}
+DEFAULT_SORT = "percentile"
 
 
 # --------------------------------------------------------------------------- per-app objects
@@ -144,6 +154,57 @@ def load_analysis(request: Request, the_id: str) -> Any:
         return store_db.load_analysis(session, the_id)
 
 
+# ------------------------------------------------------------- every value on its unit's scale
+
+_MOMENTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[np.ndarray, np.ndarray]]] = (
+    weakref.WeakKeyDictionary()
+)
+_MOMENTS_LOCK = threading.Lock()
+
+
+def unit_moments(ctx: ModelContext, layer: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Mean and std of every unit of ``layer`` over the dataset sample (``None`` without one);
+    computed once per model context."""
+    percentiles = ctx.percentiles
+    if not percentiles.has(layer):
+        return None
+    with _MOMENTS_LOCK:
+        per_layer = _MOMENTS.setdefault(percentiles, {})
+        if layer not in per_layer:
+            sample = percentiles.sorted[layer].astype(np.float64)
+            per_layer[layer] = (sample.mean(0), sample.std(0))
+        return per_layer[layer]
+
+
+def z_score(ctx: ModelContext, layer: str, unit: int, value: float) -> float | None:
+    """``(value − mean) / std`` of ``unit`` over the dataset sample; ``None`` without a sample or
+    for a constant unit."""
+    moments = unit_moments(ctx, layer)
+    if moments is None or not 0 <= unit < len(moments[0]):
+        return None
+    mean, std = float(moments[0][unit]), float(moments[1][unit])
+    if not std > 1e-12 or not np.isfinite(value):
+        return None
+    return round((float(value) - mean) / std, 3)
+
+
+def rank_key(sort: str) -> Any:
+    """Sort key (best first) of a shown neuron for ``sort`` (``percentile`` or ``z``): on the
+    unit's own scale, never by raw value; ties broken by the other figure, then the unit."""
+
+    def figure(x: Any) -> float:
+        return float(x) if x is not None else -np.inf
+
+    if sort == "z":
+        return lambda n: (-figure(n.get("z")), -figure(n.get("percentile")), n["unit"])
+    return lambda n: (-figure(n.get("percentile")), -figure(n.get("z")), n["unit"])
+
+
+def candidates_for(top_k: int) -> int:
+    """How many units by raw value the runner returns so that ``top_k`` can be chosen by scale."""
+    return max(top_k, min(MAX_TOP_K, CANDIDATES_PER_SHOWN * top_k))
+
+
 # ---------------------------------------------------------------------- results and storage
 
 
@@ -152,24 +213,36 @@ def heatmap_overlay(heatmap: Any, value: float) -> str:
     return heatmap_data_uri(np.asarray(heatmap, dtype=np.float32), max(float(value), 1e-12))
 
 
-def build_result(ctx: ModelContext, acts: core.ImageActivations, decoded: DecodedImage) -> dict[str, Any]:
+def build_result(
+    ctx: ModelContext, acts: core.ImageActivations, decoded: DecodedImage, top_k: int | None = None
+) -> dict[str, Any]:
     """The stored form of an analysis (plain JSON): top neurons per layer with their heatmaps and
-    overlay PNGs (encoded once here; pages and the JSON twin read them), and the embedding."""
+    overlay PNGs (encoded once here; pages and the JSON twin read them), and the embedding.
+
+    The top neurons are the ``top_k`` of the runner's hits (all when ``None``) highest on their
+    own scale: percentile in their dataset distribution, then z-score (issue 16)."""
     layers = []
+    key = rank_key(DEFAULT_SORT)
     for layer in ctx.layers:
         hits = acts.top.get(layer.name, [])
-        neurons = []
-        for hit in hits:
-            heat = np.round(hit.heatmap.astype(np.float64), 5)
-            neurons.append(
+        scored = sorted(
+            (
                 {
                     "unit": hit.unit,
                     "value": hit.value,
                     "percentile": ctx.percentiles.of(layer.name, hit.unit, hit.value),
-                    "heatmap": heat.tolist(),
-                    "overlay": heatmap_overlay(heat, hit.value),
+                    "z": z_score(ctx, layer.name, hit.unit, hit.value),
+                    "hit": hit,
                 }
-            )
+                for hit in hits
+            ),
+            key=key,
+        )
+        neurons = []
+        for n in scored[:top_k] if top_k is not None else scored:
+            hit = n.pop("hit")
+            heat = np.round(hit.heatmap.astype(np.float64), 5)
+            neurons.append({**n, "heatmap": heat.tolist(), "overlay": heatmap_overlay(heat, hit.value)})
         layers.append({"name": layer.name, "neurons": neurons})
     embedding = acts.embedding.tolist() if acts.embedding is not None else None
     return {"version": RESULT_VERSION, "source": decoded.describe(), "layers": layers, "embedding": embedding}
@@ -291,10 +364,10 @@ async def compute(request: Request, upload: Upload) -> Computed:
     if ctx is None:
         raise HTTPException(503, f"The live model {runner.slug!r} is not in this index.")
     try:
-        acts = await runner.analyze(tensor, top_k=upload.top_k)
+        acts = await runner.analyze(tensor, top_k=candidates_for(upload.top_k))
     except LiveError as exc:
         raise live_http_error(exc) from exc
-    result = await run_in_threadpool(build_result, ctx, acts, decoded)
+    result = await run_in_threadpool(build_result, ctx, acts, decoded, upload.top_k)
     return Computed(
         store_db.analysis_id(secret(request), ctx.slug, upload.data),
         ctx,
@@ -384,8 +457,13 @@ def present(
     created_at: datetime | None,
     zero: dict[str, Any] | None,
     not_stored: str | None = None,
+    sort: str = DEFAULT_SORT,
 ) -> dict[str, Any]:
-    """The page data (= JSON twin) of an analysis: stored result + labels, thumbnails, links."""
+    """The page data (= JSON twin) of an analysis: stored result + labels, thumbnails, links.
+
+    Every neuron carries its percentile and z-score on its own dataset distribution (recomputed
+    for analyses stored before z-scores were); each layer's neurons are ranked by ``sort``
+    (:data:`SORTS`), never by raw value."""
     urls: Urls = request.app.state.urls
     wanted = {layer["name"]: {n["unit"] for n in layer["neurons"]} for layer in result["layers"]}
     cards = cards_for(request, ctx, wanted)
@@ -401,7 +479,18 @@ def present(
                 "grid": list(meta.grid) if meta else None,
                 "url": urls.layer(ctx.slug, layer["name"]),
                 "sample_size": ctx.percentiles.sample_size(layer["name"]),
-                "neurons": [{**n, **cards[(layer["name"], n["unit"])]} for n in layer["neurons"]],
+                "neurons": sorted(
+                    (
+                        {
+                            **n,
+                            "percentile": n.get("percentile"),
+                            "z": n["z"] if "z" in n else z_score(ctx, layer["name"], n["unit"], n["value"]),
+                            **cards[(layer["name"], n["unit"])],
+                        }
+                        for n in layer["neurons"]
+                    ),
+                    key=rank_key(sort),
+                ),
             }
         )
     permalink = urls.analysis(analysis_id_) if stored else None
@@ -425,6 +514,10 @@ def present(
         "value": "max over positions of the neuron's map (pre-ReLU residual sum for ResNet blocks, "
         "post-GELU MLP unit for ViT)",
         "percentile": "share of the sampled dataset images on which the neuron's value is lower or equal",
+        "z": "(value − the neuron's mean over the sampled dataset images) / their standard deviation",
+        "sort": sort,
+        "sorts": dict(SORTS),
+        "ranked_by": SORTS[sort],
     }
 
 

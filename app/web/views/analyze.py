@@ -9,7 +9,8 @@
 * ``GET /analyses/{id}`` (+ ``.json``): the image, the top neurons per indexed layer (value,
   percentile in the neuron's dataset distribution, label, top-example thumbnail, link); with
   ``?layer=L&unit=U`` the heatmap of that neuron over the image (an htmx fragment for htmx
-  requests); with ``?classes=a,b,c`` zero-shot probabilities.
+  requests); with ``?classes=a,b,c`` zero-shot probabilities; each neuron with its percentile and
+  z-score on its own dataset distribution, ranked by percentile or, with ``?sort=z``, by z-score.
 * ``POST /analyze.json`` (multipart or a raw image body): the same JSON, directly.
 
 This module parses requests and presents; the work is :mod:`app.web.analyses`.
@@ -165,9 +166,15 @@ async def analysis_page(
     layer: str | None = None,
     unit: str | None = None,
     classes: str | None = None,
+    sort: str | None = None,
 ) -> Response:
-    """A stored analysis (``.json`` twin); ``layer``+``unit``: that neuron's heatmap (htmx fragment)."""
+    """A stored analysis (``.json`` twin); ``layer``+``unit``: that neuron's heatmap (htmx fragment);
+    ``sort``: ``percentile`` (default) or ``z``."""
     urls: Urls = request.app.state.urls
+    if sort is not None and sort not in work.SORTS:
+        raise HTTPException(422, f"sort must be one of {', '.join(work.SORTS)}, not {sort!r}.")
+    order = sort or work.DEFAULT_SORT
+    sort_param = None if order == work.DEFAULT_SORT else order
     found = await run_in_threadpool(work.load_analysis, request, the_id)
     if found is None:
         settings: Settings = request.app.state.settings
@@ -194,13 +201,21 @@ async def analysis_page(
             image_size=(width, height),
             created_at=row.created_at,
             zero=zero,
+            sort=order,
         )
     )
     selected = work.selected_neuron(data, layer, unit)
     if layer is not None and unit is not None and selected is None and is_htmx(request):
         raise HTTPException(404, f"Unit {unit} of layer {layer!r} is not among this analysis' top neurons.")
-    html_url = urls.with_query(urls.analysis(the_id), classes=", ".join(class_names) or None)
-    json_url = urls.with_query(urls.analysis(the_id, "json"), classes=", ".join(class_names) or None)
+    classes_param = ", ".join(class_names) or None
+
+    def sort_url(key: str) -> str:  # this page ranked by ``key`` (selected neuron and classes kept)
+        kept = {"layer": layer, "unit": unit} if selected else {}
+        order_param = None if key == work.DEFAULT_SORT else key
+        return urls.with_query(urls.analysis(the_id), classes=classes_param, **kept, sort=order_param)
+
+    html_url = urls.with_query(urls.analysis(the_id), classes=classes_param, sort=sort_param)
+    json_url = urls.with_query(urls.analysis(the_id, "json"), classes=classes_param, sort=sort_param)
     fragment = None
     wants_zeroshot = request.headers.get("hx-target") == "analysis-zeroshot"  # Classify keeps layer/unit
     if is_htmx(request) and classes is not None and wants_zeroshot:
@@ -217,7 +232,11 @@ async def analysis_page(
         json_url=json_url,
         html_url=html_url,
         fragment=fragment,
-        context=_page_context(data, selected, ", ".join(class_names)),
+        context={
+            **_page_context(data, selected, ", ".join(class_names)),
+            "sort_param": sort_param,
+            "sort_urls": {key: sort_url(key) for key in work.SORTS},
+        },
     )
     response.headers["Vary"] = "HX-Request"
     if fmt is None:
