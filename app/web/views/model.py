@@ -74,9 +74,9 @@ def model_page(model: str, request: Request, session: ReadSession, fmt: str | No
 
 @router.get("/models/{model}/card")
 def model_card(model: str, request: Request, session: ReadSession) -> Response:
-    """The model card of a model that has one (the bundled demo); ``.../card.json`` for JSON."""
+    """The model card of a model that has one (the bundled demo): HTML only, its ``Link`` header
+    names the model's JSON twin."""
     row = find_model(session, model)
-    fmt = None
     path = card_path(row.name)
     if path is None:
         raise NotFound(f"Model {row.slug!r} has no model card in this installation.")
@@ -87,7 +87,7 @@ def model_card(model: str, request: Request, session: ReadSession) -> Response:
         request,
         "model_card.html",
         data,
-        fmt=fmt,
+        fmt=None,
         json_url=urls.model(row.slug, "json"),
         html_url=urls.model_card(row.slug),
         context={
