@@ -1,10 +1,14 @@
 """``conceptscope precompute featurevis``: feature visualizations for every indexed neuron.
 
 For each neuron of the DB's model: a positive image (maximise its objective) and a negative one
-(minimise it); for the last block also a diversity set of ``--diversity`` images. Many neurons
-share one optimisation batch (:func:`app.neurons.featurevis.render`). Images are stored as PNG
-blobs with a ``feature_visualizations`` row (objective reached, settings). Resumable: neurons
-whose visualizations are stored are skipped, and every batch is committed on its own.
+(minimise it); for the last block also a diversity set of ``--diversity`` images, optimised jointly
+with a diversity term and then measured (each diversity image's row stores, in its settings, its
+distance to the others and whether it nearly duplicates an earlier one; the page hides those).
+Many neurons share one optimisation batch (:func:`app.neurons.featurevis.render`). Images are
+stored as PNG blobs with a ``feature_visualizations`` row (objective reached, settings).
+Resumable and idempotent: neurons whose visualizations are stored are skipped, every batch is
+committed on its own, and a diversity set made by another method
+(:data:`app.neurons.featurevis.DIVERSITY_METHOD`, stored with each image) is rendered again.
 
 Under ``torchrun`` the optimisation batches are dealt out round by round (batch ``i`` to rank
 ``i % N``); rank 0 gathers each round's images and writes them, so what is stored is always a
@@ -23,7 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from tqdm import tqdm
 
 from app.config import DEFAULT_DATA_DIR, db_url_from_arg
@@ -109,11 +113,13 @@ def plan_jobs(
     )
     have: dict[tuple[int, str], int] = {}
     rows = session.execute(  # type: ignore[attr-defined]
-        select(FeatureVisualization.neuron_id, FeatureVisualization.kind)
+        select(FeatureVisualization.neuron_id, FeatureVisualization.kind, FeatureVisualization.settings)
         .join(Neuron, Neuron.id == FeatureVisualization.neuron_id)
         .where(Neuron.layer_id == layer.id)
     )
-    for neuron_id, kind in rows:
+    for neuron_id, kind, settings in rows:
+        if kind == "diversity" and (settings or {}).get("diversity_method") != fv.DIVERSITY_METHOD:
+            continue  # made by another method: render the set again (the rows are replaced)
         have[(neuron_id, kind)] = have.get((neuron_id, kind), 0) + 1
     jobs, complete = [], 0
     for neuron in neurons:
@@ -169,6 +175,12 @@ def render_batch(
         settings=settings,
         progress=progress,
     )  # type: ignore[arg-type]
+
+
+def diversity_fields(result: fv.Result, i: int) -> dict[str, object]:
+    """What image ``i``'s row stores about its diversity set (empty for a single image)."""
+    report = result.diversity[i] if i < len(result.diversity) else None
+    return {"diversity": report} if report else {}
 
 
 def run_featurevis(
@@ -254,10 +266,17 @@ def run_featurevis(
                     i = 0
                     for job in batch_jobs:
                         for image in range(job.count):
+                            extra = {"batch": n, **diversity_fields(result, i)}
                             save_visualization(
-                                session, job.neuron_id, job.kind, image, result, i, extra={"batch": n}
+                                session, job.neuron_id, job.kind, image, result, i, extra=extra
                             )
                             i += 1
+                        if job.kind == "diversity":  # a larger set made earlier: drop its extra rows
+                            session.execute(delete(FeatureVisualization).where(
+                                FeatureVisualization.neuron_id == job.neuron_id,
+                                FeatureVisualization.kind == "diversity",
+                                FeatureVisualization.index >= job.count,
+                            ))  # fmt: skip
                 stored += n
             done_batches += 1
             if stop_after_batches is not None and done_batches >= stop_after_batches:

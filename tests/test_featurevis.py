@@ -16,7 +16,6 @@ from sqlalchemy import func, select
 
 from app.db import make_engine, session_factory
 from app.db.schema import FeatureVisualization, Layer, Neuron, NeuronWord
-from app.models.hooks import run_to
 from app.neurons import featurevis as fv
 from app.neurons.capture import run_visual
 from precompute.featurevis_quality import (
@@ -158,20 +157,43 @@ def test_objective_is_measured_on_the_untransformed_image(demo_loaded) -> None:
     assert fv.objectives(demo_loaded, layer, png, [7, 9]) == pytest.approx(r.objectives, rel=0.05, abs=0.05)
 
 
-def test_diversity_term_makes_group_images_differ(demo_loaded) -> None:
+def test_diversity_term_increases_the_measured_distance(demo_loaded) -> None:
+    """Issue 18: the jointly optimised diversity term makes a set's images measurably more
+    different than the same optimisation without the term (same ranked colour starts), and than
+    independent images; the measure is what the page shows."""
     layer = last_layer(demo_loaded)
-    settings = fv.RenderSettings(steps=24, size=48, diversity_weight=10.0)
-    plain = fv.render(demo_loaded, layer, [3, 3, 3], settings=settings.with_(seed=5))
-    diverse = fv.render(demo_loaded, layer, [3, 3, 3], groups=[0, 0, 0], settings=settings.with_(seed=5))
-    assert diverse.settings["diversity_layer"] == "layer2"
+    units, groups = [3, 3, 3, 100, 100, 100], [0, 0, 0, 1, 1, 1]
+    settings = fv.RenderSettings(steps=24, size=48, seed=5)
 
-    def similarity(images: torch.Tensor) -> float:  # what the term penalises, on the final images
-        mean, std = fv.normalisation(demo_loaded)
-        with torch.inference_mode():
-            acts = run_to(demo_loaded.visual, (images - mean) / std, ["layer2"])["layer2"]
-        return float(fv.gram_diversity(acts, torch.zeros(3, dtype=torch.long), 1))
+    def mean_distance(result: fv.Result) -> float:
+        d = fv.feature_distances(demo_loaded, "layer2", result.images)
+        return float(sum(d[a, b] for g in (0, 3) for a in range(g, g + 3) for b in range(a + 1, g + 3)) / 6)
 
-    assert similarity(diverse.images) < similarity(plain.images)
+    with_term = fv.render(demo_loaded, layer, units, groups=groups, settings=settings)
+    no_term = settings.with_(diversity_weight=0.0)
+    without_term = fv.render(demo_loaded, layer, units, groups=groups, settings=no_term)
+    independent = fv.render(demo_loaded, layer, units, settings=settings)
+    assert with_term.settings["diversity_layer"] == "layer2"
+    assert with_term.settings["diversity_method"] == fv.DIVERSITY_METHOD
+    d_with, d_without = mean_distance(with_term), mean_distance(without_term)
+    d_plain = mean_distance(independent)
+    print(f"mean pairwise distance: term {d_with:.3f}, no term {d_without:.3f}, independent {d_plain:.3f}")
+    assert d_with > 1.2 * d_without and d_with > 1.2 * d_plain
+    # the stored report is that same measure, per image
+    report = with_term.diversity
+    assert [r["position"] for r in report] == [0, 1, 2, 0, 1, 2] and independent.diversity == [None] * 6
+    d = fv.feature_distances(demo_loaded, "layer2", with_term.images[:3])
+    assert report[0]["pairwise"] == pytest.approx([float(d[0, 1]), float(d[0, 2]), float(d[1, 2])], abs=1e-3)
+    assert report[1]["nearest"] == pytest.approx(min(float(d[1, 0]), float(d[1, 2])), abs=1e-3)
+    assert report[0]["duplicate_of"] is None and report[0]["distinct"] >= 1
+
+
+def test_near_duplicates_are_marked_greedily() -> None:
+    d = torch.tensor([[0.0, 0.05, 0.5, 0.3], [0.05, 0.0, 0.45, 0.1], [0.5, 0.45, 0.0, 0.19],
+                      [0.3, 0.1, 0.19, 0.0]])  # fmt: skip
+    assert fv.distinct_images(d, 0.2) == [None, 0, None, 2]  # 3 is 0.19 from kept image 2
+    assert fv.distinct_images(d, 0.01) == [None, None, None, None]
+    assert fv.group_ranks(torch.tensor([4, 4, 7, 4, 7])).tolist() == [0, 1, 0, 2, 1]
 
 
 def test_cpu_defaults_and_overrides(demo_loaded) -> None:
@@ -258,6 +280,38 @@ def test_featurevis_stage_is_resumable(db_copy, demo_loaded) -> None:
             assert row.settings["kind"] == row.kind
             measured = fv.objectives(demo_loaded, layer_name, load_png(session, row.blob_sha256), [unit])[0]
             assert measured == pytest.approx(row.objective, rel=0.1, abs=0.05)
+    engine.dispose()
+
+
+def test_stage_stores_the_measured_diversity_and_redoes_sets_of_another_method(db_copy, demo_loaded) -> None:
+    from precompute.featurevis import run_featurevis
+
+    kwargs = dict(loaded=demo_loaded, units={4}, kinds=["diversity"], steps=2, size=32, batch=8,
+                  progress=False)
+    assert run_featurevis(db_copy, diversity=3, **kwargs).n_images == 3
+    engine = make_engine(db_copy)
+    where = FeatureVisualization.kind == "diversity"
+    with session_factory(engine)() as session:
+        rows = session.scalars(select(FeatureVisualization).where(where).order_by(FeatureVisualization.index))
+        rows = rows.all()
+        reports = [row.settings["diversity"] for row in rows]
+        assert [r["position"] for r in reports] == [0, 1, 2] and {r["size"] for r in reports} == {3}
+        assert {r["method"] for r in reports} == {fv.DIVERSITY_METHOD} and len(reports[0]["pairwise"]) == 3
+        assert rows[0].settings["diversity_method"] == fv.DIVERSITY_METHOD
+        assert reports[0]["duplicate_of"] is None
+        assert reports[0]["distinct"] == sum(r["duplicate_of"] is None for r in reports)
+        for row in rows:  # a set made by an older method (no method recorded), one image larger
+            old = ("diversity", "diversity_method")
+            row.settings = {k: v for k, v in row.settings.items() if k not in old}
+        session.add(FeatureVisualization(neuron_id=rows[0].neuron_id, kind="diversity", index=3,
+                                         blob_sha256=rows[0].blob_sha256, objective=0.0))  # fmt: skip
+        session.commit()
+    assert run_featurevis(db_copy, diversity=3, **kwargs).n_images == 3  # rendered again ...
+    assert run_featurevis(db_copy, diversity=3, **kwargs).n_images == 0  # ... once (idempotent)
+    with session_factory(engine)() as session:
+        rows = session.scalars(select(FeatureVisualization).where(where)).all()
+        assert sorted(row.index for row in rows) == [0, 1, 2]  # the old set's extra image is gone
+        assert all(row.settings["diversity"]["method"] == fv.DIVERSITY_METHOD for row in rows)
     engine.dispose()
 
 

@@ -226,3 +226,56 @@ def test_a_stored_visualization_is_never_overwritten(db_copy) -> None:
         rows = s.scalars(select(FeatureVisualization).where(where)).all()
         assert [(r.objective, r.settings) for r in rows] == [(1.0, {"precomputed": True})]
     engine.dispose()
+
+
+async def test_page_shows_only_distinct_diversity_images_and_says_how_many(db_copy) -> None:
+    """Issue 18: a near-duplicate in a diversity set is hidden and the page says so, with the
+    measured distances; a set rendered before diversity was measured is labelled as such."""
+    import io
+
+    from PIL import Image
+
+    from app.db import put_blob
+
+    slug, layer, unit = first_neuron(db_copy)
+    pairwise = [0.41, 0.07, 0.38]  # image 2 is 0.07 from image 0: a near-duplicate
+    engine = make_engine(db_copy, create=False)
+    with session_factory(engine)() as s:
+        layer_id = s.scalar(select(Layer.id).where(Layer.is_last))
+        ids = {u: s.scalar(select(Neuron.id).where(Neuron.layer_id == layer_id, Neuron.unit == u))
+               for u in (unit, unit + 1)}  # fmt: skip
+        for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200), (90, 90, 90)]):
+            buffer = io.BytesIO()
+            Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
+            sha = put_blob(s, buffer.getvalue(), "image/png", 8, 8)
+            if i < 3:
+                report = {"position": i, "size": 3, "nearest": [0.07, 0.38, 0.07][i], "nearest_pixel": 0.1,
+                          "duplicate_of": 0 if i == 2 else None, "distinct": 2, "pairwise": pairwise,
+                          "threshold": fv.DISTINCT_DISTANCE, "measure": "1 - cosine of layer2 activations",
+                          "method": fv.DIVERSITY_METHOD}  # fmt: skip
+                s.add(FeatureVisualization(neuron_id=ids[unit], kind="diversity", index=i, blob_sha256=sha,
+                                           objective=1.0 + i, settings={"diversity": report}))  # fmt: skip
+                s.add(FeatureVisualization(neuron_id=ids[unit + 1], kind="diversity", index=i,
+                                           blob_sha256=sha, objective=1.0, settings={}))  # fmt: skip
+            else:
+                s.add(FeatureVisualization(neuron_id=ids[unit], kind="positive", index=0, blob_sha256=sha,
+                                           objective=2.0, settings={}))  # fmt: skip
+        s.commit()
+    engine.dispose()
+    app = create_app(Settings(db_url=db_copy))
+    base = f"/models/{slug}/layers/{layer}/neurons"
+    async with client(app) as c:
+        html = (await c.get(f"{base}/{unit}")).text
+        fragment = (await c.get(f"{base}/{unit}/featurevis", headers={"HX-Request": "true"})).text
+        old = (await c.get(f"{base}/{unit + 1}")).text
+    for page in (html, fragment):
+        assert page.count('alt="diversity feature visualization') == 2  # the near-duplicate is hidden
+        assert 'alt="positive feature visualization' in page
+        assert "2 distinct images; a third was a near-duplicate and is hidden" in page
+        assert 'data-distinct="2" data-hidden="1"' in page
+        assert "0.41, 0.07, 0.38" in page and f"closer than {fv.DISTINCT_DISTANCE}" in page
+        assert "diversity 1 · 1 · distance 0.07" in page and "diversity 3" not in page
+    assert old.count('alt="diversity feature visualization') == 3
+    assert "not measured" in old and "distinct image" not in old
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()

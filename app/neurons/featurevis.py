@@ -14,8 +14,16 @@ The recipe is Lucid's (Olah et al., "Feature Visualization", Distill 2017), rebu
   blocks, the mean over patch tokens (CLS excluded) for ViT MLP units. The forward pass stops at
   the target layer. One image per (neuron, sign); the objectives of a batch are summed, so a batch
   of B images costs one forward/backward of B images per step. Negative visualizations minimise.
-* **Diversity.** Several images per neuron, with Lucid's Gram-matrix diversity penalty computed on
-  an intermediate layer between the images of each group.
+* **Diversity.** Several images per neuron, optimised jointly with a diversity penalty between the
+  images of each group on an intermediate layer (Olah et al.): by default the mean pairwise cosine
+  similarity of the images' activations there (``diversity_term="activations"``), or Lucid's
+  cosine of their Gram matrices (``"gram"``). Images that start identical are a saddle point of
+  either term (its gradient vanishes), and on the demo model a colour neuron's set stayed three
+  copies of one flat colour; so image ``k`` of a set starts at its neuron's ``k``-th best flat
+  colour (``diverse_starts``). After optimising, :func:`diversity_report` measures how different
+  the images are (1 − cosine of their activations at that layer, on the un-transformed images)
+  and marks each image closer than :data:`DISTINCT_DISTANCE` to an earlier one as a
+  near-duplicate; the page hides those and says so.
 * **Colour start** (ours; ``colour_start``). Lucid starts every image at grey, and the objective
   is far from convex in the image's mean colour: on the demo model a single flat colour excites
   47 % of last-block and 56 % of layer3 neurons more than their 64-step grey-start image does,
@@ -57,6 +65,14 @@ if TYPE_CHECKING:
 ALGORITHM = "conceptscope-featurevis-1"
 DIVERSITY = "diversity"
 """Key of the diversity layer's activations in the forward pass's hook dict."""
+DIVERSITY_METHOD = "activations-cosine/ranked-colour-starts/1"
+"""Identifies how diversity sets are made and measured; stored with every diversity image, and the
+featurevis stage re-renders sets made by another method (resumable, idempotent)."""
+DISTINCT_DISTANCE = 0.2
+"""Two images of a set are distinct when 1 − cosine of their diversity-layer activations reaches
+this. Calibrated by eye on the demo model's last block (64 steps, 64 px): pairs that look identical
+measured 0.002-0.1, alike (the same texture and colour, shifted) 0.14-0.24, visibly different
+0.3-0.95."""
 
 # Lucid's square root of the ImageNet colour correlation matrix (lucid/optvis/param/color.py).
 COLOR_CORRELATION_SVD_SQRT = np.asarray(
@@ -87,7 +103,9 @@ class RenderSettings:
     canvas: bool | None = None  # transformed view on Lucid's larger canvas; None: yes unless ViT
     colour_start: float = 0.5  # start tinted towards the neuron's best flat colour; 0 = Lucid's grey
     diversity_weight: float = 2.0  # Lucid used 1e2 at InceptionV1 scale; 2 balances the demo model
+    diversity_term: str = "activations"  # "activations" (cosine of hooked activations) | "gram" (Lucid)
     diversity_layer: str | None = None  # module path in model.visual; None = a sensible default
+    diverse_starts: bool = True  # image k of a diversity set starts at its neuron's k-th best colour
     autocast: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     prepare: bool = True  # optimise through a BatchNorm-folded (and, on CPU, channels-last) copy
 
@@ -132,6 +150,7 @@ class Result:
     signs: list[int]  # +1 positive, -1 negative
     groups: list[int]  # diversity group of each image (image index when no diversity)
     objectives: list[float]  # neuron objective (spatial mean) on the un-transformed image
+    diversity: list[dict[str, Any] | None] = field(default_factory=list)  # per image, see diversity_report
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -390,25 +409,125 @@ def all_unit_means(
 
 def best_flat_colours(
     visual: nn.Module, loaded: LoadedModel, layer: LayerInfo, units: torch.Tensor, signs: torch.Tensor,
-    size: int,
+    size: int, ranks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(n, 3)``: for each ``(units[i], signs[i])`` the candidate flat colour with the highest
-    ``signs[i]`` × objective (one forward pass of the candidates through ``visual``)."""
+    ``signs[i]`` × objective (one forward pass of the candidates through ``visual``); with
+    ``ranks``, the ``ranks[i]``-th best instead (0: the best)."""
     candidates = flat_colour_candidates().to(units.device)
     values = all_unit_means(loaded, layer, flat_images(candidates, size), visual)
-    return candidates[(values[:, units] * signs).argmax(dim=0)]
+    scores = values[:, units] * signs  # (candidates, n)
+    if ranks is None:
+        return candidates[scores.argmax(dim=0)]
+    order = scores.argsort(dim=0, descending=True)
+    columns = torch.arange(len(units), device=units.device)
+    return candidates[order[ranks.clamp(max=len(candidates) - 1), columns]]
+
+
+def _group_mean_similarity(vectors: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Sum over images of the mean cosine similarity to the other images of its group."""
+    b = vectors.shape[0]
+    unit = F.normalize(vectors.reshape(b, -1), dim=1, eps=1e-10)
+    sims = unit @ unit.T  # (B, B)
+    same = (groups[:, None] == groups[None, :]) & ~torch.eye(b, dtype=torch.bool, device=vectors.device)
+    sizes = torch.bincount(groups, minlength=n_groups).float().clamp(min=1)[groups]
+    return ((sims * same).sum(dim=1) / sizes).sum()
 
 
 def gram_diversity(acts: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Lucid's diversity penalty, summed over groups: mean pairwise cosine of Gram matrices."""
     b, c = acts.shape[0], acts.shape[1]
     flat = acts.float().reshape(b, c, -1)
-    grams = flat @ flat.transpose(1, 2)  # (B, C, C)
-    grams = F.normalize(grams.reshape(b, -1), dim=1, eps=1e-10)
-    sims = grams @ grams.T  # (B, B)
-    same = (groups[:, None] == groups[None, :]) & ~torch.eye(b, dtype=torch.bool, device=acts.device)
-    sizes = torch.bincount(groups, minlength=n_groups).float().clamp(min=1)[groups]
-    return ((sims * same).sum(dim=1) / sizes).sum()
+    return _group_mean_similarity(flat @ flat.transpose(1, 2), groups, n_groups)  # Grams (B, C, C)
+
+
+def activation_diversity(acts: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """The default penalty, summed over groups: mean pairwise cosine of the hooked activations."""
+    return _group_mean_similarity(acts.float(), groups, n_groups)
+
+
+DIVERSITY_TERMS = {"activations": activation_diversity, "gram": gram_diversity}
+
+
+def feature_distances(loaded: LoadedModel, hook: str, images: torch.Tensor) -> torch.Tensor:
+    """``(N, N)``: 1 − cosine similarity of the images' activations at ``hook`` (a module path in
+    ``model.visual``), measured on the un-transformed ``images`` (``[0, 1]``), fp32."""
+    mean, std = normalisation(loaded)
+    with torch.inference_mode():
+        x = (images.to(loaded.device, torch.float32) - mean) / std
+        acts = run_to(loaded.visual, x, [hook])[hook].float()
+        unit = F.normalize(acts.reshape(acts.shape[0], -1), dim=1, eps=1e-10)
+        return (1 - unit @ unit.T).clamp(min=0).cpu()
+
+
+def pixel_distances(images: torch.Tensor, cells: int = 8) -> torch.Tensor:
+    """``(N, N)``: RMS difference of the images averaged down to ``cells`` × ``cells`` (colour
+    layout, in pixel units of ``[0, 1]``); shown next to the feature distance."""
+    small = F.adaptive_avg_pool2d(images.float(), cells).reshape(images.shape[0], -1)
+    return torch.cdist(small, small) / math.sqrt(small.shape[1])
+
+
+def distinct_images(distances: torch.Tensor, threshold: float = DISTINCT_DISTANCE) -> list[int | None]:
+    """Greedy in order: image ``k`` is kept when its distance to every kept image reaches
+    ``threshold``; otherwise the entry is the kept image it nearly duplicates (else ``None``)."""
+    kept: list[int] = []
+    out: list[int | None] = []
+    for k in range(distances.shape[0]):
+        near = min(kept, key=lambda j: float(distances[k, j]), default=None)
+        if near is not None and float(distances[k, near]) < threshold:
+            out.append(near)
+        else:
+            kept.append(k)
+            out.append(None)
+    return out
+
+
+def diversity_report(
+    loaded: LoadedModel, hook: str, images: torch.Tensor, groups: Sequence[int],
+    threshold: float = DISTINCT_DISTANCE,
+) -> list[dict[str, Any] | None]:
+    """For each image of a group of two or more: how far it is from the others of its group and
+    whether it nearly duplicates an earlier one (``None`` for images alone in their group).
+
+    Keys: ``position`` in the group, ``size`` of the group, ``nearest`` (smallest feature
+    distance to another image of the group), ``nearest_pixel`` (the same pair's pixel distance),
+    ``duplicate_of`` (position of the kept image it nearly duplicates, or ``None``),
+    ``distinct`` (how many images of the group are distinct), ``pairwise`` (the group's pairwise
+    feature distances, upper triangle in order), ``threshold``, ``measure``, ``method``."""
+    out: list[dict[str, Any] | None] = [None] * len(groups)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    sets = [idx for idx in members.values() if len(idx) > 1]
+    if not sets:
+        return out
+    every = [i for idx in sets for i in idx]
+    feats = feature_distances(loaded, hook, images[every])
+    pixels = pixel_distances(images[every])
+    where = {i: k for k, i in enumerate(every)}
+    for idx in sets:
+        sel = torch.tensor([where[i] for i in idx])
+        d, p = feats[sel][:, sel], pixels[sel][:, sel]
+        dupes = distinct_images(d, threshold)
+        n = len(idx)
+        pairwise = [round(float(d[a, b]), 4) for a in range(n) for b in range(a + 1, n)]
+        for pos, i in enumerate(idx):
+            others = [j for j in range(n) if j != pos]
+            nearest = min(others, key=lambda j: float(d[pos, j]))
+            out[i] = {
+                "position": pos, "size": n, "nearest": round(float(d[pos, nearest]), 4),
+                "nearest_pixel": round(float(p[pos, nearest]), 4), "duplicate_of": dupes[pos],
+                "distinct": sum(x is None for x in dupes), "pairwise": pairwise,
+                "threshold": threshold, "measure": f"1 - cosine of {hook} activations",
+                "method": DIVERSITY_METHOD,
+            }  # fmt: skip
+    return out
+
+
+def group_ranks(groups: torch.Tensor) -> torch.Tensor:
+    """The position of each image within its group, in batch order (``[0, 0, 1, 1]`` → ``[0, 1, 0, 1]``)."""
+    same_before = (groups[:, None] == groups[None, :]).tril(diagonal=-1)
+    return same_before.sum(dim=1)
 
 
 # --------------------------------------------------------------------------- the optimiser
@@ -427,8 +546,9 @@ def render(
     """Optimise one image per entry of ``units`` (all in one batch) and measure what it reached.
 
     ``signs[i]`` is +1 (excite, default) or -1 (inhibit). Images that share a ``groups`` value
-    form a diversity set (Gram-matrix penalty on an intermediate layer, weight
-    ``settings.diversity_weight``); without ``groups`` there is no diversity term. ``progress``
+    form a diversity set (``settings.diversity_term`` on an intermediate layer, weight
+    ``settings.diversity_weight``; ranked colour starts), measured afterwards
+    (``Result.diversity``); without ``groups`` there is no diversity term. ``progress``
     is called with the number of steps done after each step.
     """
     import time
@@ -451,7 +571,10 @@ def render(
     diversity_hook: str | None = None
     group_t: torch.Tensor | None = None
     n_groups = 0
-    if groups is not None and settings.diversity_weight > 0:
+    if groups is not None:
+        if settings.diversity_term not in DIVERSITY_TERMS:
+            known = ", ".join(DIVERSITY_TERMS)
+            raise ValueError(f"unknown diversity term {settings.diversity_term!r} (have: {known})")
         remap = {g: i for i, g in enumerate(dict.fromkeys(groups))}
         group_t = torch.tensor([remap[g] for g in groups], device=device)
         n_groups = len(remap)
@@ -467,7 +590,10 @@ def render(
     use_autocast = settings.autocast and device.type == "cuda"
     visual = prepared_visual(loaded.visual, device) if settings.prepare else loaded.visual
     if settings.colour_start > 0:
-        colours = best_flat_colours(visual, loaded, layer, unit_t, signs_t, size)
+        ranks = None
+        if group_t is not None and settings.diverse_starts:
+            ranks = group_ranks(group_t)
+        colours = best_flat_colours(visual, loaded, layer, unit_t, signs_t, size, ranks)
         image.add_mean(settings.colour_start * torch.logit(colours))
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     # Lucid feeds the padded, jittered canvas (content at scale ~1) to the network; a ViT needs a
@@ -488,8 +614,9 @@ def render(
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 raw = run_to(visual, (pixels - mean) / std, hooked, detach=False)
             loss = -(signs_t * unit_means(raw[layer.name], layer, unit_t)).sum()
-            if diversity_hook is not None and group_t is not None:
-                loss = loss + settings.diversity_weight * gram_diversity(raw[DIVERSITY], group_t, n_groups)
+            if diversity_hook is not None and group_t is not None and settings.diversity_weight > 0:
+                term = DIVERSITY_TERMS[settings.diversity_term]
+                loss = loss + settings.diversity_weight * term(raw[DIVERSITY], group_t, n_groups)
             loss.backward()
             optimizer.step()
             if progress is not None:
@@ -499,14 +626,18 @@ def render(
     reached = objectives(loaded, layer, final, list(units))
     extra: dict[str, Any] = {"size": size, "device": device.type,
                              "precision": "bf16-autocast" if use_autocast else "fp32"}
+    diversity: list[dict[str, Any] | None] = [None] * n
     if diversity_hook is not None:
         extra["diversity_layer"] = diversity_hook
+        extra["diversity_method"] = DIVERSITY_METHOD
+        diversity = diversity_report(loaded, diversity_hook, final, list(groups or []))
     return Result(
         images=final,
         units=[int(u) for u in units],
         signs=[int(s) for s in (signs if signs is not None else [1] * n)],
         groups=list(groups) if groups is not None else list(range(n)),
         objectives=reached,
+        diversity=diversity,
         settings=settings.to_json(**extra),
         seconds=time.perf_counter() - started,
     )
