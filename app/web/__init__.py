@@ -7,8 +7,9 @@ Adding a page type
     Write ``app/web/views/<name>.py`` with ``router = APIRouter()`` and add its module name to
     ``VIEW_MODULES`` in :mod:`app.web.views` (one line; a ``NAV`` entry appears once its path is
     served). Build links with ``request.app.state.urls`` (:class:`app.web.urls.Urls`, the one URL
-    builder). Make one plain ``data`` dict and return :func:`app.web.formats.respond`, which
-    serves it as JSON for the ``.json`` twin (split the suffix with ``split_format``) or renders
+    builder). Register the page and its ``.json`` twin with :func:`app.web.routing.page` (the
+    endpoint gets ``fmt``). Make one plain ``data`` dict and return
+    :func:`app.web.formats.respond`, which serves it as JSON for the twin (``fmt="json"``) or renders
     your template (extending ``base.html``) with ``data``, the ``Link`` header and, for htmx
     requests, a fragment template plus ``Vary: HX-Request``. Raise
     :class:`app.web.errors.NotFound` (or any ``HTTPException``) for bad input: the error pages

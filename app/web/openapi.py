@@ -6,8 +6,9 @@ document is rebuilt from the app's routes and corrected centrally, without touch
 - HTML pages are ``text/html``; JSON twins (``….json``, ``/-/health``, ``/-/oembed``) are
   ``application/json`` with the schemas of :mod:`app.web.schemas`; images, blobs, exports and
   ``robots.txt`` have their real media types;
-- pages whose JSON twin is chosen by a ``.json`` suffix on their last path parameter
-  (``/models/{model}.json`` …) get that twin documented as its own path;
+- a page whose last path segment is a parameter (``/models/{model}``) documents that a value
+  ending in ``.json`` gets the JSON twin (``/models/{model}.json``, registered with the page by
+  :func:`app.web.routing.page`);
 - POST routes get their multipart request bodies; form posts document their 303 redirect;
 - every operation documents its errors (``{"ok": false, "status", "title", "error"}`` as JSON, or
   an HTML error page), so clients can be generated and fuzzers can check every answer.
@@ -79,13 +80,6 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
             route.include_in_schema = False
     spec["info"]["description"] = __doc__.split("\n\n", 1)[0].replace("\n", " ")
     paths: dict[str, dict[str, Any]] = spec.setdefault("paths", {})
-    for path in SUFFIX_TWINS:
-        if path in paths and path + ".json" not in paths:
-            twin = {m: copy.deepcopy(op) for m, op in paths[path].items() if m == "get"}
-            for op in twin.values():
-                op["operationId"] = op.get("operationId", path) + "_json"
-                op["summary"] = (op.get("summary") or "") + " (JSON)"
-            paths[path + ".json"] = twin
     for path, operations in paths.items():
         for method, op in operations.items():
             _describe(path, method, op)
