@@ -43,7 +43,7 @@ MAX_QUERY_CHARS = 500
 N_ZERO_SHOT = 20
 N_READING = 10
 CACHE_SIZE = 512
-EMBED_CHUNK = 128
+EMBED_CHUNK = 64
 FALLBACK_SUGGESTIONS = ("red", "a dog", "a face", "text", "water", "a star")
 
 SCORE_HELP = (
@@ -155,7 +155,7 @@ class SearchCaches:
 
     lru: LRU
     directions: dict[str, dict[str, LayerDirections]]  # slug -> layer -> directions (versioned)
-    evidence: dict[str, Any]  # slug -> _ModelEvidence (versioned)
+    evidence: dict[str, Any]  # slug -> task computing its _ModelEvidence (versioned)
     nulls: dict[str, Any]  # slug -> layer -> NullModel
 
 
@@ -242,11 +242,23 @@ async def _model_evidence(
     sessions: Callable[[], Any], caches: SearchCaches, runner: LiveRunner, ctx: ModelContext
 ) -> _ModelEvidence:
     """The index's evidence for the model, the vocabulary's text embeddings and the sample's
-    image embeddings (computed once per model and data version, on the model thread)."""
-    found = caches.evidence.get(ctx.slug)
-    if found is not None:
-        return found
+    image embeddings: computed once per model and data version (concurrent first searches share
+    one computation; a failed one is retried by the next search)."""
+    task = caches.evidence.get(ctx.slug)
+    if task is None:
+        task = asyncio.ensure_future(_compute_evidence(sessions, runner, ctx))
+        caches.evidence[ctx.slug] = task
+    try:
+        return await asyncio.shield(task)
+    except Exception:
+        if caches.evidence.get(ctx.slug) is task:
+            del caches.evidence[ctx.slug]
+        raise
 
+
+async def _compute_evidence(
+    sessions: Callable[[], Any], runner: LiveRunner, ctx: ModelContext
+) -> _ModelEvidence:
     def load() -> _ModelEvidence:
         with sessions() as session:
             return _ModelEvidence(store.search_evidence(session, ctx.id))
@@ -267,7 +279,6 @@ async def _model_evidence(
         if good:
             emb = await runner.submit(_embed_images, [thumbs[i] for i in good])
             found.image_emb.update(zip(good, emb, strict=True))
-    caches.evidence[ctx.slug] = found
     return found
 
 

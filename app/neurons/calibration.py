@@ -3,11 +3,12 @@
 The null is a fixed list of ordinary words nobody searched for (:func:`null_words`: BPE whole
 words of frequency ranks 10,000–30,000, every ``k``-th, the demo's concept words removed).
 
-* **Zero-shot neuron search**: a unit's raw score for a text (direction · text embedding × the
-  unit's std) is standardised against the same score for the null words: ``z = (score − mean
-  null) / std null``. Units are ranked by ``z`` (a unit whose direction is long scores high for
-  every text; ``z`` asks whether it scores high for *this* text). The query's **confidence** is
-  the share of null words whose own best ``z`` is below the query's best ``z``.
+* **Zero-shot neuron search**: a unit's direction score for a text (direction · text embedding ×
+  the unit's std) is standardised against the same score for the null words: ``z = (score − mean
+  null) / std null`` (shown with every unit; a unit whose direction is long scores high for every
+  text, ``z`` asks whether it scores high for *this* text). The query's **confidence** is the
+  share of null words whose own best direction score is below the query's best score. Units are
+  ranked by evidence (:mod:`app.neurons.concept_search`), else by the direction score.
 * **Recipes**: the fit of the query is compared with the fits of the null words; a fit no
   better than the null's 95th percentile is refused.
 * **Out of vocabulary**: a query word the tokenizer splits into several pieces ("xqzvbl") is not
