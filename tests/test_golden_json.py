@@ -45,9 +45,8 @@ REQUESTS: dict[str, str] = {
     "neuron": f"{N}/1.json",
     "neuron_other": f"/models/demo/layers/{OTHER}/neurons/7.json",
     "featurevis": f"{N}/1/featurevis.json",
-    # the last block's atlas (t-SNE of 512 directions) takes ~25 s on a busy 2-core host; the
-    # directions are read by the neuron page's related section, the atlas code by this one
-    "atlas": f"/models/demo/layers/{OTHER}/atlas.json",
+    "atlas": f"/models/demo/layers/{OTHER}/atlas.json",  # activation profiles (256 units)
+    "atlas_last": f"/models/demo/layers/{LAST}/atlas.json",  # directions: t-SNE of 512 units, ~1 s
     "multimodal": "/models/demo/multimodal.json?n=5",
     "multimodal_other": f"/models/demo/multimodal.json?layer={OTHER}&n=3",
     "lists": f"/lists.json?units=demo/{LAST}/1,demo/{OTHER}/2,demo/{LAST}/99999,nope/x/1&title=Mine",

@@ -26,6 +26,7 @@ from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
 from app.web.routing import page
+from app.web.state import app_cache
 from app.web.urls import Urls
 
 router = APIRouter()
@@ -33,8 +34,6 @@ router = APIRouter()
 THUMBS_UP_TO = 1024  # units; bigger layers are drawn as dots
 CELL_PX = 48  # sprite pixels per atlas cell
 SIDE = 1000  # SVG coordinate box
-_locks: dict[tuple[str, str], threading.Lock] = {}
-_locks_guard = threading.Lock()
 
 
 def _layout(
@@ -44,9 +43,8 @@ def _layout(
     key = (slug, layer.name)
     if key in cache:
         return cache[key]
-    with _locks_guard:
-        lock = _locks.setdefault(key, threading.Lock())
-    with lock:
+    locks: dict[tuple[str, str], threading.Lock] = app_cache(request, "atlas_layout_locks", dict)
+    with locks.setdefault(key, threading.Lock()):  # one computation per layer (setdefault is atomic)
         if key in cache:
             return cache[key]
         found = layout_features(session, layer)
