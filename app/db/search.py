@@ -29,6 +29,7 @@ from app.db.schema import (
     Model,
     Neuron,
 )
+from app.db.units import UnitSummary, unit_summaries
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -127,6 +128,24 @@ def suggestions(session: Session, layer_ids: list[int], limit: int = 12) -> list
         .limit(limit)
     ).all()
     return [r[0] for r in rows if r[0] and len(r[0]) <= 40]
+
+
+def vocabulary(session: Session, slug: str) -> list[str]:
+    """The label vocabulary of model ``slug``'s concept profiles (empty if none)."""
+    from app.db.meaning import concepts_of
+
+    model = session.scalar(select(Model).where(Model.slug == slug))
+    return concepts_of(session, model) if model else []
+
+
+def layer_summaries(session: Session, slug: str, layer_name: str, units: list[int]) -> dict[int, UnitSummary]:
+    """``unit -> UnitSummary`` (label, thumbnail) of ``units`` of model ``slug``'s layer ``layer_name``."""
+    layer = session.scalar(
+        select(Layer)
+        .join(Model, Model.id == Layer.model_id)
+        .where(Model.slug == slug, Layer.name == layer_name)
+    )
+    return unit_summaries(session, layer, units) if layer else {}
 
 
 def first_model_slug(session: Session) -> str | None:

@@ -10,8 +10,8 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.meaning import concepts_of
 from app.db.schema import Analysis, Blob, Image, Layer, Model, Neuron
+from app.db.search import vocabulary  # noqa: F401 - the lab's default classes, re-exported
 from app.db.units import UnitSummary, unit_summaries
 
 
@@ -45,12 +45,6 @@ def stored_upload(session: Session, analysis_id: str) -> Source | None:
     if row is None:
         return None
     return Source(bytes(row.data), {"kind": "upload", "id": row.id, "caption": "uploaded image"})
-
-
-def vocabulary(session: Session, slug: str) -> list[str]:
-    """The label vocabulary of model ``slug``'s concept profiles (empty if none)."""
-    model = session.scalar(select(Model).where(Model.slug == slug))
-    return concepts_of(session, model) if model else []
 
 
 @dataclass

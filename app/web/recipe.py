@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from app.db.meaning import concepts_of, unit_summaries
-from app.db.schema import Layer, Model
+from app.db import search as store
 from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
 from app.web.cache import versioned_cache
+from app.web.state import app_cache
 from app.web.urls import Urls
 
 N_NULL_RECIPES = 64
@@ -37,8 +36,7 @@ async def _vocabulary_centre(request: Request, runner: Any, slug: str) -> np.nda
 
         def vocabulary() -> list[str]:
             with request.app.state.sessions() as session:
-                model = session.scalar(select(Model).where(Model.slug == slug))
-                return concepts_of(session, model) if model else []
+                return store.vocabulary(session, slug)
 
         words = await run_in_threadpool(vocabulary)
         cache[slug] = (await runner.encode_texts(words)).mean(0) if len(words) >= 2 else None
@@ -50,12 +48,7 @@ def _present(
 ) -> dict[str, Any] | None:
     urls: Urls = request.app.state.urls
     with request.app.state.sessions() as session:
-        layer = session.scalar(
-            select(Layer)
-            .join(Model, Model.id == Layer.model_id)
-            .where(Model.slug == slug, Layer.name == layer_name)
-        )
-        summaries = unit_summaries(session, layer, [t.unit for t in recipe.terms]) if layer else {}
+        summaries = store.layer_summaries(session, slug, layer_name, [t.unit for t in recipe.terms])
     terms = []
     for t in recipe.terms:
         s = summaries.get(t.unit)
@@ -113,7 +106,7 @@ async def _null_fits(
     """Recipe fits of :data:`N_NULL_RECIPES` null words (cached per app and model)."""
     from app.neurons.calibration import null_words, recipe_null
 
-    cache: dict[str, dict[str, float]] = request.app.state.__dict__.setdefault("_recipe_nulls", {})
+    cache: dict[str, dict[str, float]] = app_cache(request, "_recipe_nulls", dict)
     if slug not in cache:
         words = null_words(N_NULL_RECIPES)
         emb = await runner.encode_texts(words)
