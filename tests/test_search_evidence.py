@@ -76,7 +76,6 @@ def expected_evidence(url: str, loaded: Any, query: str) -> dict[str, np.ndarray
     return {"picture_d": picture_d, "word_z": word_z, "score": score, "pictures": int(called.sum())}
 
 
-@pytest.mark.slow
 def test_zero_shot_search_ranks_by_evidence(http: httpx.Client, url: str, demo_loaded) -> None:
     """On an index with a concept profile, units are ranked by min(picture d′, word z), each value
     as recomputed here; the direction score, cosine and null z are still given for every unit."""
@@ -113,7 +112,6 @@ def test_nonsense_is_still_flagged_with_evidence(http: httpx.Client) -> None:
     assert 0.0 <= data["confidence"] <= 1.0
 
 
-@pytest.mark.slow
 def test_eval_search_prints_its_figures(url: str, demo_loaded) -> None:
     """``conceptscope eval-search`` on a small index: one rank per concept, the figures last."""
     from precompute import eval_search
