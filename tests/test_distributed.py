@@ -266,3 +266,70 @@ def test_two_gloo_ranks_label_like_one_process(tmp_path, demo_loaded):
         if "folder" in two.name:  # every image was embedded (zero-shot tags), by both ranks
             assert json.loads(progress)["embedded"] == counts["images"] > 48, progress
         assert_same_content(two, one)
+
+
+PG_RANK_SCRIPT = """
+import os, sys
+from app.models import ModelSpec
+from precompute.activations import run_activations
+from precompute.labels import LabelsOptions, compute_labels
+from precompute.summaries import compute_summaries
+from precompute.words import run_words
+from precompute import distributed
+spec, url, vocab = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+run_activations(ModelSpec.parse("demo"), spec, url, top_k=6, batch_size=12, sample_size=60, progress=False)
+ctx = distributed.context()
+if ctx.is_writer:  # summaries split no work: rank 0 only, as the CLI runs it
+    compute_summaries(url, "demo", log=False)
+distributed.barrier(ctx)
+run_words(url, vocab=vocab, top=3, batch=3, device="cpu", progress=False)
+compute_labels(url, options=LabelsOptions(top=4, k=2, progress=False), device="cpu")
+"""
+
+
+@pytest.mark.slow
+def test_sharded_two_rank_run_into_postgresql_equals_the_sqlite_index(tmp_path, demo_loaded, pg_url):
+    """Issue 17's check in small: demo:60 as webdataset shards, 2 gloo ranks into PostgreSQL, against
+    one process over demo:60 into SQLite; ``bench/compare_indexes.py`` finds them equal unit by unit."""
+    from bench.compare_indexes import main as compare
+    from precompute.activations import run_activations
+    from precompute.labels import LabelsOptions, compute_labels
+    from precompute.shard_writer import write_shards
+    from precompute.summaries import compute_summaries
+    from precompute.words import run_words
+
+    spec, n, _ = write_shards("demo:60", tmp_path / "shards", 16)
+    assert n == 60
+    script = _script(tmp_path, PG_RANK_SCRIPT)
+    done = subprocess.run([*torchrun(2), str(script), spec, pg_url, ",".join(VOCAB)], cwd=ROOT,
+                          env=subprocess_env(threads=1), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_activations(demo_loaded, "demo:60", url, top_k=6, batch_size=12, sample_size=60, progress=False)
+        compute_summaries(url, "demo", log=False)
+        run_words(url, loaded=demo_loaded, vocab=VOCAB, top=3, batch=3, progress=False)
+        options = LabelsOptions(top=4, k=2, progress=False)
+        compute_labels(url, options=options, device="cpu", loaded=demo_loaded)
+    finally:
+        torch.set_num_threads(threads)
+
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = compare([pg_url, url])
+    report = out.getvalue()
+    assert "labels: 0 compared" not in report and "evidence: 0 compared" not in report, report
+    assert report.strip().splitlines()[-1].startswith("indexes equal: yes"), report
+    assert code == 0
+
+
+def _script(folder, text: str):
+    path = folder / "script.py"
+    path.write_text(text)
+    return path
