@@ -16,7 +16,7 @@ p99 under load at full scale over the same page's p99 on the demo index). Goals:
 full-scale neuron page alone <= 20 ms (p50).
 
     .venv/bin/python bench/scale_index.py [--db data/scale.db | --db postgresql://...] \\
-        [--demo-db data/demo.db] [--rebuild] [--images 200000] [--units 2560]
+        [--demo-db data/demo.db] [--rebuild] [--images 200000] [--units 2560] [--wrk]
 
 ``--db`` takes a file path or any SQLAlchemy URL (e.g. PostgreSQL); an existing complete index is
 reused unless ``--rebuild``. The live model of the scale index is RN50x4 with random weights
@@ -37,7 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pages_load import concurrent, ensure_db, ms, sequential, served  # noqa: E402
+from pages_load import concurrent, ensure_db, ms, run_wrk, sequential, served  # noqa: E402
 
 SLUG = "rn50x4-random"
 LAYERS = ("layer4.4", "layer4.5")
@@ -252,6 +252,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--query", default="red")
     parser.add_argument("--no-live", action="store_true", help="serve without live models (no search page)")
+    parser.add_argument("--wrk", action="store_true",
+                        help="cross-check the neuron page on both indexes with wrk (-t2, --clients)")
     parser.add_argument("--live-timeout", type=float, default=600.0,
                         help="the servers' live-request limit in s (CONCEPTSCOPE_LIVE_TIMEOUT_S): the first "
                              "search calibrates against 256 null words, longer than the default 30 s on a "
@@ -301,11 +303,17 @@ def main() -> int:
         distinct = [f"/models/{SLUG}/layers/{LAYERS[i % 2]}/neurons/{(11 + 53 * i) % args.units}"
                     for i in range(50)]
         misses = asyncio.run(sequential(scale_port, distinct, 0))
+        wrk = {}
+        if args.wrk:  # an independent load generator on the same page of both indexes
+            for label, port, pages in (("demo", demo_port, demo_pages), ("scale", scale_port, scale_pages)):
+                wrk[label] = run_wrk(port, pages["neuron"], args.clients, max(args.seconds, 10))
     print(f"\n{'page':<12} {'index':<6} {'alone p50':>10} {'alone p99':>10} {'req/s':>8} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'errors':>7}")  # fmt: skip
     for (label, name), r in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         print(f"{name:<12} {label:<6} {ms(r['alone'], 50):10.2f} {ms(r['alone'], 99):10.2f} {r['rps']:8.0f} "
               f"{ms(r['times'], 50):8.2f} {ms(r['times'], 99):8.2f} {r['errors']:7d}")  # fmt: skip
+    for label, line in wrk.items():
+        print(f"wrk -t2 -c{args.clients} neuron page on {label}: {line or 'wrk not installed'}")
     for label, seconds in first_search.items():
         print(f"first search on {label} (model loaded; null calibration, then the query): {seconds:.1f} s")
     print(f"scale neuron page, a different unit each time (cache misses): p50 {ms(misses, 50):.2f} ms, "

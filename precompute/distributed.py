@@ -181,13 +181,19 @@ def share_map(fn: Callable[[Any, Any], R], items: Sequence[Any], shared: Any, ct
     each, as :func:`my_share`), in item order on rank 0.
 
     Only rank 0 calls it; the other ranks wait in :func:`serve_maps`. ``fn`` must be a module-level
-    function (it is pickled by name) and ``shared``/``items`` picklable. Each item's result is what
-    ``fn`` computes alone, so the merged list equals the single-process one.
+    function (it is pickled by name) and ``shared``/``items`` picklable; ``shared`` goes to every
+    rank, each item only to the rank that computes it. Each item's result is what ``fn`` computes
+    alone, so the merged list equals the single-process one.
     """
     if not ctx.distributed:
         return [fn(shared, item) for item in items]
-    broadcast((fn, shared, list(items)), ctx)
-    parts = gather([fn(shared, item) for item in my_share(list(items), ctx)], ctx)
+    import torch.distributed as dist
+
+    items = list(items)
+    broadcast((fn, shared), ctx)
+    box: list[Any] = [None]
+    dist.scatter_object_list(box, [items[r :: ctx.world] for r in range(ctx.world)], src=0)
+    parts = gather([fn(shared, item) for item in box[0]], ctx)
     assert parts is not None
     return [parts[i % ctx.world][i // ctx.world] for i in range(len(items))]
 
@@ -195,13 +201,17 @@ def share_map(fn: Callable[[Any, Any], R], items: Sequence[Any], shared: Any, ct
 def serve_maps(ctx: Context) -> int:
     """On a rank other than 0: compute this rank's share of every :func:`share_map` until rank 0
     calls :func:`stop_maps`. Returns the number of maps served."""
+    import torch.distributed as dist
+
     served = 0
     while True:
         task = broadcast(None, ctx)
         if task is None:
             return served
-        fn, shared, items = task
-        gather([fn(shared, item) for item in my_share(items, ctx)], ctx)
+        fn, shared = task
+        box: list[Any] = [None]
+        dist.scatter_object_list(box, None, src=0)
+        gather([fn(shared, item) for item in box[0]], ctx)
         served += 1
 
 

@@ -82,23 +82,13 @@ def embed_batches(
 # --- rendered words ------------------------------------------------------------------------------
 
 
-def _word_batch(shared: tuple[ModelSpec, list[str], list[str], int], batch: int) -> dict[str, np.ndarray]:
-    """Spatial-max responses ``layer -> (images, units)`` to the ``batch``-th batch of renderings."""
-    from precompute.labels import word_renderer
-
-    spec, layer_names, words, per_word = shared
+def _word_batch(shared: tuple[ModelSpec, list[str]], images: list[PILImage.Image]) -> dict[str, np.ndarray]:
+    """Spatial-max responses ``layer -> (images, units)`` to one batch of renderings (one pass)."""
+    spec, layer_names = shared
     loaded = _model(spec)
-    render = word_renderer(spec)
-    first, last = batch * WORD_BATCH, (batch + 1) * WORD_BATCH  # flat rendering indices
-    images: list[PILImage.Image] = []
-    for w in range(first // per_word, min(len(words), -(-last // per_word))):
-        ims = list(render(words[w]))
-        if len(ims) != per_word:
-            raise ValueError("every word needs the same, non-zero number of renderings")
-        images += [im for r, im in enumerate(ims) if first <= w * per_word + r < last]
     infos = [loaded.layer(name) for name in layer_names]
     out = mm.word_rendering_responses(loaded, infos, list(range(len(images))), lambda i: [images[i]],
-                                      batch=WORD_BATCH)  # fmt: skip  (one pass: exactly this batch)
+                                      batch=WORD_BATCH)  # fmt: skip
     return {name: v[:, 0, :] for name, v in out.items()}
 
 
@@ -109,18 +99,22 @@ def word_rendering_responses(
     render: Callable[[str], Sequence[PILImage.Image]],
     ctx: Context,
 ) -> dict[str, np.ndarray]:
-    """:func:`app.neurons.multimodality.word_rendering_responses` with the batches spread over the
-    ranks (``render`` must be :func:`precompute.labels.word_renderer` of the model, which every rank
-    rebuilds). One process: the function itself."""
+    """:func:`app.neurons.multimodality.word_rendering_responses` with its batches spread over the
+    ranks: rank 0 renders every word (as one process does), each rank gets its batches. One
+    process: the function itself."""
     if not ctx.distributed or not words or not layers:
         return mm.word_rendering_responses(loaded, layers, words, render)
     use_model(loaded)
-    per_word = len(list(render(words[0])))
-    if per_word == 0:
-        raise ValueError("every word needs the same, non-zero number of renderings")
-    n_batches = -(-len(words) * per_word // WORD_BATCH)
-    shared = (loaded.spec, [layer.name for layer in layers], list(words), per_word)
-    parts = distributed.share_map(_word_batch, list(range(n_batches)), shared, ctx)
+    images: list[PILImage.Image] = []
+    per_word = None
+    for word in words:
+        ims = list(render(word))
+        per_word = len(ims) if per_word is None else per_word
+        if len(ims) != per_word or not ims:
+            raise ValueError("every word needs the same, non-zero number of renderings")
+        images += ims
+    batches = [images[start : start + WORD_BATCH] for start in range(0, len(images), WORD_BATCH)]
+    parts = distributed.share_map(_word_batch, batches, (loaded.spec, [layer.name for layer in layers]), ctx)
     return {layer.name: np.concatenate([p[layer.name] for p in parts]).reshape(len(words), per_word, -1)
             for layer in layers}  # fmt: skip
 

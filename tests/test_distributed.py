@@ -333,3 +333,30 @@ def _script(folder, text: str):
     path = folder / "script.py"
     path.write_text(text)
     return path
+
+
+SHARE_MAP_SCRIPT = """
+from precompute import distributed as d
+def square(shared, x):
+    return shared, x * x, d.env_context().rank
+ctx = d.context()
+if ctx.is_writer:
+    out = d.share_map(square, list(range(7)), "s", ctx)
+    assert [o[1] for o in out] == [i * i for i in range(7)], out  # item order
+    assert [o[2] for o in out] == [i % 2 for i in range(7)], out  # every rank computed its share
+    assert {o[0] for o in out} == {"s"} and d.share_map(square, [], "s", ctx) == []
+    d.stop_maps(ctx)
+    print("rank 0 ok")
+else:
+    print("rank 1 served", d.serve_maps(ctx))
+"""
+
+
+@pytest.mark.slow
+def test_share_map_deals_items_to_every_rank_and_keeps_their_order(tmp_path):
+    """The mechanism of the distributed labels stage: rank 0 maps, rank 1 serves until stopped."""
+    script = _script(tmp_path, SHARE_MAP_SCRIPT)
+    done = subprocess.run([*torchrun(2), str(script)], cwd=ROOT, env=subprocess_env(threads=1),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "rank 0 ok" in done.stdout and "rank 1 served 2" in done.stdout, done.stdout
