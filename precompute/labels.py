@@ -57,7 +57,7 @@ from precompute import labels_distributed
 from precompute.runs import checkpoint_run, finish_run, start_run
 
 STAGE = "labels"
-METHOD = "tag-auc+held-out-evidence+dprime-multimodality"
+METHOD = "tag-dprime-in-comparison-pools+held-out-evidence+dprime-multimodality"
 """Changes the stage's parameters hash when the labelling method changes (issue 16)."""
 EMBED_BATCH = 64
 CHECKPOINT_EVERY = 20  # batches between embedding checkpoints
@@ -356,7 +356,7 @@ def label_model(
                 correlation=_finite(correlation[unit]) if unit < len(correlation) else None,
             ))  # fmt: skip
         n_labelled += _tag_labels(session, neurons, values, sample.image_ids, image_tags, candidates,
-                                  tag_source, options.k)  # fmt: skip
+                                  tag_source, options.k, concept_kinds(concepts, groups))  # fmt: skip
         session.merge(ConceptProfile(
             layer_id=layer.id, source=tag_source, concepts=list(concepts), image_counts=counts,
             image_means=to_bytes(means, "float32"), word_values=to_bytes(words.mean(1), "float32"),
@@ -389,6 +389,11 @@ def concept_groups(spec: ModelSpec, concepts: Sequence[str]) -> list[list[int]] 
     return [g for g in [*groups, rest] if g]
 
 
+def concept_kinds(concepts: Sequence[str], groups: list[list[int]] | None) -> list[list[str]] | None:
+    """:func:`concept_groups` as lists of concept names (``None``: one kind)."""
+    return [[concepts[i] for i in g] for g in groups] if groups else None
+
+
 def label_candidates(concepts: Sequence[str], tag_source: str) -> list[str]:
     """Concept tags a unit can be labelled with: pictures of each concept, and with ground truth
     its written word too (``"red (text)"``)."""
@@ -406,14 +411,17 @@ def _tag_labels(
     candidates: list[str],
     tag_source: str,
     k: int,
+    kinds: Sequence[Sequence[str]] | None = None,
 ) -> int:
-    """Automatic labels chosen on one half of the sample (best d′ within the concept's modality:
-    pictures against other pictures, written words against other text), evidence on the other half
-    for them and for every imported or manual label that names a candidate concept."""
+    """Automatic labels chosen on one half of the sample (best d′ in the candidate's comparison
+    pool, :func:`app.neurons.labels.comparison_pools`: plain pictures against other plain pictures,
+    written words against other written words, of the same kind), evidence on the other half, in
+    the same pool, for them and for every imported or manual label that names a candidate."""
     held = labelling.held_out(list(image_ids))
-    positives = labelling.tag_positives(image_tags, candidates)
     fit_tags = [t for t, h in zip(image_tags, held, strict=True) if not h]
-    fit_auc = labelling.modality_dprimes(values[~held], fit_tags, candidates)
+    held_tags = [t for t, h in zip(image_tags, held, strict=True) if h]
+    held_pools = labelling.comparison_pools(held_tags, candidates, kinds)  # who is compared with whom
+    fit_auc = labelling.modality_dprimes(values[~held], fit_tags, candidates, kinds)
     ids = [n.id for n in neurons.values()]
     session.execute(delete(Label).where(Label.source == labelling.AUTO_SOURCE, Label.neuron_id.in_(ids)))
     session.execute(delete(LabelEvidence).where(LabelEvidence.neuron_id.in_(ids)))
@@ -424,7 +432,7 @@ def _tag_labels(
     # each unit's labels and evidence (:func:`_unit_tag_labels`), spread over torchrun ranks
     units = [(unit, sorted(existing.get(neuron.id, set()))) for unit, neuron in neurons.items()
              if unit < values.shape[1]]  # fmt: skip
-    shared = (fit_auc, values[held], positives[:, held], candidates, k)
+    shared = (fit_auc, values[held], held_pools, candidates, k)
     results = labels_distributed.map_units(_unit_tag_labels, units, shared, labels_distributed.context())
     for (unit, _), (chosen, evidences) in zip(units, results, strict=True):
         neuron = neurons[unit]
@@ -447,7 +455,8 @@ def _unit_tag_labels(
     """One unit's automatic labels ``(concept, score)`` (best ``k`` fit-half d′) and the held-out
     evidence of each of them and of the unit's other labels that name a candidate concept.
     ``shared``: fit-half d′ ``(candidates, units)``, held-out values ``(images, units)`` and
-    positives ``(candidates, images)``, the candidates, ``k``; ``item``: the unit, its other labels."""
+    comparison pools ``(candidates, images)`` (:func:`app.neurons.labels.comparison_pools`), the
+    candidates, ``k``; ``item``: the unit, its other labels."""
     fit_auc, held_values, held_positives, candidates, k = shared
     unit, others = item
     column = np.nan_to_num(fit_auc[:, unit], nan=-np.inf)
@@ -457,7 +466,7 @@ def _unit_tag_labels(
     for text in sorted({candidates[j] for j in order} | set(others)):
         j = index.get(text.lower())
         if j is not None:
-            evidences.append((text, labelling.evidence(held_values[:, unit], held_positives[j])))
+            evidences.append((text, labelling.pooled_evidence(held_values[:, unit], held_positives[j])))
     return [(candidates[j], round(float(column[j]), 4)) for j in order], evidences
 
 

@@ -101,9 +101,28 @@ def test_dead_units_get_no_multimodality() -> None:
 
 def test_evidence_matches_scipy_and_is_held_out(demo2000) -> None:
     """Evidence recomputed independently from the index: AUC = U / (n₊ n₋) on the held-out half of
-    the activation sample, precision of the top 20, n; and the auto labels were chosen on the
-    other half."""
+    the activation sample, within the label's comparison pool (a picture tag among plain pictures
+    showing a concept of its kind, a written word among text-only images reading a word of its
+    kind: demo ground truth in ``images.meta``), precision of the top 20, n; and the auto labels
+    were chosen on the other half."""
     from scipy.stats import mannwhitneyu
+
+    from app.db.schema import Image
+    from precompute import demo_world as world
+
+    def pool_of(label: str, meta: dict) -> bool | None:
+        """True: an image of the label; False: an image it is compared with; None: neither."""
+        written = label.endswith(mm.TEXT_SUFFIX)
+        concept = label[: -len(mm.TEXT_SUFFIX)] if written else label
+        kind = world.COLOURS if concept in world.COLOURS else world.SHAPES
+        if written:
+            if meta["modality"] != "text":
+                return None
+            words = [w for w in str(meta.get("word") or "").lower().split() if w in kind]
+            return (concept in words) if words else None
+        if meta["modality"] != "object":
+            return None
+        return meta["colour" if kind is world.COLOURS else "shape"] == concept
 
     with session_factory(make_engine(demo2000, create=False))() as s:
         layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
@@ -111,7 +130,8 @@ def test_evidence_matches_scipy_and_is_held_out(demo2000) -> None:
         values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units)).astype(np.float32)
         from app.db.meaning import concept_profile
 
-        tags = concept_profile(s, layer).image_tags
+        assert concept_profile(s, layer).source == "ground-truth"
+        metas = dict(s.execute(select(Image.id, Image.meta)).all())
         held = labelling.held_out([int(i) for i in sample.image_ids])
         assert 0.4 < held.mean() < 0.6
         rows = s.execute(
@@ -122,14 +142,16 @@ def test_evidence_matches_scipy_and_is_held_out(demo2000) -> None:
         ).all()
         assert rows
         for unit, ev in rows:
-            pos = np.array([ev.label in tags.get(int(i), []) for i in sample.image_ids])[held]
-            v = values[held, unit]
+            side = [pool_of(ev.label, metas[int(i)]) for i in np.asarray(sample.image_ids)[held]]
+            keep = np.array([x is not None for x in side])
+            pos = np.array([bool(x) for x in side])[keep]
+            v = values[held, unit][keep]
             u = mannwhitneyu(v[pos], v[~pos], alternative="greater")
             assert ev.auc == pytest.approx(u.statistic / (pos.sum() * (~pos).sum()), abs=1e-3)
             assert ev.p_value == pytest.approx(u.pvalue, rel=1e-3, abs=1e-300)
             top = np.argsort(-v, kind="stable")[:20]
             assert ev.precision == pytest.approx(pos[top].mean(), abs=0.051)  # float16 ties
-            assert ev.n_images == int(held.sum()) and ev.n_positive == int(pos.sum())
+            assert ev.n_images == int(keep.sum()) and ev.n_positive == int(pos.sum())
         assert s.scalar(select(Label).where(Label.source == "auto").limit(1)) is not None
 
 

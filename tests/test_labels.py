@@ -70,6 +70,39 @@ def test_scores_compare_what_sets_the_top_examples_apart() -> None:
     assert np.all(np.abs(scores) <= 1 + 1e-6)
 
 
+def test_comparison_pools_keep_pictures_and_written_words_apart() -> None:
+    """A red circle with the word "blue" on it is neither a picture of red nor the word blue; the
+    word "red" is compared with other colour words, not with shape words; a unit that fires on
+    pictures of red, also when the word "blue" is written on them, is labelled "red" and not
+    "blue (text)"."""
+    kinds = [["red", "blue"], ["circle", "square"]]
+    candidates = ["red", "blue", "circle", "square", "red (text)", "blue (text)", "circle (text)",
+                  "square (text)"]  # fmt: skip
+    tags = [["red", "circle"], ["blue", "square"], ["red", "circle", "blue (text)"],  # labelled object
+            ["red (text)"], ["blue (text)"], ["circle (text)"], ["red (text)", "square (text)"],
+            ["red (drawing)"], []]  # fmt: skip
+    pools = labelling.comparison_pools(tags, candidates, kinds, min_images=1)
+    p, n, o = labelling.POSITIVE, labelling.NEGATIVE, labelling.OUTSIDE
+    assert pools[candidates.index("red")].tolist() == [p, n, o, o, o, o, o, o, o]
+    assert pools[candidates.index("blue (text)")].tolist() == [o, o, o, n, p, o, n, o, o]
+    assert pools[candidates.index("circle (text)")].tolist() == [o, o, o, o, o, p, n, o, o]
+    # without kinds (or too few images of the kind) every written word is compared with every
+    # other text-only image
+    for k in (None, kinds):
+        row = labelling.comparison_pools(tags, candidates, k)[candidates.index("circle (text)")]
+        assert row.tolist() == [o, o, o, n, n, p, n, o, o]
+
+    rng = np.random.default_rng(1)
+    many = [["red", "circle"], ["blue", "square"], ["red", "square", "blue (text)"], ["blue (text)"],
+            ["red (text)"]] * 12  # fmt: skip
+    values = np.array([[5.0 if "red" in t else 0.0] for t in many]) + rng.normal(0, 0.3, (len(many), 1))
+    d = labelling.modality_dprimes(values, many, candidates, kinds)
+    assert np.nanargmax(d[:, 0]) == candidates.index("red")
+    assert d[candidates.index("blue (text)"), 0] < 1  # the red pictures under the word do not count
+    ev = labelling.pooled_evidence(values[:, 0], labelling.comparison_pools(many, candidates, kinds)[0])
+    assert ev.auc == 1.0 and ev.n_images == 24 and ev.n_positive == 12  # plain pictures only
+
+
 # ----------------------------------------------------------------------------- the stage
 
 

@@ -30,6 +30,7 @@ class EvidenceRow:
     n_positive: int
     tag_source: str | None
     histogram: dict[str, Any]
+    compared_with: str | None = None
 
     @property
     def backed(self) -> bool:
@@ -43,6 +44,7 @@ class EvidenceRow:
             "n_images": self.n_images,
             "n_positive": self.n_positive,
             "tag_source": self.tag_source,
+            "compared_with": self.compared_with,
             "backed": self.backed,
             "weak": not self.backed,
         }
@@ -57,9 +59,23 @@ def evidence_for(session: Session, neuron_ids: Iterable[int]) -> dict[tuple[int,
         for row in session.scalars(select(LabelEvidence).where(LabelEvidence.neuron_id.in_(chunk))):
             out[(row.neuron_id, row.label.lower())] = EvidenceRow(
                 row.auc, row.p_value, row.precision, row.n_images, row.n_positive, row.tag_source,
-                dict(row.histogram or {}),
+                dict(row.histogram or {}), compared_with(row.label, row.tag_source),
             )  # fmt: skip
     return out
+
+
+def compared_with(label: str, tag_source: str | None) -> str | None:
+    """The images a label's evidence compares its concept's images with (see
+    :func:`app.neurons.labels.comparison_pools`); ``None`` for evidence without concept tags."""
+    from app.neurons.multimodality import is_text_tag
+
+    if tag_source is None:
+        return None
+    if is_text_tag(label):
+        return "images of other written words (same kind where known), with no pictured object"
+    if tag_source == "ground-truth":
+        return "plain pictures of other concepts (same kind where known), with no written word"
+    return "other images with a confident zero-shot pseudo-label, with no written word"
 
 
 def is_backed(auc: float | None) -> bool:

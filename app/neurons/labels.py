@@ -190,22 +190,91 @@ def tag_positives(tags: Sequence[Sequence[str]], concepts: Sequence[str]) -> np.
     return out
 
 
-def modality_dprimes(
-    values: np.ndarray, tags: Sequence[Sequence[str]], candidates: Sequence[str]
-) -> np.ndarray:
-    """``(candidates, units)`` d′ of each candidate tag within its modality: a picture tag
-    (``"red"``) against the other pictures, a text tag (``"red (text)"``) against the other
-    images with written words. NaN where a side has fewer than 3 images."""
-    from app.neurons.multimodality import dprime, is_text_tag
+OUTSIDE, NEGATIVE, POSITIVE = -1, 0, 1
 
-    has_text = np.array([any(is_text_tag(t) for t in ts) for ts in tags], bool)
-    has_any = np.array([bool(ts) for ts in tags], bool)
+
+def comparison_pools(
+    tags: Sequence[Sequence[str]],
+    candidates: Sequence[str],
+    kinds: Sequence[Sequence[str]] | None = None,
+    min_images: int = 3,
+) -> np.ndarray:
+    """``(candidates, images)`` int8: :data:`POSITIVE` for an image of the candidate,
+    :data:`NEGATIVE` for an image it is compared with, :data:`OUTSIDE` for the others.
+
+    A picture tag (``"red"``) is compared among plain pictures (images with a picture tag and no
+    written word), a text tag (``"red (text)"``) among images of written words only (no pictured
+    object), so neither is confounded by the other (a red circle with the word "blue" on it is
+    neither a picture of red nor the word blue). With ``kinds`` (lists of concepts of one kind,
+    e.g. colours and shapes), the negatives are images of another concept of the same kind: the
+    word "red" against other colour words, not against the word "circle" (when the sample has
+    ``min_images`` on each side; else against every image of the modality)."""
+    from app.neurons.multimodality import TEXT_SUFFIX, is_text_tag
+
+    def concept(tag: str) -> str:
+        return tag[: -len(TEXT_SUFFIX)] if is_text_tag(tag) else tag
+
+    kind_of = {c.lower(): k for k, group in enumerate(kinds or []) for c in group}
+    known = {c.lower() for c in candidates}
+    n = len(tags)
+    picture = np.zeros(n, bool)
+    text = np.zeros(n, bool)
+    # image -> kinds it shows (pictures) / reads (text)
+    shows: list[set[int | None]] = [set() for _ in range(n)]
+    reads: list[set[int | None]] = [set() for _ in range(n)]
+    for row, image_tags in enumerate(tags):
+        for t in image_tags:
+            if t.lower() not in known:
+                continue
+            kind = kind_of.get(concept(t).lower())
+            if is_text_tag(t):
+                text[row] = True
+                reads[row].add(kind)
+            else:
+                picture[row] = True
+                shows[row].add(kind)
+    plain_picture, plain_text = picture & ~text, text & ~picture
     positives = tag_positives(tags, candidates)
-    out = np.full((len(candidates), values.shape[1]), np.nan, np.float32)
+    out = np.full((len(candidates), n), OUTSIDE, np.int8)
     for j, c in enumerate(candidates):
-        pool = has_text if is_text_tag(c) else (has_any & ~has_text)
-        pos = positives[j] & pool
-        neg = pool & ~positives[j]
+        written = is_text_tag(c)
+        pool = plain_text if written else plain_picture
+        kind = kind_of.get(concept(c).lower())
+        if kind is not None:
+            of_kind = pool & np.array([kind in (reads[i] if written else shows[i]) for i in range(n)], bool)
+            if min((of_kind & positives[j]).sum(), (of_kind & ~positives[j]).sum()) >= min_images:
+                pool = of_kind  # else (a small sample) against every image of the modality
+        out[j, pool] = NEGATIVE
+        out[j, pool & positives[j]] = POSITIVE
+    return out
+
+
+def modality_dprimes(
+    values: np.ndarray,
+    tags: Sequence[Sequence[str]],
+    candidates: Sequence[str],
+    kinds: Sequence[Sequence[str]] | None = None,
+) -> np.ndarray:
+    """``(candidates, units)`` d′ of each candidate tag against the images it is compared with
+    (:func:`comparison_pools`: pictures against other plain pictures, written words against other
+    written words, of the same kind when ``kinds`` are given). NaN where a side has fewer than 3
+    images."""
+    from app.neurons.multimodality import dprime
+
+    pools = comparison_pools(tags, candidates, kinds)
+    out = np.full((len(candidates), values.shape[1]), np.nan, np.float32)
+    for j in range(len(candidates)):
+        pos, neg = pools[j] == POSITIVE, pools[j] == NEGATIVE
         if pos.sum() >= 3 and neg.sum() >= 3:
             out[j] = dprime(values[pos], values[neg])
     return out
+
+
+def pooled_evidence(values: np.ndarray, pool: np.ndarray, top: int = TOP_PRECISION) -> Evidence:
+    """:func:`evidence` of one unit (``values`` on the held-out images) for one candidate within its
+    comparison pool (a row of :func:`comparison_pools`; a boolean row counts every image)."""
+    pool = np.asarray(pool)
+    if pool.dtype == bool:
+        return evidence(values, pool, top)
+    keep = pool != OUTSIDE
+    return evidence(np.asarray(values)[keep], pool[keep] == POSITIVE, top)
