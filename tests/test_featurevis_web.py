@@ -279,3 +279,63 @@ async def test_page_shows_only_distinct_diversity_images_and_says_how_many(db_co
     assert "not measured" in old and "distinct image" not in old
     app.state.engine.dispose()
     app.state.write_engine.dispose()
+
+
+def test_a_render_yields_to_an_analysis(db_copy, demo_loaded, monkeypatch) -> None:
+    """Issue 14 §5: while an on-demand render (started by a CSRF POST, far more steps than it can
+    finish) runs on the single model thread, a POSTed analysis is answered within a few seconds,
+    from inside the render (which is still running afterwards)."""
+    from app.live import jobs
+    from tests.csrf_support import csrf_client
+    from tests.live_support import encode, gradient_rgb, live_server
+
+    steps: list[int] = []
+    running, stop = threading.Event(), threading.Event()
+    real_render = fv.render
+
+    def watched_render(*args, progress, **kwargs):
+        def step(n: int) -> None:
+            steps.append(n)
+            if n >= 2:
+                running.set()
+            if stop.is_set():
+                raise jobs.RenderCancelled("the test is over")
+            progress(n)
+
+        return real_render(*args, progress=step, **kwargs)
+
+    def many_steps(runner):
+        settings, described = real_settings(runner)
+        return settings.with_(steps=100_000), {**described, "steps": 100_000}
+
+    real_settings = jobs.render_settings
+    monkeypatch.setattr(jobs.fv, "render", watched_render)
+    monkeypatch.setattr(jobs, "render_settings", many_steps)
+    slug, layer, unit = first_neuron(db_copy)
+    page_url = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    png = encode(gradient_rgb((96, 96)), "PNG")
+    with live_server(db_copy, demo_loaded, slug, featurevis_timeout_s=120.0) as (base, runner, _app):
+        with csrf_client(base, timeout=60) as http:
+            quiet = time.monotonic()
+            assert http.post("/analyze.json", files={"image": ("g.png", png, "image/png")}).status_code == 200
+            quiet = time.monotonic() - quiet
+            started = http.post(f"{page_url}/featurevis", headers={"HX-Request": "true"})
+            assert started.status_code == 200 and "Rendering on the live model" in started.text
+            assert running.wait(60), "the render did not start"
+            before = len(steps)
+            sent = time.monotonic()
+            answer = http.post("/analyze.json", files={"image": ("g.png", png, "image/png")})
+            waited = time.monotonic() - sent
+            after = len(steps)
+            status = http.get(f"{page_url}/featurevis.json").json()["status"]
+            stop.set()
+            print(f"analysis alone {quiet:.2f} s; during a render {waited:.2f} s "
+                  f"(render steps {before} -> {after}; {runner.yielded} live jobs served from inside it)")
+            assert answer.status_code == 200 and answer.json()["layers"][0]["neurons"]
+            assert waited < 5.0
+            assert status == "rendering" and after < 100_000  # the render was still running
+            assert runner.yielded >= 1  # answered between two of the render's steps
+            for _ in range(100):  # the render stops at its next step
+                if http.get(f"{page_url}/featurevis.json").json()["status"] != "rendering":
+                    break
+                time.sleep(0.1)

@@ -4,8 +4,10 @@
 one worker per neuron, a bounded total, a per-client limit), then renders the positive and
 negative image in one batch on the runner's model thread. The render checks a deadline at every
 optimisation step and stops there (:class:`RenderCancelled`) once its time is up, so a render
-past its timeout no longer holds the model thread. The result is stored only if the neuron still
-has no visualization (a precomputed image is never overwritten).
+past its timeout no longer holds the model thread; between steps it also yields to live requests
+(:meth:`app.live.runner.LiveRunner.serve_waiting`: queued analyses and text encodings run there),
+so a render delays ``/analyze`` by about one optimisation step. The result is stored only if the
+neuron still has no visualization (a precomputed image is never overwritten).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine
@@ -59,10 +62,17 @@ def describe(settings: dict[str, Any]) -> str:
     )
 
 
-def _render(loaded: Any, layer: str, unit: int, settings: fv.RenderSettings, deadline: float) -> fv.Result:
-    """Runs on the live model thread; stops at the first step after ``deadline``."""
+def _render(
+    loaded: Any, layer: str, unit: int, settings: fv.RenderSettings, deadline: float,
+    between_steps: Callable[[], object] | None = None,
+) -> fv.Result:
+    """Runs on the live model thread; stops at the first step after ``deadline``; calls
+    ``between_steps`` (the runner's :meth:`~app.live.runner.LiveRunner.serve_waiting`) after
+    every step, so queued live requests are answered while the render runs."""
 
     def check(_step: int) -> None:
+        if between_steps is not None:
+            between_steps()
         if time.monotonic() > deadline:
             raise RenderCancelled("the render ran past its time limit and was cancelled")
 
@@ -95,7 +105,9 @@ async def _run(
     deadline = time.monotonic() + timeout_s
     status, error = "done", None
     try:
-        result = await runner.submit(_render, layer, unit, settings, deadline, timeout=timeout_s + 5)
+        result = await runner.submit(
+            _render, layer, unit, settings, deadline, runner.serve_waiting, timeout=timeout_s + 5
+        )
         await asyncio.to_thread(_store, write_sessions, neuron_id, result)
     except RenderCancelled as exc:
         status, error = "cancelled", str(exc)

@@ -7,6 +7,12 @@ dedicated model thread, so the event loop never blocks on model work and the mod
 by two threads at once. A full queue raises :class:`Busy` (the web layer answers 503 with
 ``Retry-After``); a request that waits longer than its timeout raises :class:`LiveTimeout`.
 
+Long calls yield to live requests: a function run by :meth:`LiveRunner.submit` that works in
+steps (an on-demand feature visualization) calls :meth:`LiveRunner.serve_waiting` between its
+steps, which runs the image and text requests queued meanwhile right there on the model thread
+and hands their results back to the event loop; so a render holds ``/analyze`` up by at most one
+of its steps, not by its whole run.
+
 Usage::
 
     runner = LiveRunner.from_settings(settings)   # reads the model of the served DB
@@ -169,6 +175,9 @@ class LiveRunner:
         self._incoming = 0  # requests being read or decoded that will be queued soon
         self._batch_seconds = 0.05  # running estimate of one batch's duration (for Retry-After)
         self._logit_scale = 100.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = False
+        self.yielded = 0  # live jobs served from inside long calls (serve_waiting)
         self.error: str | None = None
 
     @classmethod
@@ -214,6 +223,7 @@ class LiveRunner:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-model")
         loop = asyncio.get_running_loop()
+        self._loop, self._stopping = loop, False
         try:
             await loop.run_in_executor(self._executor, self._load_and_warm)
         except Exception as exc:
@@ -230,6 +240,7 @@ class LiveRunner:
 
     async def stop(self) -> None:
         """Stop the batcher; queued requests fail with :class:`NotRunning`."""
+        self._stopping = True  # a long call stops yielding (the loop no longer hands out jobs)
         if self._batcher is not None:
             self._batcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -340,6 +351,82 @@ class LiveRunner:
         batches = math.ceil((self.queued + 1) / self.max_batch)
         return max(1, math.ceil(batches * self._batch_seconds))
 
+    # ------------------------------------------------------------------ yielding from long calls
+
+    def serve_waiting(self) -> int:
+        """Run the live (image, text) requests queued meanwhile, from inside a long call.
+
+        Call it from a function running on the model thread (via :meth:`submit`) between its
+        steps; anywhere else it does nothing. Queued calls stay queued (no nesting). Returns the
+        number of requests answered. Costs a dictionary look-up when nothing waits."""
+        if threading.current_thread() is not self._model_thread or self._stopping or not self._live_waiting():
+            return 0
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return 0
+        handoff = asyncio.run_coroutine_threadsafe(self._take_live(), loop)
+        try:
+            batches = handoff.result(timeout=5.0)
+        except Exception:  # the loop is stopping or stuck: carry on with the long call
+            handoff.cancel()
+            return 0
+        served = 0
+        for batch in batches:
+            started = time.perf_counter()
+            try:
+                results: list[Any] = self._run_batch(batch)
+            except Exception as exc:
+                log.exception("live batch of %d %s jobs failed (yielded)", len(batch), batch[0].kind)
+                results = [exc] * len(batch)
+            elapsed = time.perf_counter() - started
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._deliver, batch, results, elapsed)
+            served += len(batch)
+        self.yielded += served
+        return served
+
+    def _live_waiting(self) -> bool:
+        """Whether an image or text request may be waiting (a cheap, lock-free hint)."""
+        if self._queue is not None and self._queue.qsize() > 0:
+            return True
+        try:
+            return any(job.kind != CALL for job in tuple(self._backlog))
+        except RuntimeError:  # mutated while read: assume so
+            return True
+
+    async def _take_live(self) -> list[list[_Job]]:
+        """On the event loop: take every queued image/text request, grouped into batches of one
+        kind (at most ``max_batch``); calls and the rest keep their place in the backlog."""
+        keep: list[_Job] = []
+        batches: dict[str, list[list[_Job]]] = {}
+        for job in self._drain_all():
+            if job.future.done():
+                continue
+            if job.kind == CALL:
+                keep.append(job)
+                continue
+            groups = batches.setdefault(job.kind, [[]])
+            if len(groups[-1]) >= self.max_batch:
+                groups.append([])
+            groups[-1].append(job)
+        self._backlog.extend(keep)
+        return [batch for groups in batches.values() for batch in groups if batch]
+
+    def _deliver(self, batch: list[_Job], results: Sequence[Any], elapsed: float) -> None:
+        """On the event loop: record a batch's statistics and answer its waiters."""
+        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
+        self.stats.batches += 1
+        self.stats.jobs += len(batch)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
+        self.stats.batch_sizes[len(batch)] += 1
+        for job, result in zip(batch, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+
     # --------------------------------------------------------------------------------- batching
 
     def _next_nowait(self) -> _Job | None:
@@ -401,19 +488,7 @@ class LiveRunner:
             except Exception as exc:  # the whole batch failed: tell every waiter
                 log.exception("live batch of %d %s jobs failed", len(batch), batch[0].kind)
                 results = [exc] * len(batch)
-            elapsed = time.perf_counter() - started
-            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-            self.stats.batches += 1
-            self.stats.jobs += len(batch)
-            self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
-            self.stats.batch_sizes[len(batch)] += 1
-            for job, result in zip(batch, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+            self._deliver(batch, results, time.perf_counter() - started)
 
     def _run_batch(self, batch: list[_Job]) -> list[Any]:
         """Runs on the model thread. Returns one result (or exception) per job."""
