@@ -14,6 +14,8 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   # docker-compose (v1, Debian): the compose-file tests run `docker-compose config` per profile
   command -v docker-compose >/dev/null || missing+=(docker-compose)
+  # wrk: the benches' independent load generator (bench/pages_load.py, bench/scale_index.py --wrk)
+  command -v wrk >/dev/null || missing+=(wrk)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "== apt-get install ${missing[*]}"
     apt-get update -q
