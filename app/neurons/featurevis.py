@@ -106,6 +106,7 @@ class RenderSettings:
     diversity_term: str = "activations"  # "activations" (cosine of hooked activations) | "gram" (Lucid)
     diversity_layer: str | None = None  # module path in model.visual; None = a sensible default
     diverse_starts: bool = True  # image k of a diversity set starts at its neuron's k-th best colour
+    start_gap: float = 0.0  # ... of the colours at least this far apart (RGB distance)
     autocast: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     prepare: bool = True  # optimise through a BatchNorm-folded (and, on CPU, channels-last) copy
 
@@ -409,19 +410,28 @@ def all_unit_means(
 
 def best_flat_colours(
     visual: nn.Module, loaded: LoadedModel, layer: LayerInfo, units: torch.Tensor, signs: torch.Tensor,
-    size: int, ranks: torch.Tensor | None = None,
+    size: int, ranks: torch.Tensor | None = None, gap: float = 0.0,
 ) -> torch.Tensor:
     """``(n, 3)``: for each ``(units[i], signs[i])`` the candidate flat colour with the highest
     ``signs[i]`` × objective (one forward pass of the candidates through ``visual``); with
-    ``ranks``, the ``ranks[i]``-th best instead (0: the best)."""
+    ``ranks``, the ``ranks[i]``-th of the best colours that differ from the better ones by at
+    least ``gap`` (RGB distance; 0: the ``ranks[i]``-th best)."""
     candidates = flat_colour_candidates().to(units.device)
     values = all_unit_means(loaded, layer, flat_images(candidates, size), visual)
     scores = values[:, units] * signs  # (candidates, n)
     if ranks is None:
         return candidates[scores.argmax(dim=0)]
-    order = scores.argsort(dim=0, descending=True)
-    columns = torch.arange(len(units), device=units.device)
-    return candidates[order[ranks.clamp(max=len(candidates) - 1), columns]]
+    order = scores.argsort(dim=0, descending=True).cpu()
+    picked = []
+    for i, rank in enumerate(ranks.tolist()):
+        chosen: list[int] = []
+        for c in order[:, i].tolist():
+            if all(float(torch.dist(candidates[c], candidates[o])) >= gap for o in chosen):
+                chosen.append(c)
+                if len(chosen) > rank:
+                    break
+        picked.append(chosen[min(rank, len(chosen) - 1)])
+    return candidates[torch.tensor(picked, device=candidates.device)]
 
 
 def _group_mean_similarity(vectors: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
@@ -593,7 +603,7 @@ def render(
         ranks = None
         if group_t is not None and settings.diverse_starts:
             ranks = group_ranks(group_t)
-        colours = best_flat_colours(visual, loaded, layer, unit_t, signs_t, size, ranks)
+        colours = best_flat_colours(visual, loaded, layer, unit_t, signs_t, size, ranks, settings.start_gap)
         image.add_mean(settings.colour_start * torch.logit(colours))
     optimizer = torch.optim.Adam(image.parameters(), lr=settings.lr)
     # Lucid feeds the padded, jittered canvas (content at scale ~1) to the network; a ViT needs a
