@@ -321,3 +321,26 @@ def test_pages_keep_answering_during_a_real_finalize(db) -> None:
           f"in another process: {len(requests)} requests in all, {len(during)} overlapping the "
           f"finalize, 0 errors, p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms")  # fmt: skip
     assert p99 < 10.0  # answers, even on a busy 2-core CI machine
+
+
+def test_health_answers_within_1_s_while_another_process_holds_the_write_lock(db) -> None:
+    """Issue 14 §5: ``/-/health`` reads; it never waits on the database's write lock."""
+    url, path = db
+    app = create_app(Settings(db_url=url))
+    latencies: list[float] = []
+    with thread_server(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        assert client.get("/-/health").status_code == 200
+        holder = hold_write_lock(path, hold_s=3, megabytes=20)
+        try:
+            while holder.poll() is None:
+                started = time.monotonic()
+                response = client.get("/-/health")
+                latencies.append(time.monotonic() - started)
+                assert response.status_code == 200 and response.json()["ok"] is True
+        finally:
+            holder.wait(30)
+    app.state.engine.dispose()
+    app.state.write_engine.dispose()
+    print(f"\n/-/health while another process holds the write lock: n={len(latencies)}, "
+          f"max {max(latencies) * 1000:.0f} ms")
+    assert len(latencies) >= 5 and max(latencies) < 1.0
