@@ -13,8 +13,9 @@ Two live rankings, both through the live runner:
   and the neurons that fire most on that image, with their dataset percentile.
 
 Per-app caches (:class:`SearchCaches`) are handed in by the view: text embeddings and rendered
-queries (LRU), stored directions and evidence, the sample's image embeddings (computed once per
-model on the model thread), the null words' scores.
+queries (LRU). What a search needs per model (stored directions and evidence, the sample's image
+embeddings, the null) is prepared once per model and data, in the background, by
+:mod:`app.live.search_prep` (started at server startup) and handed in as :class:`Prepared`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ from app.db import search as store
 from app.db.search import LayerDirections, LayerEvidence
 from app.live.context import ModelContext
 from app.live.runner import LiveRunner
+from app.live.search_prep import Prepared
 from app.neurons import activations as core
 from app.neurons import concept_search as cs
 from app.neurons.render import render_text
@@ -43,7 +45,6 @@ MAX_QUERY_CHARS = 500
 N_ZERO_SHOT = 20
 N_READING = 10
 CACHE_SIZE = 512
-EMBED_CHUNK = 64
 FALLBACK_SUGGESTIONS = ("red", "a dog", "a face", "text", "water", "a star")
 
 SCORE_HELP = (
@@ -151,29 +152,9 @@ class LRU:
 
 @dataclass
 class SearchCaches:
-    """The search's per-app caches (the view keeps them with ``app_cache``/``versioned_cache``)."""
+    """The search's per-app caches (the view keeps them with ``app_cache``)."""
 
     lru: LRU
-    directions: dict[str, dict[str, LayerDirections]]  # slug -> layer -> directions (versioned)
-    evidence: dict[str, Any]  # slug -> task computing its _ModelEvidence (versioned)
-    nulls: dict[str, Any]  # slug -> layer -> NullModel
-
-
-@dataclass
-class _ModelEvidence:
-    layers: dict[str, LayerEvidence]
-    vocab_emb: dict[str, np.ndarray] = field(default_factory=dict)  # layer -> (concepts, D)
-    image_emb: dict[int, np.ndarray] = field(default_factory=dict)  # image id -> (D,)
-
-
-def directions(
-    sessions: Callable[[], Any], caches: SearchCaches, ctx: ModelContext
-) -> dict[str, LayerDirections]:
-    """The stored unit directions of the model's last-block layers and unit stds (cached)."""
-    if ctx.slug not in caches.directions:
-        with sessions() as session:
-            caches.directions[ctx.slug] = store.layer_directions(session, ctx.id)
-    return caches.directions[ctx.slug]
 
 
 def suggestions(sessions: Callable[[], Any], ctx: ModelContext | None) -> list[str]:
@@ -230,56 +211,6 @@ def written_responses(loaded: Any, layer_names: Sequence[str], text: str) -> dic
     infos = [loaded.layer(name) for name in layer_names]
     found = mm.word_rendering_responses(loaded, infos, [text], word_renderer(loaded.spec))
     return {name: r[0].mean(0) for name, r in found.items()}
-
-
-def _embed_images(loaded: Any, images: list[Any]) -> np.ndarray:
-    from app.neurons.zeroshot import encode_images
-
-    return encode_images(loaded, images)
-
-
-async def _model_evidence(
-    sessions: Callable[[], Any], caches: SearchCaches, runner: LiveRunner, ctx: ModelContext
-) -> _ModelEvidence:
-    """The index's evidence for the model, the vocabulary's text embeddings and the sample's
-    image embeddings: computed once per model and data version (concurrent first searches share
-    one computation; a failed one is retried by the next search)."""
-    task = caches.evidence.get(ctx.slug)
-    if task is None:
-        task = asyncio.ensure_future(_compute_evidence(sessions, runner, ctx))
-        caches.evidence[ctx.slug] = task
-    try:
-        return await asyncio.shield(task)
-    except Exception:
-        if caches.evidence.get(ctx.slug) is task:
-            del caches.evidence[ctx.slug]
-        raise
-
-
-async def _compute_evidence(
-    sessions: Callable[[], Any], runner: LiveRunner, ctx: ModelContext
-) -> _ModelEvidence:
-    def load() -> _ModelEvidence:
-        with sessions() as session:
-            return _ModelEvidence(store.search_evidence(session, ctx.id))
-
-    found = await run_in_threadpool(load)
-    for name, layer in found.layers.items():
-        found.vocab_emb[name] = await runner.encode_texts(layer.concepts)
-    ids = sorted({i for layer in found.layers.values() for i in layer.image_ids})
-    for start in range(0, len(ids), EMBED_CHUNK):
-        chunk = ids[start : start + EMBED_CHUNK]
-
-        def read(chunk: list[int] = chunk) -> dict[int, Any]:
-            with sessions() as session:
-                return store.thumbnails(session, chunk)
-
-        thumbs = await run_in_threadpool(read)
-        good = [i for i in chunk if i in thumbs]
-        if good:
-            emb = await runner.submit(_embed_images, [thumbs[i] for i in good])
-            found.image_emb.update(zip(good, emb, strict=True))
-    return found
 
 
 def image_matrix(image_ids: Sequence[int], image_emb: dict[int, np.ndarray], dim: int) -> np.ndarray:
@@ -352,49 +283,43 @@ def layer_evidence(
 
 
 async def zero_shot(
-    sessions: Callable[[], Any],
-    caches: SearchCaches,
     runner: LiveRunner,
-    ctx: ModelContext,
+    prepared: Prepared,
     text: str,
     embedding: np.ndarray,
     n: int = N_ZERO_SHOT,
 ) -> list[dict[str, Any]]:
     """Per last-block layer: the zero-shot results (evidence when the index has it)."""
-    dirs = await run_in_threadpool(directions, sessions, caches, ctx)
-    model_ev = await _model_evidence(sessions, caches, runner, ctx)
-    wanted = [name for name in dirs if name in model_ev.layers]
+    dirs = prepared.directions
+    wanted = [name for name in dirs if name in prepared.layers]
     responses = await runner.submit(written_responses, wanted, text) if wanted else {}
-    layers = []
-    for name, layer in dirs.items():
-        ev = None
-        if name in model_ev.layers:
-            le = model_ev.layers[name]
-            images = image_matrix(le.image_ids, model_ev.image_emb, embedding.shape[0])
-            ev = layer_evidence(text, le, embedding, model_ev.vocab_emb[name], images, responses[name])
-        layers.append(rank_layer(name, layer, embedding, n, ev))
-    return layers
+
+    def rank() -> list[dict[str, Any]]:
+        layers = []
+        for name, layer in dirs.items():
+            ev = None
+            if name in prepared.layers:
+                le = prepared.layers[name]
+                images = image_matrix(le.image_ids, prepared.image_emb, embedding.shape[0])
+                ev = layer_evidence(text, le, embedding, prepared.vocab_emb[name], images, responses[name])
+            layers.append(rank_layer(name, layer, embedding, n, ev))
+        return layers
+
+    return await run_in_threadpool(rank)
 
 
-async def calibrate(
-    caches: SearchCaches,
+def calibrate(
     runner: LiveRunner,
-    slug: str,
-    dirs: dict[str, LayerDirections],
+    prepared: Prepared,
     embedding: np.ndarray,
     zero_layers: list[dict[str, Any]],
     text: str,
 ) -> dict[str, Any]:
     """Issue 16: each zero-shot unit's z against the null words, the query's confidence (share of
     null words whose best direction score is lower), out-of-vocabulary words; warnings say so."""
-    from app.neurons.calibration import CONFIDENT, fit_null, null_words, out_of_vocabulary
+    from app.neurons.calibration import CONFIDENT, out_of_vocabulary
 
-    if slug not in caches.nulls:
-        null_emb = await runner.encode_texts(null_words())
-        caches.nulls[slug] = {
-            name: fit_null((null_emb @ layer.directions.T) * layer.scale) for name, layer in dirs.items()
-        }
-    nulls = caches.nulls[slug]
+    dirs, nulls = prepared.directions, prepared.nulls
     confidences = []
     for layer in zero_layers:
         null = nulls.get(layer["name"])
@@ -459,16 +384,18 @@ class Results:
 
 
 async def search(
-    sessions: Callable[[], Any], caches: SearchCaches, runner: LiveRunner, ctx: ModelContext, text: str
+    caches: SearchCaches, runner: LiveRunner, ctx: ModelContext, prepared: Prepared, text: str
 ) -> Results:
-    """Run one search with the live model (raises :class:`app.live.runner.LiveError`)."""
+    """Run one search with the live model, given the model's :class:`Prepared` (see
+    :mod:`app.live.search_prep`; raises :class:`app.live.runner.LiveError`)."""
     query = await run_in_threadpool(
         fit_to_context, runner.loaded.tokenizer, runner.loaded.context_length, text
     )
     embedding, (acts, image_uri) = await asyncio.gather(
         text_embedding(caches, runner, query.text), reading_activations(caches, runner, query.text)
     )
-    dirs = await run_in_threadpool(directions, sessions, caches, ctx)
-    zero_layers = await zero_shot(sessions, caches, runner, ctx, query.text, embedding)
-    calibration = await calibrate(caches, runner, ctx.slug, dirs, embedding, zero_layers, query.text)
-    return Results(query, embedding, dirs, zero_layers, reading_ranking(ctx, acts), image_uri, calibration)
+    zero_layers = await zero_shot(runner, prepared, query.text, embedding)
+    calibration = calibrate(runner, prepared, embedding, zero_layers, query.text)
+    return Results(
+        query, embedding, prepared.directions, zero_layers, reading_ranking(ctx, acts), image_uri, calibration
+    )

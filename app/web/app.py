@@ -24,7 +24,7 @@ from app.config import STATIC_DIR, TEMPLATES_DIR, Settings
 from app.db import make_engine, session_factory
 from app.db.analyses import ensure_web_tables
 from app.db.version import VersionClock
-from app.web import views
+from app.web import search_warmup, views
 from app.web.cache import install_page_cache
 from app.web.csrf import install_csrf
 from app.web.deps import strict_query_ints
@@ -115,12 +115,14 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
             await _maybe_call(live_runner, "start")
         except Exception as exc:  # browsing still works; live pages and /-/health say why
             log.warning("live model not started: %s", exc)
+        await search_warmup.warm_up(app)  # the search's per-model preparation, in the background
         if freeze_gc:
             gc.collect()
             gc.freeze()
         try:
             yield
         finally:
+            await search_warmup.stop(app)
             await _maybe_call(live_runner, "stop")
             engine.dispose()
             write_engine.dispose()

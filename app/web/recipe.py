@@ -1,7 +1,7 @@
 """Concept recipes on the search page: the query as a sparse non-negative mix of neurons.
 
 :func:`search_recipe` is called by :mod:`app.web.views.search` with the query's text embedding
-and the model's last-block directions; ``templates/_partials/recipe.html`` draws the result
+and the model's prepared search data; ``templates/_partials/recipe.html`` draws the result
 (``data.recipe``). See :mod:`app.neurons.recipes` for the fit.
 """
 
@@ -14,12 +14,10 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from app.db import search as store
+from app.live.search_prep import Prepared
 from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
-from app.web.cache import versioned_cache
-from app.web.state import app_cache
 from app.web.urls import Urls
 
-N_NULL_RECIPES = 64
 EXPLAIN = (
     "The query's text embedding, with the mean embedding of the label vocabulary subtracted, written as "
     "a non-negative combination of at most {n} last-block neuron directions (greedy pursuit with a "
@@ -27,20 +25,6 @@ EXPLAIN = (
     "query and the combination. null = the same fit for ordinary words nobody asked for; a fit no "
     "better than the null's 95th percentile is refused."
 )
-
-
-async def _vocabulary_centre(request: Request, runner: Any, slug: str) -> np.ndarray | None:
-    """Mean text embedding of the model's label vocabulary (cached per app), or ``None``."""
-    cache: dict[str, np.ndarray | None] = versioned_cache(request, "recipe_centres", dict)  # issue 14.7
-    if slug not in cache:
-
-        def vocabulary() -> list[str]:
-            with request.app.state.sessions() as session:
-                return store.vocabulary(session, slug)
-
-        words = await run_in_threadpool(vocabulary)
-        cache[slug] = (await runner.encode_texts(words)).mean(0) if len(words) >= 2 else None
-    return cache[slug]
 
 
 def _present(
@@ -73,20 +57,17 @@ def _present(
 
 
 async def search_recipe(
-    request: Request,
-    runner: Any,
-    slug: str,
-    embedding: np.ndarray,
-    directions: dict[str, np.ndarray],
-    n_terms: int = DEFAULT_TERMS,
+    request: Request, slug: str, embedding: np.ndarray, prepared: Prepared
 ) -> dict[str, Any] | None:
-    """The recipe of ``embedding`` over the model's last-block ``directions`` (``None``: no directions)."""
-    if not directions:
+    """The recipe of ``embedding`` over the model's last-block directions (``None``: no directions).
+    The vocabulary centre and the null words' fits come prepared (:mod:`app.live.search_prep`)."""
+    if not prepared.directions:
         return None
-    layer_name, matrix = next(iter(directions.items()))
-    centre = await _vocabulary_centre(request, runner, slug)
-    recipe = await run_in_threadpool(fit_recipe, embedding, matrix, max_terms=n_terms, centre=centre)
-    null = await _null_fits(request, runner, slug, matrix, centre, n_terms)
+    layer_name, layer = next(iter(prepared.directions.items()))
+    n_terms, centre, null = DEFAULT_TERMS, prepared.recipe_centre, prepared.recipe_null
+    recipe = await run_in_threadpool(
+        fit_recipe, embedding, layer.directions, max_terms=n_terms, centre=centre
+    )
     out = await run_in_threadpool(_present, request, slug, layer_name, recipe, n_terms)
     if out is not None:
         out["null"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in null.items()}
@@ -98,21 +79,3 @@ async def search_recipe(
                 f"nobody asked for (95th percentile {null['p95']:.2f} over {null['n']} words)."
             )
     return out
-
-
-async def _null_fits(
-    request: Request, runner: Any, slug: str, matrix: np.ndarray, centre: np.ndarray | None, n_terms: int
-) -> dict[str, float]:
-    """Recipe fits of :data:`N_NULL_RECIPES` null words (cached per app and model)."""
-    from app.neurons.calibration import null_words, recipe_null
-
-    cache: dict[str, dict[str, float]] = app_cache(request, "_recipe_nulls", dict)
-    if slug not in cache:
-        words = null_words(N_NULL_RECIPES)
-        emb = await runner.encode_texts(words)
-
-        def fits() -> dict[str, float]:
-            return recipe_null([fit_recipe(e, matrix, max_terms=n_terms, centre=centre).cosine for e in emb])
-
-        cache[slug] = await run_in_threadpool(fits)
-    return cache[slug]

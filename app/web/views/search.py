@@ -18,8 +18,9 @@ from starlette.concurrency import run_in_threadpool
 from app.live import search as live
 from app.live.context import live_http_error
 from app.live.runner import LiveError
+from app.live.search_prep import Preparing
+from app.web import search_warmup as search_prep
 from app.web.analyses import cards_for
-from app.web.cache import versioned_cache
 from app.web.formats import respond
 from app.web.recipe import search_recipe
 from app.web.routing import page
@@ -30,13 +31,8 @@ router = APIRouter()
 
 
 def caches(request: Request) -> live.SearchCaches:
-    """The search's per-app caches (stored data follows the data version, issue 14.7)."""
-    return live.SearchCaches(
-        lru=app_cache(request, "live_search_cache", live.LRU),
-        directions=versioned_cache(request, "live_directions", dict),
-        evidence=versioned_cache(request, "live_search_evidence", dict),
-        nulls=app_cache(request, "search_nulls", dict),
-    )
+    """The search's per-app caches (what depends on the index is in the model's preparation)."""
+    return live.SearchCaches(lru=app_cache(request, "live_search_cache", live.LRU))
 
 
 def _enrich(request: Request, ctx: Any, *sections: list[dict[str, Any]]) -> None:
@@ -71,6 +67,7 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         "zero_shot": None,
         "reading": None,
         "recipe": None,  # concept recipe (issue 6, app/web/recipe.py)
+        "preparing": None,  # while the model's search is prepared (app/live/search_prep.py): progress
         "suggestions": [],
         "explain": {"zero_shot": live.SCORE_HELP, "reading": live.READING_HELP},
     }
@@ -90,15 +87,20 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         data["note"] = why[0].upper() + why[1:] + "."
         return data, 503
     try:
-        found = await live.search(sessions, caches(request), runner, ctx, text)
+        prepared = await search_prep.prepared(request, ctx)
+    except Preparing as exc:  # the model's search is being prepared in the background: come back
+        data["preparing"] = exc.job.status()
+        data["note"] = exc.job.message()
+        return data, 503
+    try:
+        found = await live.search(caches(request), runner, ctx, prepared, text)
     except LiveError as exc:
         raise live_http_error(exc) from exc
     query = found.query
     data["used_query"], data["truncated"], data["note"] = query.text, query.truncated, query.note
     data.update(found.calibration)
     data["explain"]["confidence"] = live.CONFIDENCE_HELP
-    matrices = {name: layer.directions for name, layer in found.directions.items()}
-    data["recipe"] = await search_recipe(request, runner, ctx.slug, found.embedding, matrices)
+    data["recipe"] = await search_recipe(request, ctx.slug, found.embedding, prepared)
     await run_in_threadpool(_enrich, request, ctx, found.zero_shot, found.reading)
     data["zero_shot"] = (
         {"layers": found.zero_shot}
@@ -137,6 +139,8 @@ async def search_page(
         status_code=status,
     )
     if status == 503:
-        response.headers["Retry-After"] = "5"
+        preparing = data.get("preparing")
+        response.headers["Retry-After"] = str(preparing["retry_after"] if preparing else 5)
+        response.headers["Cache-Control"] = "no-store"
     response.headers["Vary"] = "HX-Request"
     return response
