@@ -301,6 +301,9 @@ def test_stage_stores_the_measured_diversity_and_redoes_sets_of_another_method(d
         assert rows[0].settings["diversity_method"] == fv.DIVERSITY_METHOD
         assert reports[0]["duplicate_of"] is None
         assert reports[0]["distinct"] == sum(r["duplicate_of"] is None for r in reports)
+        for r in reports:  # the distance shown: to the nearest other distinct image
+            if r["duplicate_of"] is None and r["nearest_kept"] is not None:
+                assert r["threshold"] <= r["nearest_kept"] and r["nearest"] <= r["nearest_kept"]
         for row in rows:  # a set made by an older method (no method recorded), one image larger
             old = ("diversity", "diversity_method")
             row.settings = {k: v for k, v in row.settings.items() if k not in old}

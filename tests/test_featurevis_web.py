@@ -250,6 +250,7 @@ async def test_page_shows_only_distinct_diversity_images_and_says_how_many(db_co
             sha = put_blob(s, buffer.getvalue(), "image/png", 8, 8)
             if i < 3:
                 report = {"position": i, "size": 3, "nearest": [0.07, 0.38, 0.07][i], "nearest_pixel": 0.1,
+                          "nearest_kept": [0.41, 0.41, 0.07][i],
                           "duplicate_of": 0 if i == 2 else None, "distinct": 2, "pairwise": pairwise,
                           "threshold": fv.DISTINCT_DISTANCE, "measure": "1 - cosine of layer2 activations",
                           "method": fv.DIVERSITY_METHOD}  # fmt: skip
@@ -274,7 +275,8 @@ async def test_page_shows_only_distinct_diversity_images_and_says_how_many(db_co
         assert "2 distinct images; a third was a near-duplicate and is hidden" in page
         assert 'data-distinct="2" data-hidden="1"' in page
         assert "0.41, 0.07, 0.38" in page and f"closer than {fv.DISTINCT_DISTANCE}" in page
-        assert "diversity 1 · 1 · distance 0.07" in page and "diversity 3" not in page
+        assert "diversity 1 · 1 · <span" in page and "diversity 3" not in page
+        assert page.count("distance 0.41</span>") == 2 and "distance 0.07" not in page  # to images shown
     assert old.count('alt="diversity feature visualization') == 3
     assert "not measured" in old and "distinct image" not in old
     app.state.engine.dispose()

@@ -500,7 +500,9 @@ def diversity_report(
     whether it nearly duplicates an earlier one (``None`` for images alone in their group).
 
     Keys: ``position`` in the group, ``size`` of the group, ``nearest`` (smallest feature
-    distance to another image of the group), ``nearest_pixel`` (the same pair's pixel distance),
+    distance to another image of the group), ``nearest_kept`` (the same over the distinct images
+    other than itself, what the page shows; ``None`` when there is no other), ``nearest_pixel``
+    (the pixel distance of the ``nearest`` pair),
     ``duplicate_of`` (position of the kept image it nearly duplicates, or ``None``),
     ``distinct`` (how many images of the group are distinct), ``pairwise`` (the group's pairwise
     feature distances, upper triangle in order), ``threshold``, ``measure``, ``method``."""
@@ -521,11 +523,14 @@ def diversity_report(
         dupes = distinct_images(d, threshold)
         n = len(idx)
         pairwise = [round(float(d[a, b]), 4) for a in range(n) for b in range(a + 1, n)]
+        kept = [j for j in range(n) if dupes[j] is None]
         for pos, i in enumerate(idx):
             others = [j for j in range(n) if j != pos]
             nearest = min(others, key=lambda j: float(d[pos, j]))
+            shown = [float(d[pos, j]) for j in kept if j != pos]
             out[i] = {
                 "position": pos, "size": n, "nearest": round(float(d[pos, nearest]), 4),
+                "nearest_kept": round(min(shown), 4) if shown else None,
                 "nearest_pixel": round(float(p[pos, nearest]), 4), "duplicate_of": dupes[pos],
                 "distinct": sum(x is None for x in dupes), "pairwise": pairwise,
                 "threshold": threshold, "measure": f"1 - cosine of {hook} activations",
