@@ -18,7 +18,8 @@ from app.config import Settings
 from app.live import search_prep
 from app.live.runner import LiveRunner
 from app.web.app import create_app
-from tests.live_support import copy_db, make_runner, thread_server
+from tests.csrf_support import csrf_client
+from tests.live_support import copy_db, encode, gradient_rgb, live_server, make_runner, thread_server
 
 SLUG = "demo"
 
@@ -127,3 +128,28 @@ def test_search_while_preparing_is_503_and_a_request_that_gives_up_cancels_nothi
             assert job.ready and preps.started == 1  # computed once, never restarted
     finally:
         gate.set()
+
+
+def test_preparation_yields_to_live_analyses(db_url, demo_loaded, monkeypatch) -> None:
+    """Low priority: an analysis posted while the preparation runs is answered within about one
+    of its sub-batches (slowed here to 0.4 s each), not after the whole preparation."""
+    real = search_prep._encode_texts
+
+    def slow(loaded: Any, texts: list[str]) -> Any:
+        time.sleep(0.4)
+        return real(loaded, texts)
+
+    monkeypatch.setattr(search_prep, "_encode_texts", slow)
+    png = encode(gradient_rgb((96, 96)), "PNG")
+    with live_server(db_url, demo_loaded, SLUG) as (base, _, app), csrf_client(base, timeout=60) as client:
+        job = app.state.search_preparations.jobs[SLUG]
+        wait_until(lambda: job.done >= search_prep.TEXT_CHUNK)  # one step done, more to go
+        sent = time.monotonic()
+        answer = client.post("/analyze.json", files={"image": ("g.png", png, "image/png")})
+        waited = time.monotonic() - sent
+        print(f"analysis during the search preparation: {waited:.2f} s ({job.done}/{job.total} prepared)")
+        assert answer.status_code == 200 and answer.json()["layers"][0]["neurons"]
+        assert not job.ready and job.total - job.done >= 2 * search_prep.TEXT_CHUNK  # still preparing
+        assert waited < 3.0, waited  # the whole preparation takes >= (256 / 16) x 0.4 s = 6.4 s
+        done = job.done
+        wait_until(lambda: job.done > done)  # and it goes on afterwards

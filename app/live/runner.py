@@ -178,6 +178,7 @@ class LiveRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self.yielded = 0  # live jobs served from inside long calls (serve_waiting)
+        self._in_batch = False  # a batch runs on the model thread (see ``idle``)
         self.error: str | None = None
 
     @classmethod
@@ -216,6 +217,12 @@ class LiveRunner:
     @property
     def queued(self) -> int:
         return (self._queue.qsize() if self._queue is not None else 0) + len(self._backlog)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and nothing running on the model thread: background work (the search's
+        preparation, app.live.search_prep) submits its next step only then, or after a while."""
+        return self.running and not self._in_batch and self.queued == 0
 
     async def start(self) -> None:
         """Load the model (in the model thread), warm it up and start the batcher."""
@@ -483,11 +490,14 @@ class LiveRunner:
         while True:
             batch = await self._collect()
             started = time.perf_counter()
+            self._in_batch = True
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, batch)
             except Exception as exc:  # the whole batch failed: tell every waiter
                 log.exception("live batch of %d %s jobs failed", len(batch), batch[0].kind)
                 results = [exc] * len(batch)
+            finally:
+                self._in_batch = False
             self._deliver(batch, results, time.perf_counter() - started)
 
     def _run_batch(self, batch: list[_Job]) -> list[Any]:

@@ -13,11 +13,14 @@ On a big model that is minutes of model work (random RN50x4 on a busy CPU: 71–
 a request's time limit. So it is one shared background job per model (:class:`Preparation`),
 started at server startup (:func:`Preparations.start`, the warm-up) and never tied to a request:
 a request that gives up waiting does not cancel it, and every later request finds it running or
-done. The job runs on the live runner in small steps (:data:`TEXT_CHUNK` words or
-:data:`IMAGE_CHUNK` images per :meth:`LiveRunner.submit` call), each queued behind whatever is
-waiting, so live analyses wait for at most one step (low priority, like the on-demand renders).
-Each step waits up to :data:`STEP_TIMEOUT_S` for its turn, and a full queue is retried, so a busy
-server slows the preparation down but never drops it.
+done. The job runs on the live runner at low priority, in steps (:data:`TEXT_CHUNK` words or
+:data:`IMAGE_CHUNK` images per :meth:`LiveRunner.submit` call): a step is submitted only when the
+runner is idle (nothing queued or running; after :data:`STARVE_S` of a busy runner it queues
+behind the waiting requests, so a loaded server still makes progress), and inside a step the
+live analyses and text encodings queued meanwhile are served every :data:`SUB_BATCH` items
+(:meth:`LiveRunner.serve_waiting`, as the on-demand renders do). Each step waits up to
+:data:`STEP_TIMEOUT_S` for its turn, and a full queue is retried, so a busy server slows the
+preparation down but never drops it.
 
 A search that arrives meanwhile waits only when the job will be done soon (its estimated time
 left fits in :data:`MAX_WAIT_S`); otherwise :meth:`Preparations.prepared` raises
@@ -46,8 +49,11 @@ from app.live.runner import Busy, LiveRunner, LiveTimeout, NotRunning
 
 log = logging.getLogger("conceptscope.live")
 
-TEXT_CHUNK = 32  # words per model step
-IMAGE_CHUNK = 32  # sample thumbnails per model step
+TEXT_CHUNK = 64  # words per model step
+IMAGE_CHUNK = 64  # sample thumbnails per model step
+SUB_BATCH = 16  # within a step, live requests are served after every SUB_BATCH items
+STARVE_S = 10.0  # a step waits this long for an idle runner, then queues behind the waiting requests
+IDLE_POLL_S = 0.02
 STEP_TIMEOUT_S = 600.0  # how long one step may wait for its turn on a busy runner (then it is retried)
 MAX_WAIT_S = 15.0  # a search waits for a preparation expected to finish within this
 UNKNOWN_WAIT_S = 2.0  # ... and this long for one that has no estimate yet (no step done)
@@ -153,6 +159,19 @@ def _embed_images(loaded: Any, images: list[Any]) -> np.ndarray:
     return encode_images(loaded, images)
 
 
+def _in_sub_batches(
+    loaded: Any, fn: Callable[[Any, list[Any]], np.ndarray], items: list[Any], between: Callable[[], object]
+) -> np.ndarray:
+    """On the model thread: ``fn`` over ``items`` in SUB_BATCH pieces, serving the live requests
+    queued meanwhile (``between``: the runner's ``serve_waiting``) between the pieces."""
+    out = []
+    for start in range(0, len(items), SUB_BATCH):
+        if start:
+            between()
+        out.append(fn(loaded, items[start : start + SUB_BATCH]))
+    return np.concatenate(out)
+
+
 class Preparations:
     """The app's search preparations, one job per model (the latest search data key wins)."""
 
@@ -225,12 +244,20 @@ class Preparations:
 
     # ------------------------------------------------------------------------------ the job
 
-    async def _step(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """One model step, queued behind the waiting requests; retried when the runner is busy
-        or the step waited past STEP_TIMEOUT_S (only a stopped runner ends the job)."""
+    async def _step(self, fn: Callable[[Any, list[Any]], np.ndarray], items: list[Any]) -> np.ndarray:
+        """One model step, submitted once the runner is idle (or has been busy for STARVE_S);
+        retried when the queue is full or the step waited past STEP_TIMEOUT_S (only a stopped
+        runner ends the job)."""
+        runner = self.runner
         while True:
+            since = time.monotonic()
+            while not getattr(runner, "idle", True) and time.monotonic() - since < STARVE_S:
+                if not runner.running:
+                    raise NotRunning("the live model stopped")
+                await asyncio.sleep(IDLE_POLL_S)
             try:
-                return await self.runner.submit(fn, *args, timeout=STEP_TIMEOUT_S)
+                between = runner.serve_waiting
+                return await runner.submit(_in_sub_batches, fn, items, between, timeout=STEP_TIMEOUT_S)
             except Busy as exc:
                 await asyncio.sleep(max(0.5, float(exc.retry_after)))
             except LiveTimeout:
