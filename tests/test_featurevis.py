@@ -157,7 +157,7 @@ def test_objective_is_measured_on_the_untransformed_image(demo_loaded) -> None:
     assert fv.objectives(demo_loaded, layer, png, [7, 9]) == pytest.approx(r.objectives, rel=0.05, abs=0.05)
 
 
-@pytest.mark.slow  # three renders of 6 images: ~10 s on a quiet 2-core host, 35 s on a busy one
+@pytest.mark.slow  # three renders of 6 images: 35 s on a shared 2-core host (load average 5)
 def test_diversity_term_increases_the_measured_distance(demo_loaded) -> None:
     """Issue 18: the jointly optimised diversity term makes a set's images measurably more
     different than the same optimisation without the term (same ranked colour starts), and than
