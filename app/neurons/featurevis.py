@@ -434,6 +434,14 @@ def best_flat_colours(
     return candidates[torch.tensor(picked, device=candidates.device)]
 
 
+def batch_major(acts: torch.Tensor, n: int) -> torch.Tensor:
+    """``acts`` with the batch (``n`` images) first: a sequence-first transformer block's output
+    ``(L, n, D)`` becomes ``(n, L, D)``; batch-first outputs are returned as they are."""
+    if acts.shape[0] != n and acts.dim() > 1 and acts.shape[1] == n:
+        return acts.transpose(0, 1)
+    return acts
+
+
 def _group_mean_similarity(vectors: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
     """Sum over images of the mean cosine similarity to the other images of its group."""
     b = vectors.shape[0]
@@ -465,7 +473,7 @@ def feature_distances(loaded: LoadedModel, hook: str, images: torch.Tensor) -> t
     mean, std = normalisation(loaded)
     with torch.inference_mode():
         x = (images.to(loaded.device, torch.float32) - mean) / std
-        acts = run_to(loaded.visual, x, [hook])[hook].float()
+        acts = batch_major(run_to(loaded.visual, x, [hook])[hook], len(x)).float()
         unit = F.normalize(acts.reshape(acts.shape[0], -1), dim=1, eps=1e-10)
         return (1 - unit @ unit.T).clamp(min=0).cpu()
 
@@ -631,7 +639,8 @@ def render(
             loss = -(signs_t * unit_means(raw[layer.name], layer, unit_t)).sum()
             if diversity_hook is not None and group_t is not None and settings.diversity_weight > 0:
                 term = DIVERSITY_TERMS[settings.diversity_term]
-                loss = loss + settings.diversity_weight * term(raw[DIVERSITY], group_t, n_groups)
+                acts = batch_major(raw[DIVERSITY], n)
+                loss = loss + settings.diversity_weight * term(acts, group_t, n_groups)
             loss.backward()
             optimizer.step()
             if progress is not None:
