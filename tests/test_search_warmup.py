@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -153,3 +154,41 @@ def test_preparation_yields_to_live_analyses(db_url, demo_loaded, monkeypatch) -
         assert waited < 3.0, waited  # the whole preparation takes >= (256 / 16) x 0.4 s = 6.4 s
         done = job.done
         wait_until(lambda: job.done > done)  # and it goes on afterwards
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_browser_warming_up_page_shows_results_by_itself(db_url, demo_loaded, monkeypatch) -> None:
+    """The 503 warming-up page asks again by itself (htmx, static/js/search.js) and shows the
+    results once the preparation is done, without a reload or a click."""
+    from playwright.sync_api import sync_playwright
+
+    monkeypatch.setattr(search_prep, "UNKNOWN_WAIT_S", 0.2)
+    gate = threading.Event()
+    runner = HeldRunner(loaded=demo_loaded, slug=SLUG, device="cpu", strict=True, warmup=False, gate=gate)
+    try:
+        with served(db_url, runner) as (base, _app), sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda exc: errors.append(str(exc)))
+                response = page.goto(base + "/search?q=red")
+                assert response is not None and response.status == 503
+                assert "Warming up" in page.content() and page.locator("progress").count() == 1
+                page.evaluate("window.__stayed = true")
+                gate.set()
+                page.wait_for_function(
+                    "() => document.querySelectorAll('#search-results .result').length > 0", timeout=60_000
+                )
+                assert page.evaluate("window.__stayed === true")  # swapped in place, not reloaded
+                assert "Warming up" not in page.content()
+                assert not errors, errors
+            finally:
+                browser.close()
+    finally:
+        gate.set()
