@@ -55,8 +55,8 @@ SUB_BATCH = 16  # within a step, live requests are served after every SUB_BATCH 
 STARVE_S = 10.0  # a step waits this long for an idle runner, then queues behind the waiting requests
 IDLE_POLL_S = 0.02
 STEP_TIMEOUT_S = 600.0  # how long one step may wait for its turn on a busy runner (then it is retried)
-MAX_WAIT_S = 15.0  # a search waits for a preparation expected to finish within this
-UNKNOWN_WAIT_S = 2.0  # ... and this long for one that has no estimate yet (no step done)
+MAX_WAIT_S = 10.0  # a search waits for a preparation expected to finish within this
+UNKNOWN_WAIT_S = 1.0  # ... and this long for one that has no estimate yet (no step done)
 RETRY_FAILED_S = 10.0  # a failed preparation is started again by a search after this
 N_NULL_RECIPES = 64
 
@@ -160,15 +160,21 @@ def _embed_images(loaded: Any, images: list[Any]) -> np.ndarray:
 
 
 def _in_sub_batches(
-    loaded: Any, fn: Callable[[Any, list[Any]], np.ndarray], items: list[Any], between: Callable[[], object]
+    loaded: Any,
+    fn: Callable[[Any, list[Any]], np.ndarray],
+    items: list[Any],
+    between: Callable[[], object],
+    progress: Callable[[int], None],
 ) -> np.ndarray:
     """On the model thread: ``fn`` over ``items`` in SUB_BATCH pieces, serving the live requests
-    queued meanwhile (``between``: the runner's ``serve_waiting``) between the pieces."""
+    queued meanwhile (``between``: the runner's ``serve_waiting``) between the pieces and
+    reporting the items done so far (``progress``)."""
     out = []
     for start in range(0, len(items), SUB_BATCH):
         if start:
             between()
         out.append(fn(loaded, items[start : start + SUB_BATCH]))
+        progress(start + len(out[-1]))
     return np.concatenate(out)
 
 
@@ -244,11 +250,18 @@ class Preparations:
 
     # ------------------------------------------------------------------------------ the job
 
-    async def _step(self, fn: Callable[[Any, list[Any]], np.ndarray], items: list[Any]) -> np.ndarray:
+    async def _step(
+        self, job: Preparation, fn: Callable[[Any, list[Any]], np.ndarray], items: list[Any]
+    ) -> np.ndarray:
         """One model step, submitted once the runner is idle (or has been busy for STARVE_S);
         retried when the queue is full or the step waited past STEP_TIMEOUT_S (only a stopped
         runner ends the job)."""
         runner = self.runner
+        base = job.done
+
+        def progress(n: int) -> None:  # on the model thread; the page reads it
+            job.done = base + n
+
         while True:
             since = time.monotonic()
             while not getattr(runner, "idle", True) and time.monotonic() - since < STARVE_S:
@@ -257,7 +270,11 @@ class Preparations:
                 await asyncio.sleep(IDLE_POLL_S)
             try:
                 between = runner.serve_waiting
-                return await runner.submit(_in_sub_batches, fn, items, between, timeout=STEP_TIMEOUT_S)
+                found = await runner.submit(
+                    _in_sub_batches, fn, items, between, progress, timeout=STEP_TIMEOUT_S
+                )
+                job.done = base + len(items)
+                return found
             except Busy as exc:
                 await asyncio.sleep(max(0.5, float(exc.retry_after)))
             except LiveTimeout:
@@ -269,8 +286,7 @@ class Preparations:
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(texts), TEXT_CHUNK):
             chunk = list(texts[start : start + TEXT_CHUNK])
-            out.update(zip(chunk, await self._step(_encode_texts, chunk), strict=True))
-            job.done += len(chunk)
+            out.update(zip(chunk, await self._step(job, _encode_texts, chunk), strict=True))
         return out
 
     async def _embed(self, job: Preparation, ids: Sequence[int]) -> dict[int, np.ndarray]:
@@ -285,9 +301,9 @@ class Preparations:
             thumbs = await run_in_threadpool(read)
             good = [i for i in chunk if i in thumbs]
             if good:
-                emb = await self._step(_embed_images, [thumbs[i] for i in good])
+                emb = await self._step(job, _embed_images, [thumbs[i] for i in good])
                 out.update(zip(good, emb, strict=True))
-            job.done += len(chunk)
+            job.done += len(chunk) - len(good)  # unreadable thumbnails count as done
         return out
 
     async def _run(self, job: Preparation, ctx: ModelContext) -> None:
