@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import queries
 
@@ -13,3 +13,9 @@ def served_models(session: Session) -> list[str]:
     cannot be read)."""
     session.execute(text("SELECT 1"))
     return [m.slug for m in queries.list_models(session)]
+
+
+def served_models_with(sessions: sessionmaker[Session]) -> list[str]:
+    """:func:`served_models` in a session of its own (for a caller on its own thread)."""
+    with sessions() as session:
+        return served_models(session)

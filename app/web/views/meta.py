@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import platform
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from app.db.health import served_models
-from app.web.deps import ReadSession
+from app.db.health import served_models_with
 from app.web.formats import SafeJSONResponse, html_page, respond
 from app.web.routing import page
+from app.web.state import app_cache
 
 router = APIRouter()
 log = logging.getLogger("conceptscope.web")
@@ -32,12 +34,21 @@ def live_status(runner: object) -> str:
     return "error: the live model could not be loaded" if error else "starting"
 
 
+def _health_executor(request: Request) -> ThreadPoolExecutor:
+    # health reads on a thread of its own: a pool full of uploads waiting to decode, or pages
+    # waiting on the DB, never holds the health check up (issue 14 §5)
+    return app_cache(request, "health_executor",
+                     lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="health"))
+
+
 @page(router, "/-/health")
-def health(request: Request, session: ReadSession, fmt: str | None) -> Response:
+async def health(request: Request, fmt: str | None) -> Response:
     """Liveness and what is served: ``{"ok": true, "models": [...], "live": ...}`` (JSON with or
     without the ``.json`` suffix)."""
+    loop = asyncio.get_running_loop()
     try:
-        models = served_models(session)
+        models = await loop.run_in_executor(_health_executor(request), served_models_with,
+                                            request.app.state.sessions)
         db_ok = True
     except Exception:  # the DB is unreadable: say so, with 503 (the exception goes to the log only)
         log.exception("health check: the database cannot be read")
