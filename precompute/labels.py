@@ -11,6 +11,16 @@ For every model in the database (or ``--model``):
    pseudo-labels), render each concept's word, and store per layer the concept profile and each
    neuron's multimodality score (:mod:`app.neurons.multimodality`).
 
+With ``--probe`` the automatic labels and their evidence (layers with an activation sample) come
+from a **probe set** of clean concept images instead of the activation sample's tags (Network
+Dissection's Broden idea): ``demo[:N]`` renders ``N`` images per concept and modality of the
+demo world (pictures of each concept, and its written word) with :data:`PROBE_SEED`, a seed that
+neither training nor ``eval-labels`` (``HELDOUT_SEED``) uses; a folder holds one sub-folder of
+images per candidate label (``red/``, ``red (text)/`` for the written word). Labels are chosen on
+one half of the probe (alternate images of each concept) and their evidence (AUC, p, top-20
+precision, n) is computed on the other half, in the same comparison pools; the evidence row says
+so (``tag_source`` ``probe:…``). Multimodality and concept profiles still come from the sample.
+
 The vocabulary is ``--vocab FILE``, else the demo world's concepts for the demo model, else the
 bundled general list (``app/neurons/vocab/concepts.txt``). Re-running with the same parameters
 is a no-op (``--force`` recomputes).
@@ -60,6 +70,11 @@ STAGE = "labels"
 METHOD = "tag-dprime-in-comparison-pools+held-out-evidence+dprime-multimodality"
 """Changes the stage's parameters hash when the labelling method changes (issue 16)."""
 EMBED_BATCH = 64
+PROBE_SEED = 3_000_017
+"""Seed of the demo probe set: neither training (``TRAIN_SEED``) nor evaluation (``HELDOUT_SEED``)."""
+PROBE_PER_CONCEPT = 150
+"""Default demo probe renderings per concept and modality (75 choose, 75 are evidence)."""
+PROBE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 CHECKPOINT_EVERY = 20  # batches between embedding checkpoints
 
 
@@ -74,6 +89,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=3, help="auto labels kept per neuron")
     parser.add_argument("--device", default="auto", help="torch device (default: GPU if present)")
     parser.add_argument("--force", action="store_true", help="recompute even if up to date")
+    parser.add_argument("--probe", default=None,
+                        help="label from a probe set: demo[:N] (demo renderings, N per concept "
+                             f"and modality, default {PROBE_PER_CONCEPT}) or a folder of <label>/ "
+                             "images")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,7 @@ class LabelsOptions:
     k: int = 3
     force: bool = False
     progress: bool = True
+    probe: str | None = None
 
 
 @dataclass
@@ -152,7 +172,7 @@ run_labels = compute_labels  # the stage protocol's name (precompute.runs)
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``conceptscope precompute labels``."""
-    options = LabelsOptions(args.vocab, args.top, args.k, args.force, True)
+    options = LabelsOptions(args.vocab, args.top, args.k, args.force, True, args.probe)
     device = Settings().with_(device=args.device).resolved_device()
     try:
         reports = compute_labels(db_url_from_arg(args.db), model=args.model, options=options, device=device)
@@ -267,6 +287,7 @@ def _params(
         "pretrained": model.pretrained,
         "activations": activations,
         "method": METHOD,
+        "probe": _probe_key(options.probe),
     }
 
 
@@ -322,6 +343,8 @@ def label_model(
 
     tags, tag_source = _image_tags(session, spec, loaded, sample_ids, emb, row_of, concepts, concept_emb)
     infos = [loaded.layer(layer.name) for layer in layers if samples.get(layer.id) is not None]
+    probe = load_probe(spec, options.probe, concepts) if options.probe else None
+    probe_acts = probe_values(loaded, infos, probe.images) if probe is not None else {}
     render = word_renderer(spec)
     renderings = labels_distributed.word_rendering_responses(loaded, infos, concepts, render,
                                                             labels_distributed.context())  # fmt: skip
@@ -355,8 +378,13 @@ def label_model(
                 word_d=_finite(word_d[c, unit]) if c >= 0 else None,
                 correlation=_finite(correlation[unit]) if unit < len(correlation) else None,
             ))  # fmt: skip
-        n_labelled += _tag_labels(session, neurons, values, sample.image_ids, image_tags, candidates,
-                                  tag_source, options.k, concept_kinds(concepts, groups))  # fmt: skip
+        if probe is not None:  # labels and evidence from the probe set (see module docstring)
+            n_labelled += _tag_labels(session, neurons, probe_acts[layer.name], range(len(probe.tags)),
+                                      probe.tags, probe.candidates, probe.source, options.k, probe.kinds,
+                                      probe.held)  # fmt: skip
+        else:
+            n_labelled += _tag_labels(session, neurons, values, sample.image_ids, image_tags, candidates,
+                                      tag_source, options.k, concept_kinds(concepts, groups))  # fmt: skip
         session.merge(ConceptProfile(
             layer_id=layer.id, source=tag_source, concepts=list(concepts), image_counts=counts,
             image_means=to_bytes(means, "float32"), word_values=to_bytes(words.mean(1), "float32"),
@@ -371,6 +399,112 @@ def label_model(
     finish_run(session, run_row, progress)
     session.commit()
     return LabelsReport(model.slug, "done", n_labelled, len(concepts), tag_source, scored)
+
+
+# ------------------------------------------------------------------------------ probe set
+
+
+@dataclass
+class Probe:
+    """Clean concept images: each one's candidate tags, and which half is held out (evidence)."""
+
+    images: list[PILImage.Image]
+    tags: list[list[str]]
+    held: np.ndarray
+    candidates: list[str]
+    kinds: list[list[str]] | None
+    source: str  # the evidence rows' tag_source (at most 40 characters)
+
+
+def _parse_probe(probe: str) -> int | Path:
+    """``demo[:N]`` -> N renderings per concept and modality; anything else -> a folder."""
+    if probe == "demo" or probe.startswith("demo:"):
+        text = probe.partition(":")[2] or str(PROBE_PER_CONCEPT)
+        if not text.isdigit() or int(text) < 8:
+            raise ValueError(f"--probe {probe}: N must be an integer ≥ 8")
+        return int(text)
+    path = Path(probe)
+    if not path.is_dir():
+        raise ValueError(f"--probe {probe}: not 'demo[:N]' nor a folder")
+    return path
+
+
+def _probe_files(folder: Path) -> dict[str, list[Path]]:
+    """``label -> image files`` of a probe folder (one sub-folder per label, sorted)."""
+    out = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        files = sorted(f for f in sub.iterdir() if f.suffix.lower() in PROBE_EXTENSIONS)
+        if files:
+            out[sub.name] = files
+    if len(out) < 2:
+        raise ValueError(f"--probe {folder}: needs at least two sub-folders of images (one per label)")
+    return out
+
+
+def _probe_key(probe: str | None) -> str | None:
+    """What of the probe determines the result (part of the stage's parameters)."""
+    if probe is None:
+        return None
+    parsed = _parse_probe(probe)
+    if isinstance(parsed, int):
+        return f"demo:{parsed}:seed={PROBE_SEED}"
+    digest = hashlib.sha256()
+    for label, files in _probe_files(parsed).items():
+        for f in files:
+            digest.update(f"{label}/{f.name}:{f.stat().st_size}\n".encode())
+    return f"folder:{parsed.resolve()}:{digest.hexdigest()[:16]}"
+
+
+def load_probe(spec: ModelSpec, probe: str, concepts: Sequence[str]) -> Probe:
+    """The probe set named by ``--probe`` (see module docstring); alternate images of each label
+    are held out."""
+    parsed = _parse_probe(probe)
+    images: list[PILImage.Image] = []
+    tags: list[list[str]] = []
+    held: list[bool] = []
+    if isinstance(parsed, int):
+        if not spec.is_demo:
+            raise ValueError("--probe demo renders the demo world: it needs the demo model")
+        from precompute.eval_demo import KINDS, eval_set
+
+        for modality in ("object", "text"):
+            for kind, classes in KINDS.items():
+                rendered, labels = eval_set(modality, kind, parsed, PROBE_SEED)
+                for j, (image, ci) in enumerate(zip(rendered, labels, strict=True)):
+                    images.append(image)
+                    tags.append([classes[ci] if modality == "object" else mm.text_tag(classes[ci])])
+                    held.append(j % 2 == 1)  # within each class, images alternate
+        candidates = label_candidates(concepts, "ground-truth")
+        kinds = concept_kinds(concepts, concept_groups(spec, concepts))
+        source = f"probe:demo seed {PROBE_SEED}"
+    else:
+        candidates, kinds = [], None
+        for label, files in _probe_files(parsed).items():
+            candidates.append(label)
+            for j, f in enumerate(files):
+                with PILImage.open(f) as im:
+                    images.append(im.convert("RGB"))
+                tags.append([label])
+                held.append(j % 2 == 1)
+        source = f"probe:{parsed.name}"[:40]
+    return Probe(images, tags, np.array(held, bool), candidates, kinds, source)
+
+
+def probe_values(
+    loaded: LoadedModel, infos: Sequence[object], images: Sequence[PILImage.Image]
+) -> dict[str, np.ndarray]:
+    """``layer -> (images, units)`` spatial-max activations (the index's own measure) of the probe."""
+    import torch
+
+    from app.neurons.capture import layer_maps
+
+    acts: dict[str, list[np.ndarray]] = {info.name: [] for info in infos}  # type: ignore[attr-defined]
+    with torch.inference_mode():
+        for start in range(0, len(images), EMBED_BATCH):
+            x = zeroshot.preprocess_batch(loaded, images[start : start + EMBED_BATCH])
+            for name, m in layer_maps(loaded, x, infos).items():  # type: ignore[arg-type]
+                acts[name].append(m.amax(dim=(2, 3)).float().cpu().numpy())
+    return {name: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for name, v in acts.items()}
 
 
 def _finite(x: float) -> float | None:
@@ -412,12 +546,14 @@ def _tag_labels(
     tag_source: str,
     k: int,
     kinds: Sequence[Sequence[str]] | None = None,
+    held: np.ndarray | None = None,
 ) -> int:
     """Automatic labels chosen on one half of the sample (best d′ in the candidate's comparison
     pool, :func:`app.neurons.labels.comparison_pools`: plain pictures against other plain pictures,
     written words against other written words, of the same kind), evidence on the other half, in
-    the same pool, for them and for every imported or manual label that names a candidate."""
-    held = labelling.held_out(list(image_ids))
+    the same pool, for them and for every imported or manual label that names a candidate.
+    ``held``: which images are held out (default: :func:`app.neurons.labels.held_out` of the ids)."""
+    held = labelling.held_out(list(image_ids)) if held is None else np.asarray(held, bool)
     fit_tags = [t for t, h in zip(image_tags, held, strict=True) if not h]
     held_tags = [t for t, h in zip(image_tags, held, strict=True) if h]
     held_pools = labelling.comparison_pools(held_tags, candidates, kinds)  # who is compared with whom

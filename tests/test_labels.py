@@ -391,3 +391,63 @@ def test_the_real_distill_tsv_imports_cleanly(rn50x4_db, tmp_path, capsys) -> No
             select(func.count()).select_from(Label).where(Label.source == "imported:distill-2021")
         )
     assert 0 < stored <= rows and f"{rows} rows: {stored} labels added" in out
+
+
+# ----------------------------------------------------------------------------- probe set (--probe)
+
+
+@pytest.mark.slow
+def test_probe_labels_are_chosen_on_one_half_of_the_probe_and_backed_on_another(scratch, demo_loaded) -> None:
+    from app.models import DEMO_MODEL_NAME, ModelSpec
+    from precompute import demo_world as world
+    from precompute.labels import PROBE_SEED, load_probe
+
+    probe = load_probe(ModelSpec(DEMO_MODEL_NAME), "demo:8", list(world.CONCEPTS))
+    assert len(probe.images) == 8 * 28 and probe.held.sum() == 4 * 28  # alternate images held out
+    assert probe.tags[0] == ["red"] and ["red (text)"] in probe.tags and "circle (text)" in probe.candidates
+    assert PROBE_SEED not in (world.TRAIN_SEED, world.HELDOUT_SEED)
+    before = compute_labels(scratch, options=LabelsOptions(progress=False), loaded=demo_loaded)
+    assert [r.status for r in before] == ["up-to-date"]
+    done = compute_labels(scratch, options=LabelsOptions(progress=False, probe="demo:8"), loaded=demo_loaded)
+    assert [r.status for r in done] == ["done"]  # the probe is part of the stage's parameters
+    with _session(scratch) as s:
+        rows = list(s.scalars(select(LabelEvidence)))
+        assert rows and {r.tag_source for r in rows} == {f"probe:demo seed {PROBE_SEED}"}
+        # evidence on the held-out half of the probe, within the label's comparison pool
+        assert all(r.n_images in (4 * 8, 4 * 6) and r.n_positive == 4 for r in rows if r.auc is not None)
+        auto = set(s.scalars(select(Label.label).where(Label.source == "auto")))
+        assert auto and auto <= {c for c in probe.candidates}
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.web.app import create_app
+
+    with TestClient(create_app(Settings(db_url=scratch, device="cpu"))) as client:
+        html = client.get("/models/demo/layers/layer4.5/neurons/0").text
+        labels = client.get("/models/demo/layers/layer4.5/neurons/0.json").json()["sections"]["labels"]
+    assert "computed on a probe set of clean concept images" in html  # the page says what it was computed on
+    assert any("probe set" in (lb["evidence"] or {}).get("compared_with", "") for lb in labels)
+
+
+@pytest.mark.slow
+def test_probe_folder_labels_from_its_sub_folders(scratch, demo_loaded, tmp_path, capsys) -> None:
+    from precompute import demo_world as world
+
+    folder = tmp_path / "myprobe"
+    for colour in ("red", "blue"):
+        (folder / colour).mkdir(parents=True)
+        for j in range(8):
+            world.render(PROBE_TEST_SEED, j, "object", colour=colour).image.save(folder / colour / f"{j}.png")
+    db = scratch.removeprefix("sqlite:///")
+    assert main(["precompute", "labels", "--db", db, "--probe", str(folder), "--device", "cpu"]) == 0
+    capsys.readouterr()
+    with _session(scratch) as s:
+        assert set(s.scalars(select(Label.label).where(Label.source == "auto"))) <= {"red", "blue"}
+        rows = list(s.scalars(select(LabelEvidence).where(LabelEvidence.auc.is_not(None))))
+        assert rows and all(r.tag_source == "probe:myprobe" and r.n_images == 8 for r in rows)
+    for bad in ("demo:x", "demo:2", str(tmp_path / "missing"), str(folder / "red")):
+        assert main(["precompute", "labels", "--db", db, "--probe", bad]) == 2, bad
+    assert "--probe" in capsys.readouterr().err
+
+
+PROBE_TEST_SEED = 77

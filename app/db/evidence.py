@@ -71,6 +71,10 @@ def compared_with(label: str, tag_source: str | None) -> str | None:
 
     if tag_source is None:
         return None
+    if tag_source.startswith("probe:"):  # ``precompute labels --probe``: chosen and backed on a probe set
+        what = "written words" if is_text_tag(label) else "pictures"
+        return (f"held-out half of the probe set ({tag_source.removeprefix('probe:')}): {what} of other "
+                "concepts (same kind where known); the label was chosen on the other half")  # fmt: skip
     if is_text_tag(label):
         return "images of other written words (same kind where known), with no pictured object"
     if tag_source == "ground-truth":
