@@ -219,20 +219,25 @@ class Preparations:
         return job
 
     async def prepared(self, ctx: ModelContext, version: str, *, max_wait_s: float = MAX_WAIT_S) -> Prepared:
-        """The model's :class:`Prepared`; waits only while the job should finish within
-        ``max_wait_s`` (else raises :class:`Preparing`). Never cancels the job."""
+        """The model's :class:`Prepared`. Waits (at most ``max_wait_s``) only when the job's
+        estimated time left fits in it, else raises :class:`Preparing` at once (after at most
+        UNKNOWN_WAIT_S while there is no estimate yet). Never cancels the job."""
         job = self.start(ctx, await self.key(ctx, version))
         if job.result is not None:
             return job.result
         deadline = time.monotonic() + max_wait_s
         unknown_deadline = time.monotonic() + min(UNKNOWN_WAIT_S, max_wait_s)
+        committed = False  # once the job looked done within the deadline, wait for it to the end
         while job.result is None and job.error is None and job.task is not None:
             now = time.monotonic()
-            eta = job.eta()
-            if now >= deadline or (eta is None and now >= unknown_deadline) or (
-                eta is not None and now + eta > deadline
-            ):
+            if now >= deadline:
                 break
+            if not committed:
+                eta = job.eta()
+                if eta is not None and now + eta <= deadline:
+                    committed = True
+                elif eta is not None or now >= unknown_deadline:
+                    break  # not soon: answer at once (503 with the progress)
             # asyncio.wait never cancels what it waits for
             await asyncio.wait({job.task}, timeout=0.1)
         if job.result is not None:
