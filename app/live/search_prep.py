@@ -82,8 +82,8 @@ class Preparation:
 
     slug: str
     key: str
-    done: int = 0  # words and images encoded so far
-    total: int = 0  # words and images to encode (0 while reading the index)
+    done: int = 0  # words and images encoded (and recipe null fits made) so far
+    total: int = 0  # all of them (0 while reading the index)
     phase: str = "reading the index"
     started: float = field(default_factory=time.monotonic)
     steps_started: float | None = None
@@ -342,7 +342,8 @@ class Preparations:
         texts = list(dict.fromkeys([*nulls_words, *recipe_words, *vocabulary,
                                     *(c for layer in layers.values() for c in layer.concepts)]))  # fmt: skip
         ids = sorted({i for layer in layers.values() for i in layer.image_ids})
-        job.total = len(texts) + len(ids)
+        n_fits = len(recipe_words) if dirs else 0  # the recipe null's fits (CPU, counted as steps)
+        job.total = len(texts) + len(ids) + n_fits
         job.steps_started = time.monotonic()
         job.phase = "encoding words"
         emb = await self._encode(job, texts)
@@ -359,6 +360,7 @@ class Preparations:
                 matrix = next(iter(dirs.values())).directions  # the recipe's layer (app.web.recipe)
                 for w in recipe_words:
                     fits.append(fit_recipe(emb[w], matrix, max_terms=DEFAULT_TERMS, centre=centre).cosine)
+                    job.done += 1
             return nulls, centre, recipe_null(fits)
 
         nulls, centre, recipe_fits = await run_in_threadpool(fit)
