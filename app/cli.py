@@ -78,7 +78,7 @@ DEMO_STAGES: list[list[str]] = [
     ["precompute", "summaries"],
     ["precompute", "featurevis", "--diversity", str(DEMO_DIVERSITY)],
     ["precompute", "words"],
-    ["precompute", "labels"],
+    ["precompute", "labels", "--probe", "demo"],
 ]
 
 
