@@ -1,0 +1,116 @@
+"""Do the multimodal view's top units hold up on renderings the score never saw?
+
+    .venv/bin/python bench/multimodal_robustness.py --db data/demo.db [--top 5]
+
+For the last layer of a demo index, each unit's median response to its concept's word in font faces
+the model was never trained on (DejaVu Serif Italic, Sans Mono Oblique, Serif Condensed) at 18 and
+64 px (outside the training sizes) and to 8 plain objects of fresh seeds, placed in the unit's own
+dataset distribution (percentile of the activation sample). Printed for three sets of units:
+
+* the view's top ``--top`` (``multimodal_ranking``, what the page shows first);
+* the baseline measured in the same run: ``eval-demo``'s best unit of each concept (the model
+  card's ground truth, max of min(d′ objects, d′ text) on the training faces);
+* the ceiling: for each concept, the unit that does best on these very renderings (an oracle
+  tuned on the test itself, so no ranking can beat it).
+
+Last lines: ``top units at >=65th on both: A of N`` and ``... >=90th on both: B of N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import select  # noqa: E402
+
+from app.db import from_bytes, make_engine, session_factory  # noqa: E402
+from app.db.meaning import multimodal_ranking  # noqa: E402
+from app.db.schema import ActivationSample, Layer  # noqa: E402
+from app.models import DEMO_WEIGHTS, ModelSpec, load_model  # noqa: E402
+from app.neurons.capture import layer_maps  # noqa: E402
+from app.neurons.zeroshot import preprocess_batch  # noqa: E402
+from precompute import demo_world as world  # noqa: E402
+
+UNSEEN_FACES = ("DejaVuSerif-Italic.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSerifCondensed.ttf")
+UNSEEN_SIZES = (18, 64)
+N_OBJECTS = 8
+
+
+def card_best_units() -> dict[str, int]:
+    """concept -> eval-demo's best unit, from the model card's facts block."""
+    text = (DEMO_WEIGHTS.parent / "MODEL_CARD.md").read_text()
+    facts = json.loads(re.search(r"<!-- facts: (\{.*?\}) -->", text, re.S).group(1))
+    return {c: int(v[0]) for c, v in facts["multimodal_neurons"].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--db", default="data/demo.db", help="file path or SQLAlchemy URL")
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    url = args.db if "://" in args.db else f"sqlite:///{args.db}"
+    loaded = load_model(ModelSpec.parse("demo"))
+    with session_factory(make_engine(url, create=False))() as s:
+        layer = s.scalar(select(Layer).where(Layer.is_last.is_(True)))
+        sample = s.get(ActivationSample, layer.id)
+        values = from_bytes(sample.values, "float16", (sample.n_images, sample.n_units)).astype(np.float32)
+        ranking = multimodal_ranking(s, layer)[: args.top]
+    info = loaded.layer(layer.name)
+    faces = [f for f in UNSEEN_FACES if any((d / f).is_file() for d in world._DEJAVU_DIRS)]  # noqa: SLF001
+    if not faces:
+        sys.exit("the unseen DejaVu faces are not installed (Debian: fonts-dejavu-extra)")
+
+    def responses(images: list) -> np.ndarray:
+        with torch.inference_mode():
+            x = preprocess_batch(loaded, images)
+            return layer_maps(loaded, x, [info])[layer.name].amax(dim=(2, 3)).float().numpy()
+
+    def percentiles(concept: str) -> tuple[np.ndarray, np.ndarray]:
+        kind = "colour" if concept in world.COLOURS else "shape"
+        words = [world.render_word(concept, font=f, size=sz) for f in faces for sz in UNSEEN_SIZES]
+        objects = [world.render(world.HELDOUT_SEED, 7_000_000 + i, "object", **{kind: concept}).image
+                   for i in range(N_OBJECTS)]  # fmt: skip
+        w, o = np.median(responses(words), 0), np.median(responses(objects), 0)
+        return 100 * (values < w).mean(0), 100 * (values < o).mean(0)
+
+    per_concept = {c: percentiles(c) for c in world.CONCEPTS}
+
+    def row(concept: str, unit: int) -> tuple[float, float]:
+        pw, po = per_concept[concept]
+        return float(pw[unit]), float(po[unit])
+
+    def count(pairs: list[tuple[float, float]], at: float) -> int:
+        return sum(min(p) >= at for p in pairs)
+
+    print(f"index {args.db}, layer {layer.name}, faces {', '.join(faces)} at {UNSEEN_SIZES} px, "
+          f"{N_OBJECTS} fresh objects; percentiles of the unit's own activation sample (word / object)")  # fmt: skip
+    top = [row(r.concept, r.unit) for r in ranking]
+    for r, (pw, po) in zip(ranking, top, strict=True):
+        print(f"  view top  unit {r.unit:4d} {r.concept:9s} word {pw:5.1f}  object {po:5.1f}")
+    best, oracle = [], []
+    for concept, unit in card_best_units().items():
+        best.append(row(concept, unit))
+        pw, po = per_concept[concept]
+        u = int(np.minimum(pw, po).argmax())
+        oracle.append((float(pw[u]), float(po[u])))
+        print(f"  {concept:9s} eval-demo best {unit:4d}: {best[-1][0]:5.1f} / {best[-1][1]:5.1f}"
+              f"   ceiling {u:4d}: {oracle[-1][0]:5.1f} / {oracle[-1][1]:5.1f}")  # fmt: skip
+    n, k = len(top), len(best)
+    print(f"baseline: eval-demo's best units at >=90th on both: {count(best, 90)} of {k}; "
+          f"ceiling (a unit tuned on these renderings): {count(oracle, 90)} of {k} concepts")  # fmt: skip
+    print(f"top units at >=65th on both: {count(top, 65)} of {n}")
+    print(f"top units at >=90th on both: {count(top, 90)} of {n}")
+
+
+if __name__ == "__main__":
+    main()
