@@ -93,7 +93,8 @@ def main() -> None:
         return sum(min(p) >= at for p in pairs)
 
     print(f"index {args.db}, layer {layer.name}, faces {', '.join(faces)} at {UNSEEN_SIZES} px, "
-          f"{N_OBJECTS} fresh objects; percentiles of the unit's own activation sample (word / object)")  # fmt: skip
+          f"{N_OBJECTS} fresh objects")  # fmt: skip
+    print("percentiles of each unit's own activation sample (word / object)")
     top = [row(r.concept, r.unit) for r in ranking]
     for r, (pw, po) in zip(ranking, top, strict=True):
         print(f"  view top  unit {r.unit:4d} {r.concept:9s} word {pw:5.1f}  object {po:5.1f}")
