@@ -162,7 +162,7 @@ def percentiles(latencies: list[float]) -> str:
     if not latencies:
         return "no answers (n=0)"
     ordered = sorted(latencies)
-    p99 = ordered[int(0.99 * (len(ordered) - 1))]
+    p99 = ordered[max(0, -(-99 * len(ordered) // 100) - 1)]  # nearest rank: never below the median
     return (f"p50 {statistics.median(ordered) * 1000:.0f} ms p99 {p99 * 1000:.0f} ms "
             f"max {ordered[-1] * 1000:.0f} ms (n={len(ordered)})")
 
