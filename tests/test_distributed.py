@@ -360,3 +360,109 @@ def test_share_map_deals_items_to_every_rank_and_keeps_their_order(tmp_path):
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "rank 0 ok" in done.stdout and "rank 1 served 2" in done.stdout, done.stdout
+
+
+KILLABLE_LABELS = """
+import os, sys, time
+from pathlib import Path
+import precompute.labels as labels
+import precompute.labels_distributed as shared
+out, rank = Path(sys.argv[2]), os.environ["RANK"]
+out.joinpath(f"rank{rank}.pid").write_text(str(os.getpid()))
+labels.EMBED_BATCH, labels.CHECKPOINT_EVERY = 4, 1  # a checkpoint after every round of 2 x 4 images
+encoded, real = 0, shared._encode
+
+def slow_encode(spec, images):  # slow enough to be killed mid-way; counts what this rank encodes
+    global encoded
+    time.sleep(0.25)
+    encoded += len(images)
+    out.joinpath(f"rank{rank}.encoded").write_text(str(encoded))
+    return real(spec, images)
+
+shared._encode = slow_encode
+labels.compute_labels(sys.argv[1], options=labels.LabelsOptions(top=4, k=2, progress=False), device="cpu")
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_labels_rank_restarted_resumes_to_the_same_labels(tmp_path, demo_loaded, monkeypatch):
+    """Labels under torchrun on an image folder (zero-shot tags: every image is embedded, the
+    embeddings checkpointed by rank 0 after each round): rank 1 SIGKILLed mid-way, the same command
+    run again embeds only what the checkpoint lacks and writes the same rows as one process."""
+    import os
+    import random
+    import shutil
+    import signal
+    import time
+
+    import precompute.labels as labels
+    from precompute.activations import run_activations
+    from precompute.datasets import DemoDataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    demo = DemoDataset(72)
+    for position in range(len(demo)):
+        item = demo.load(position)
+        if item.image is not None:
+            item.image.save(folder / f"{position:03d}.png")
+    base, db, straight = tmp_path / "base.db", tmp_path / "killed.db", tmp_path / "straight.db"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_activations(demo_loaded, str(folder), f"sqlite:///{base}", top_k=6, batch_size=16, sample_size=72,
+                        progress=False)  # fmt: skip
+        shutil.copy(base, db)
+        shutil.copy(base, straight)
+        monkeypatch.setattr(labels, "EMBED_BATCH", 4)  # the same batches as the ranks encode
+        options = labels.LabelsOptions(top=4, k=2, progress=False)
+        labels.compute_labels(f"sqlite:///{straight}", options=options, device="cpu", loaded=demo_loaded)
+    finally:
+        torch.set_num_threads(threads)
+    n_images = sqlite3.connect(base).execute("SELECT count(*) FROM images").fetchone()[0]
+
+    def embedded() -> int:
+        try:
+            con = sqlite3.connect(db, timeout=1)
+            try:
+                row = con.execute(
+                    "SELECT json_extract(progress, '$.embedded') FROM runs WHERE stage = 'labels'"
+                ).fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return -1
+        return int(row[0]) if row and row[0] is not None else -1
+
+    script = tmp_path / "labels_rank.py"
+    script.write_text(KILLABLE_LABELS)
+    command = [*torchrun(2), str(script), f"sqlite:///{db}", str(tmp_path)]
+    env = subprocess_env(threads=1)
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while embedded() < 16 and job.poll() is None:
+            assert time.monotonic() < deadline, "the labels job made no progress"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0, 0.3))
+        assert job.poll() is None, "the job finished before a rank could be killed"
+        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
+        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    at = embedded()
+    assert 16 <= at < n_images, (at, n_images)
+
+    for rank in (0, 1):
+        (tmp_path / f"rank{rank}.encoded").unlink(missing_ok=True)
+    restarted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)  # same command
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    again = sum(int(p.read_text()) for p in tmp_path.glob("rank*.encoded"))
+    assert again == n_images - at, (again, n_images, at)  # only what the checkpoint lacked
+    con = sqlite3.connect(db)
+    progress, status = con.execute("SELECT progress, status FROM runs WHERE stage = 'labels'").fetchone()
+    con.close()
+    assert status == "done" and json.loads(progress)["embedded"] == n_images, progress
+    assert_same_content(db, straight)
