@@ -24,7 +24,6 @@ from app.db import make_engine, session_factory
 from app.db.schema import Analysis, Label, Layer, Model, Neuron, TopExample
 from app.web.app import ReadOnlyViolation, create_app
 from app.web.charts import histogram, nice_ticks
-from app.web.formats import split_format
 from app.web.templating import num
 from app.web.urls import Urls
 
@@ -443,11 +442,7 @@ def test_urls(tmp_path):
         urls.model("demo", "xml")
 
 
-def test_split_format_and_num():
-    assert split_format("17.json") == ("17", "json")
-    assert split_format("layer4.0") == ("layer4.0", None)
-    assert split_format("layer4.0.json") == ("layer4.0", "json")
-    assert split_format(".json") == (".json", None)
+def test_num():
     numbers = (0.00145, -6.28e-04, 2.64e-5, 12.345, 0.5, 0, None, float("nan"), 3e9, 1234.5)
     assert [num(x) for x in numbers] == [
         "0.00145", "-0.000628", "2.64e-5", "12.3", "0.5", "0", "—", "—", "3e+9", "1234",

@@ -17,13 +17,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 JSON_SUFFIX = ".json"
 
 
-def split_format(value: str) -> tuple[str, str | None]:
-    """``"17.json"`` → ``("17", "json")``; ``"layer4.0"`` → ``("layer4.0", None)``."""
-    if value.endswith(JSON_SUFFIX) and len(value) > len(JSON_SUFFIX):
-        return value[: -len(JSON_SUFFIX)], "json"
-    return value, None
-
-
 def is_htmx(request: Request) -> bool:
     """An htmx request that is not a history restore (those need the full page)."""
     return request.headers.get("hx-request") == "true" and request.headers.get(
