@@ -32,7 +32,7 @@ from app.models import ModelSpec, load_model  # noqa: E402
 from app.neurons.capture import layer_maps  # noqa: E402
 from app.neurons.multimodality import text_tag  # noqa: E402
 from app.neurons.zeroshot import preprocess_batch  # noqa: E402
-from precompute.eval_demo import KINDS, dprime, eval_set  # noqa: E402
+from precompute.demo_eval import KINDS, dprime, eval_set  # noqa: E402
 from precompute.eval_labels import SELECTIVE, _concept  # noqa: E402
 
 FIRST_SEED = 5_000_011

@@ -11,21 +11,7 @@ import torch
 
 from app.models.demo import load_demo_model
 from precompute import demo_world as world
-from precompute.demo_eval import (  # noqa: F401 - re-exported: the helpers' names before the split
-    EVAL_MODALITIES,
-    KINDS,
-    REGRESSION,
-    THRESHOLD,
-    EvalResult,
-    class_embeddings,
-    dprime,
-    encode_images,
-    eval_set,
-    evaluate,
-    format_report,
-    prompts,
-    zero_shot_accuracy,
-)
+from precompute.demo_eval import evaluate, format_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,7 +1,7 @@
 """``conceptscope eval-labels``: are the units' title labels right, and backed by their evidence?
 
 On a demo index (the default), ground truth comes from fresh held-out renderings of the demo
-world (``eval_demo.eval_set``, seed ``HELDOUT_SEED``): for every indexed unit and concept, d′ of
+world (``demo_eval.eval_set``, seed ``HELDOUT_SEED``): for every indexed unit and concept, d′ of
 its activation (the index's own capture, spatial max) on objects of the concept against objects
 of the other concepts of its kind (candidate label ``"red"``) and on the written word against
 the other words of its kind (candidate ``"red (text)"``). A unit is *selective* when its best d′
@@ -89,8 +89,8 @@ def ground_truth_dprimes(
     from app.neurons.multimodality import text_tag
     from app.neurons.zeroshot import preprocess_batch
     from precompute import demo_world as world
-    from precompute.eval_demo import KINDS, eval_set
-    from precompute.eval_demo import dprime as dprime_cols
+    from precompute.demo_eval import KINDS, eval_set
+    from precompute.demo_eval import dprime as dprime_cols
 
     infos = [loaded.layer(n) for n in layer_names]  # type: ignore[attr-defined]
     candidates: list[str] = []

@@ -41,15 +41,15 @@ def named_colour_neurons(card: Path = CARD) -> dict[str, int]:
     Read from the model card's facts; measured afresh (10 images per class) when there is no card.
     """
     from app.models.demo import load_demo_model
-    from precompute import eval_demo
+    from precompute import demo_eval
     from precompute.demo_world import COLOURS
 
     if card.is_file() and (m := re.search(r"<!-- facts: (\{.*?\}) -->", card.read_text(), re.S)):
         facts = json.loads(m.group(1))
-        named, threshold = facts["multimodal_neurons"], facts.get("threshold", eval_demo.THRESHOLD)
+        named, threshold = facts["multimodal_neurons"], facts.get("threshold", demo_eval.THRESHOLD)
     else:
         model, tokenizer = load_demo_model()
-        result = eval_demo.evaluate(model, None, tokenizer, n_per_class=10)
+        result = demo_eval.evaluate(model, None, tokenizer, n_per_class=10)
         named, threshold = result.multimodal_neurons, result.threshold
     return {c: int(v[0]) for c, v in named.items() if c in COLOURS and min(v[1], v[2]) >= threshold}
 

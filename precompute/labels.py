@@ -205,11 +205,11 @@ def vocabulary_for(spec: ModelSpec, vocab: Path | None) -> tuple[list[str], Call
         concepts = labelling.read_vocabulary()
     templates = zeroshot.DEMO_TEMPLATES if spec.is_demo else zeroshot.GENERAL_TEMPLATES
     if spec.is_demo:
-        from precompute import demo_world, eval_demo
+        from precompute import demo_eval, demo_world
 
         def demo_prompts(concept: str) -> list[str]:
             if concept in demo_world.CONCEPTS:
-                return eval_demo.prompts(concept)
+                return demo_eval.prompts(concept)
             return [t.format(concept) for t in templates]
 
         return concepts, demo_prompts
@@ -465,7 +465,7 @@ def load_probe(spec: ModelSpec, probe: str, concepts: Sequence[str]) -> Probe:
     if isinstance(parsed, int):
         if not spec.is_demo:
             raise ValueError("--probe demo renders the demo world: it needs the demo model")
-        from precompute.eval_demo import KINDS, eval_set
+        from precompute.demo_eval import KINDS, eval_set
 
         for modality in ("object", "text"):
             for kind, classes in KINDS.items():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from app.models.demo import load_demo_model
+from precompute import demo_eval
 from precompute import demo_world as world
-from precompute import eval_demo
 
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "app" / "models" / "weights"
 WEIGHTS = WEIGHTS_DIR / "conceptscope-demo.safetensors"
@@ -49,8 +49,8 @@ def test_weights_are_small_fp16() -> None:
 def test_reproduces_card_zero_shot_accuracy(demo: tuple[torch.nn.Module, Any]) -> None:
     facts = card_facts()["regression"]
     model, tokenizer = demo
-    acc = eval_demo.zero_shot_accuracy(model, tokenizer, n_per_class=facts["n_per_class"], seed=facts["seed"])
-    for modality in eval_demo.EVAL_MODALITIES:
+    acc = demo_eval.zero_shot_accuracy(model, tokenizer, n_per_class=facts["n_per_class"], seed=facts["seed"])
+    for modality in demo_eval.EVAL_MODALITIES:
         assert abs(acc[modality] - facts[modality]) <= 0.03, (modality, acc, facts)
 
 
@@ -66,8 +66,8 @@ def test_red_neuron_responds_to_red_objects_and_the_word_red(demo: tuple[torch.n
                 overrides = {"word": colour} if modality == "text" else {"colour": colour}
                 images.append(world.render(seed, index, modality, **overrides).image)
                 is_red.append(colour == "red")
-        _, acts = eval_demo.encode_images(model, images)
+        _, acts = demo_eval.encode_images(model, images)
         values = acts[:, unit].numpy()
         red = np.array(is_red)
         assert values[red].mean() > values[~red].mean(), modality
-        assert eval_demo.dprime(values[:, None], red)[0] > 0.5, modality
+        assert demo_eval.dprime(values[:, None], red)[0] > 0.5, modality
