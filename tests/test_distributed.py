@@ -466,3 +466,96 @@ def test_a_killed_labels_rank_restarted_resumes_to_the_same_labels(tmp_path, dem
     con.close()
     assert status == "done" and json.loads(progress)["embedded"] == n_images, progress
     assert_same_content(db, straight)
+
+
+KILLABLE_WORDS = """
+import os, sys, time
+from pathlib import Path
+import precompute.words as words
+out, rank = Path(sys.argv[2]), os.environ["RANK"]
+out.joinpath(f"rank{rank}.pid").write_text(str(os.getpid()))
+words.CHECKPOINT_SECONDS = 0.0  # this rank's part row is checkpointed after every chunk
+rendered, real = 0, words.word_values
+
+def slow_word_values(loaded, chunk):  # slow enough to be killed mid-way; counts what this rank renders
+    global rendered
+    time.sleep(0.25)
+    rendered += len(chunk)
+    out.joinpath(f"rank{rank}.rendered").write_text(str(rendered))
+    return real(loaded, chunk)
+
+words.word_values = slow_word_values
+words.run_words(sys.argv[1], vocab=sys.argv[3].split(","), top=3, batch=2, device="cpu", progress=False)
+"""
+KILL_VOCAB = [*VOCAB, "orange", "yellow", "pink", "brown", "triangle", "heart", "cross", "house", "tree",
+              "water", "fire", "car", "ship", "bird", "fish", "moon", "sun", "rain", "snow", "apple",
+              "bread", "milk", "road", "door", "hand", "book", "ring", "bell", "lamp", "rose"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_killed_words_rank_restarted_resumes_to_the_same_words(tmp_path, demo_loaded):
+    """Words under torchrun: rank 1 SIGKILLed mid-way through its chunks, the same command run
+    again renders only the chunks its part row lacked and writes the same top words as one process."""
+    import os
+    import random
+    import shutil
+    import signal
+    import time
+
+    from precompute.activations import run_activations
+    from precompute.datasets import DemoDataset
+    from precompute.words import run_words
+
+    base, db, straight = tmp_path / "base.db", tmp_path / "killed.db", tmp_path / "straight.db"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_activations(demo_loaded, DemoDataset(32), f"sqlite:///{base}", top_k=4, batch_size=16,
+                        sample_size=32, progress=False)  # fmt: skip
+        shutil.copy(base, db)
+        shutil.copy(base, straight)
+        run_words(f"sqlite:///{straight}", loaded=demo_loaded, vocab=KILL_VOCAB, top=3, batch=2,
+                  progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    def position(rank: int) -> int:
+        try:
+            con = sqlite3.connect(db, timeout=1)
+            try:
+                row = con.execute("SELECT json_extract(progress, '$.position') FROM runs WHERE stage = ?",
+                                  (f"words@{rank}/2",)).fetchone()  # fmt: skip
+            finally:
+                con.close()
+        except sqlite3.Error:
+            return -1
+        return int(row[0]) if row and row[0] is not None else -1
+
+    script = tmp_path / "words_rank.py"
+    script.write_text(KILLABLE_WORDS)
+    command = [*torchrun(2), str(script), f"sqlite:///{db}", str(tmp_path), ",".join(KILL_VOCAB)]
+    env = subprocess_env(threads=1)
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while position(1) < 8 and job.poll() is None:
+            assert time.monotonic() < deadline, "rank 1 made no progress"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0, 0.2))
+        assert job.poll() is None, "the job finished before a rank could be killed"
+        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
+        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+    at = position(1)
+    starts = list(range(0, len(KILL_VOCAB), 2))[1::2]  # rank 1's chunks: every 2nd one
+    assert 0 < at < starts[-1], at
+
+    (tmp_path / "rank1.rendered").unlink()
+    restarted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)  # same command
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    left = sum(len(KILL_VOCAB[s : s + 2]) for s in starts if s >= at)
+    assert int((tmp_path / "rank1.rendered").read_text()) == left  # rank 1 went on from its checkpoint
+    assert_same_content(db, straight)
