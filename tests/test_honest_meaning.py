@@ -45,6 +45,11 @@ def test_multimodal_view_puts_eval_demos_best_units_on_top(client) -> None:
     for n in data["neurons"]:  # both numbers, and the score is their minimum
         assert n["multimodality"] == pytest.approx(min(n["picture_d"], n["word_d"]), abs=1e-3)
         assert n["concept"] and n["correlation"] is None or -1 <= n["correlation"] <= 1
+        # every value on the unit's own scale: percentile and z beside each word and example
+        for item in [*n["concept_words"], *n["photos"], *n["text_examples"], *n["top_words"]]:
+            assert 0 <= item["percentile"] <= 100 and item["z"] is not None, item
+        for e in n["photos"][:1]:  # a unit's best dataset picture sits at the top of its distribution
+            assert e["percentile"] >= 90, e
     champions = [n["multimodality"] for n in data["neurons"] if n["champion"]]
     assert champions == sorted(champions, reverse=True)
     assert "the smaller of two d′" in client.get("/models/demo/multimodal").text

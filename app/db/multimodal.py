@@ -6,10 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.schema import Blob, Image, TopExample
+from app.db.related import layer_sample
+from app.db.schema import Blob, Image, Layer, Neuron, TopExample
+from app.db.summaries import neuron_summary
 from app.db.units import Thumb, thumb
 
 TEXT_MODALITIES = ("text", "labelled_object")  # never photo evidence
@@ -21,6 +24,42 @@ class EvidenceExample:
     value: float
     caption: str
     thumb: Thumb
+
+
+@dataclass(frozen=True)
+class UnitScale:
+    """A unit's own scale: its column of the activation sample and its dataset mean and std."""
+
+    sample: np.ndarray | None
+    mean: float | None
+    std: float | None
+
+    def place(self, value: float) -> dict[str, float | None]:
+        """``value``'s percentile in the sample and its z-score (``None`` where unknown)."""
+        pct = None
+        if self.sample is not None and len(self.sample):
+            pct = round(float((self.sample < value).mean() * 100), 1)
+        z = round((value - self.mean) / self.std, 2) if self.mean is not None and self.std else None
+        return {"percentile": pct, "z": z}
+
+
+def unit_scales(session: Session, layer: Layer, neuron_ids: dict[int, int]) -> dict[int, UnitScale]:
+    """``unit -> UnitScale`` for ``neuron_ids`` (unit -> neuron id): sample columns from the
+    precomputed summaries, or from the layer's activation sample (read once) for an index
+    without them."""
+    rows = session.scalars(select(Neuron).where(Neuron.id.in_(list(neuron_ids.values()))))
+    neurons = {n.unit: n for n in rows}
+    columns: dict[int, np.ndarray | None] = {}
+    for unit, neuron in neurons.items():
+        summary = neuron_summary(session, neuron)
+        columns[unit] = summary.sample if summary else None
+    if any(c is None for c in columns.values()):
+        sample = layer_sample(session, layer)
+        if sample is not None:
+            values = sample[1]
+            columns = {u: c if c is not None or u >= values.shape[1] else values[:, u].astype(np.float32)
+                       for u, c in columns.items()}  # fmt: skip
+    return {u: UnitScale(columns.get(u), n.mean, n.std) for u, n in neurons.items()}
 
 
 def is_text(meta: Any, tags: list[str] | None) -> bool:

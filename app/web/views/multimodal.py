@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.db import queries
 from app.db.meaning import Profile, concept_profile, multimodal_ranking, top_words, unit_summaries
-from app.db.multimodal import EvidenceExample, photo_and_text_examples
+from app.db.multimodal import EvidenceExample, UnitScale, photo_and_text_examples, unit_scales
 from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
@@ -30,6 +30,7 @@ router = APIRouter()
 DEFAULT_N, MAX_N = 24, 200
 PHOTOS, TEXTS = 5, 3
 SCATTER = 120  # px
+NO_SCALE = UnitScale(None, None, None)
 
 
 EXPLAIN = (
@@ -41,11 +42,12 @@ EXPLAIN = (
 )
 
 
-def _evidence(urls: Urls, items: list[EvidenceExample]) -> list[dict[str, Any]]:
+def _evidence(urls: Urls, items: list[EvidenceExample], scale: UnitScale) -> list[dict[str, Any]]:
     return [
-        {"value": e.value, "caption": e.caption, "thumb": urls.blob(e.thumb.sha256, e.thumb.ext)}
+        {"value": e.value, **scale.place(e.value), "caption": e.caption,
+         "thumb": urls.blob(e.thumb.sha256, e.thumb.ext)}
         for e in items
-    ]
+    ]  # fmt: skip
 
 
 def _scatter(profile: Profile, unit: int) -> dict[str, Any] | None:
@@ -90,11 +92,13 @@ def multimodal_data(
     rows = [(r.neuron_id, r.unit, r.score) for r in ranking]
     profile = concept_profile(session, layer)
     summaries = unit_summaries(session, layer, [r.unit for r in ranking])
+    scales = unit_scales(session, layer, {r.unit: r.neuron_id for r in ranking})
     neurons = []
     for (nid, unit, score), mmu in zip(rows, ranking, strict=True):
         photos, text_examples = photo_and_text_examples(
             session, nid, profile.image_tags if profile else None, PHOTOS, TEXTS
         )
+        scale = scales.get(unit, NO_SCALE)
         words = []
         if profile is not None:
             responses = profile.word_values[:, unit]
@@ -104,6 +108,7 @@ def multimodal_data(
                     {
                         "word": profile.concepts[i],
                         "value": float(responses[i]),
+                        **scale.place(float(responses[i])),
                         "thumb": urls.blob(thumb.sha256, thumb.ext) if thumb else None,
                     }
                 )
@@ -120,12 +125,13 @@ def multimodal_data(
                 "champion": mmu.champion,
                 "label": s.label if s else None,
                 "label_source": s.label_source if s else None,
-                "photos": _evidence(urls, photos),
+                "photos": _evidence(urls, photos, scale),
                 "concept_words": words,
                 "top_words": [
-                    {"word": w, "value": v} for w, v in top_words(session, layer, unit, TEXTS + 2)
+                    {"word": w, "value": v, **scale.place(v)}
+                    for w, v in top_words(session, layer, unit, TEXTS + 2)
                 ],
-                "text_examples": _evidence(urls, text_examples),
+                "text_examples": _evidence(urls, text_examples, scale),
                 "scatter": _scatter(profile, unit) if profile is not None else None,
             }
         )
