@@ -558,13 +558,3 @@ def render_word(
     tw, th = tmask.size
     img.paste(Image.new("RGB", (tw, th), ink_rgb), ((n - tw) // 2, (n - th) // 2), tmask)
     return img
-
-
-def contact_sheet(seed: int, count: int = 64, cols: int = 8, **kwargs: Any) -> Image.Image:
-    """A grid of ``count`` renderings (for eyeballing the world)."""
-    rows = (count + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * IMAGE_SIZE, rows * IMAGE_SIZE), (0, 0, 0))
-    for i in range(count):
-        s = render(seed, i, **kwargs)
-        sheet.paste(s.image, ((i % cols) * IMAGE_SIZE, (i // cols) * IMAGE_SIZE))
-    return sheet

@@ -10,10 +10,10 @@ visualization exists for the neuron: a precomputed image is never overwritten.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select, update
+from sqlalchemy import Engine, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -167,11 +167,3 @@ def store_images(
         )
     session.commit()
     return True
-
-
-def forget_finished(engine: Engine, older_than: datetime) -> None:
-    """Delete finished job rows older than ``older_than`` (housekeeping; never active ones)."""
-    with engine.begin() as conn:
-        conn.execute(
-            delete(FeatureVisJob).where(FeatureVisJob.status != ACTIVE, FeatureVisJob.started_at < older_than)
-        )

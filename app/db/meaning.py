@@ -12,24 +12,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import from_bytes, queries, units
-from app.db.schema import Blob, ConceptProfile, Image, Layer, Model, Neuron, NeuronWord, TopExample
+from app.db.schema import Blob, ConceptProfile, Layer, Model, Neuron, NeuronWord
 from app.db.units import UnitSummary, unit_summaries  # noqa: F401 - the one unit-summary function, re-exported
-
-
-def top_thumbs(
-    session: Session, layer: Layer, unit: int, limit: int = 6
-) -> list[tuple[queries.Thumb, float]]:
-    """The neuron's ``limit`` best dataset examples: (thumbnail, value)."""
-    rows = session.execute(
-        select(Blob.sha256, Blob.mime, Blob.width, Blob.height, TopExample.value)
-        .join(Neuron, Neuron.id == TopExample.neuron_id)
-        .join(Image, Image.id == TopExample.image_id)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .where(Neuron.layer_id == layer.id, Neuron.unit == unit)
-        .order_by(TopExample.value.desc(), TopExample.rank)
-        .limit(limit)
-    )
-    return [(units.thumb(sha, mime, w, h), float(v)) for sha, mime, w, h, v in rows]
 
 
 def top_words(session: Session, layer: Layer, unit: int, limit: int = 6) -> list[tuple[str, float]]:
@@ -79,10 +63,6 @@ def concept_profile(session: Session, layer: Layer) -> Profile | None:
         word_thumbs=[blobs.get(sha) for sha in (row.word_blobs or [])],
         image_tags={int(k): list(v) for k, v in (row.image_tags or {}).items()},
     )
-
-
-def model_layers(session: Session, model: Model) -> list[Layer]:
-    return queries.list_layers(session, model)
 
 
 def last_layer(session: Session, model: Model) -> Layer | None:

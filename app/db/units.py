@@ -43,11 +43,6 @@ def source_rank(source: str) -> int:
     return 1 if source.startswith("imported") else 2
 
 
-def label_order(source: str, rank: int, score: float | None) -> tuple[Any, ...]:
-    """Sort key of a label: best first."""
-    return (source_rank(source), rank, -(score or 0.0))
-
-
 @dataclass
 class UnitSummary:
     """What a link to a neuron shows: its best label and top image."""

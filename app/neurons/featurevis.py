@@ -155,9 +155,6 @@ class Result:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
-    def pil(self, i: int) -> PILImage.Image:
-        return to_pil(self.images[i])
-
 
 # --------------------------------------------------------------------------- parameterisation
 

@@ -136,23 +136,6 @@ def held_out(image_ids: Sequence[int]) -> np.ndarray:
     return (mixed & np.uint64(1)).astype(bool)
 
 
-def auc_matrix(values: np.ndarray, positives: np.ndarray) -> np.ndarray:
-    """``(concepts, units)`` AUC (Mann–Whitney U / n₊n₋, ties counted half) of every unit's
-    ``values`` ``(images, units)`` for every boolean row of ``positives`` ``(concepts, images)``."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(values, axis=0)  # (images, units), ties averaged
-    n = values.shape[0]
-    out = np.full((positives.shape[0], values.shape[1]), np.nan, np.float32)
-    for ci, pos in enumerate(positives):
-        n_pos = int(pos.sum())
-        n_neg = n - n_pos
-        if n_pos and n_neg:
-            u = ranks[pos].sum(0) - n_pos * (n_pos + 1) / 2
-            out[ci] = u / (n_pos * n_neg)
-    return out
-
-
 def evidence(values: np.ndarray, positive: np.ndarray, top: int = TOP_PRECISION) -> Evidence:
     """The evidence of one unit (``values``: its activations on the held-out images) for one
     concept (``positive``: which of those images show it)."""

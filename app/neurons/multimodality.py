@@ -109,37 +109,6 @@ def concept_image_means(
     return means, counts.tolist()
 
 
-@torch.inference_mode()
-def word_responses(
-    loaded: LoadedModel,
-    layers: Sequence[LayerInfo],
-    words: Sequence[str],
-    render: Callable[[str], Sequence[Image.Image]],
-    batch: int = 64,
-) -> dict[str, np.ndarray]:
-    """``layer -> (words, units)``: each unit's spatial-max response to ``word`` written as text,
-    averaged over the renderings ``render(word)`` returns (fonts, inks, backgrounds)."""
-    from app.neurons.capture import layer_maps
-    from app.neurons.zeroshot import preprocess_batch
-
-    images: list[Image.Image] = []
-    owner: list[int] = []
-    for i, word in enumerate(words):
-        for im in render(word):
-            images.append(im)
-            owner.append(i)
-    sums = {layer.name: np.zeros((len(words), layer.n_units), np.float64) for layer in layers}
-    counts = np.bincount(np.asarray(owner, dtype=np.int64), minlength=len(words)).astype(np.float64)
-    for start in range(0, len(images), batch):
-        x = preprocess_batch(loaded, images[start : start + batch])
-        maps = layer_maps(loaded, x, layers)
-        rows = np.asarray(owner[start : start + batch])
-        for name, m in maps.items():
-            peak = m.amax(dim=(2, 3)).float().cpu().numpy()
-            np.add.at(sums[name], rows, peak)
-    return {name: (s / np.maximum(counts, 1)[:, None]).astype(np.float32) for name, s in sums.items()}
-
-
 def multimodality_scores(
     image_means: np.ndarray,
     word_values: np.ndarray,

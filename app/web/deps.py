@@ -9,8 +9,6 @@ from urllib.parse import parse_qsl
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session
 
-from app.web.urls import Urls
-
 
 def get_session(request: Request) -> Iterator[Session]:
     """A read-only session for one request."""
@@ -22,10 +20,6 @@ def get_write_session(request: Request) -> Iterator[Session]:
     """A session that may write only the web's own tables (analyses, blobs)."""
     with request.app.state.write_sessions() as session:
         yield session
-
-
-def get_urls(request: Request) -> Urls:
-    return request.app.state.urls
 
 
 #: Annotated dependency for a read-only session: ``def view(session: ReadSession)``.

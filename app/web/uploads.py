@@ -408,13 +408,6 @@ def _corrupt(fmt: str, exc: BaseException) -> UploadError:
     return UploadError(422, f"The {fmt} image is corrupt or truncated and cannot be decoded ({reason}).")
 
 
-def downscale(image: Image.Image, max_side: int) -> Image.Image:
-    """A copy no larger than ``max_side`` on its longer side (high-quality resampling)."""
-    copy = image.copy()
-    copy.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return copy
-
-
 def centre_square(image: Image.Image, side: int) -> Image.Image:
     """The centred square crop the model sees (shortest side resized to ``side``)."""
     return ImageOps.fit(image, (side, side), Image.Resampling.BICUBIC, centering=(0.5, 0.5))
