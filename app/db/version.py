@@ -52,15 +52,18 @@ class VersionClock:
         self._lock = threading.Lock()
 
     def fresh(self) -> bool:
-        """Whether :meth:`current` would answer without reading the database."""
-        return bool(self._value) and time.monotonic() < self._next
+        """Whether :meth:`current` would answer without waiting for the database."""
+        return bool(self._value) and (time.monotonic() < self._next or self._lock.locked())
 
     def current(self) -> str:
-        now = time.monotonic()
-        if now < self._next and self._value:
+        """The version; once known, a re-read in progress never makes another caller wait
+        (they get the previous value until it is done: stale for one query at most)."""
+        if self._value and time.monotonic() < self._next:
             return self._value
-        with self._lock:
-            if time.monotonic() < self._next and self._value:
+        if not self._lock.acquire(blocking=not self._value):
+            return self._value
+        try:
+            if self._value and time.monotonic() < self._next:
                 return self._value
             try:
                 with self.sessions() as session:
@@ -70,6 +73,8 @@ class VersionClock:
                     self._value = "unknown"
             self._next = time.monotonic() + self.ttl
             return self._value
+        finally:
+            self._lock.release()
 
     def invalidate(self) -> None:
         """Force the next :meth:`current` to re-read (after this process wrote something)."""
