@@ -99,9 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for words, target, help_text in COMMANDS:
         module_name, add_name, run_name = target.split(":")
-        if not _has(target):
-            continue
-        module = importlib.import_module(module_name)
+        module = importlib.import_module(_require(target))
         if len(words) == 1:
             sub = top.add_parser(words[0], help=help_text)
         else:
@@ -120,10 +118,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if isinstance(db, str) or args.rebuild or not db.exists() or not _demo_complete(db):
         # a database URL (e.g. PostgreSQL) has no marker file: every stage runs (a no-op when done)
         parser = build_parser()
-        available = {tuple(words) for words, module, _ in COMMANDS if _has(module)}
         for stage in DEMO_STAGES:
-            if tuple(stage[:2]) not in available:
-                continue
+            _demo_command(stage)  # a stage that names no command raises (never skipped)
             print(f"== conceptscope {' '.join(stage[:2])}", flush=True)
             stage_args = parser.parse_args([*stage, "--db", str(db)])
             code = stage_args.handler(stage_args)
@@ -143,13 +139,23 @@ def run_demo(args: argparse.Namespace) -> int:
     return serve_args.handler(serve_args)
 
 
-def _has(target: str) -> bool:
-    """Whether a registered command's module exists: it must, so a missing one raises (a typo or a
-    deleted module in ``COMMANDS`` is a bug, never a silently absent command)."""
+def _require(target: str) -> str:
+    """The module of a registered command (``"module:add:run"``). It must exist, so a missing one
+    raises (a typo or a deleted module in ``COMMANDS`` is a bug, never a silently absent command)."""
     module = target.split(":")[0]
     if importlib.util.find_spec(module) is None:
         raise ModuleNotFoundError(f"COMMANDS in app/cli.py names {module}, which does not exist", name=module)
-    return True
+    return module
+
+
+def _demo_command(stage: Sequence[str]) -> tuple[str, ...]:
+    """The command words of a ``DEMO_STAGES`` entry; one that names no command in ``COMMANDS``
+    raises (the demo never skips a stage silently)."""
+    for words, target, _ in COMMANDS:
+        if tuple(stage[: len(words)]) == words:
+            _require(target)
+            return words
+    raise LookupError(f"DEMO_STAGES in app/cli.py names {' '.join(stage[:2])!r}, which is no command")
 
 
 def _demo_marker(db: Path) -> Path:
@@ -158,17 +164,16 @@ def _demo_marker(db: Path) -> Path:
 
 def _demo_complete(db: Path) -> bool:
     marker = _demo_marker(db)
-    stages = "\n".join(" ".join(s[:2]) for s in DEMO_STAGES if _stage_available(s))
-    return marker.exists() and marker.read_text() == stages
+    return marker.exists() and marker.read_text() == _demo_stage_names()
 
 
 def _mark_demo_complete(db: Path) -> None:
-    stages = "\n".join(" ".join(s[:2]) for s in DEMO_STAGES if _stage_available(s))
-    _demo_marker(db).write_text(stages)
+    _demo_marker(db).write_text(_demo_stage_names())
 
 
-def _stage_available(stage: list[str]) -> bool:
-    return any(tuple(w) == tuple(stage[:2]) and _has(m) for w, m, _ in COMMANDS)
+def _demo_stage_names() -> str:
+    """What the marker of a complete demo database records: its stages, one a line."""
+    return "\n".join(" ".join(stage[:2]) for stage in DEMO_STAGES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

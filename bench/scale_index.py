@@ -158,9 +158,9 @@ def build(db_url: str, *, images: int, units: int, sample: int, seed: int = 0) -
         s.commit()
     engine.dispose()
     t_rows = time.perf_counter()
-    from precompute.summaries import compute_summaries
+    from precompute.summaries import run_summaries
 
-    compute_summaries(db_url, log=False)
+    run_summaries(db_url, log=False)
     t_end = time.perf_counter()
     return {"images": t_images - t0, "units": t_rows - t_images, "summaries": t_end - t_rows,
             "total": t_end - t0}

@@ -67,7 +67,7 @@ from precompute.datasets import (
 from precompute.distributed import Context, chan_merge, context, device_for, gather, merge_topk, my_share
 from precompute.distributed import barrier as dist_barrier
 from precompute.distributed import broadcast as dist_broadcast
-from precompute.runs import checkpoint_run, drop_parts, finish_run, params_hash, part_stage, start_run
+from precompute.runs import checkpoint_run, drop_parts, finish_run, params_hash, start_distributed_run
 
 STAGE = "activations"
 DEFAULT_TOP_K = 64
@@ -159,7 +159,7 @@ class LayerState:
 
 
 @dataclass
-class Thumb:
+class IndexedImage:
     """A stored image's row data and thumbnail (JPEG of the model's view)."""
 
     key: str
@@ -183,7 +183,7 @@ class Pending:
     height: int
     view: PILImage.Image
 
-    def encode(self) -> Thumb:
+    def encode(self) -> IndexedImage:
         return make_thumb(self.key, self.caption, self.meta, (self.width, self.height), self.view)
 
 
@@ -200,7 +200,7 @@ class PassState:
     batches_done: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     skipped_positions: list[int] = field(default_factory=list)  # dataset position of each skipped
-    thumbs: dict[int, Thumb] = field(default_factory=dict)
+    thumbs: dict[int, IndexedImage] = field(default_factory=dict)
     pending: dict[int, Pending] = field(default_factory=dict)  # not yet encoded; never checkpointed
 
     def flush_thumbs(self) -> None:
@@ -295,7 +295,7 @@ class PassState:
         }
         blob = tensors["thumb_bytes"].numpy().tobytes()
         thumbs = {
-            t["position"]: Thumb(
+            t["position"]: IndexedImage(
                 t["key"],
                 t["caption"],
                 t["meta"],
@@ -328,14 +328,14 @@ def _safetensors_metadata(data: bytes) -> dict[str, str]:
 
 def make_thumb(
     item_key: str, caption: str | None, meta: dict[str, Any], original: tuple[int, int], view: PILImage.Image
-) -> Thumb:
+) -> IndexedImage:
     """JPEG thumbnail of the model's view of an image (what heatmaps are aligned to)."""
     if max(view.size) > THUMB_MAX_SIDE:
         view = view.copy()
         view.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE), PILImage.Resampling.BICUBIC)
     buffer = io.BytesIO()
     view.convert("RGB").save(buffer, format="JPEG", quality=THUMB_QUALITY)
-    return Thumb(item_key, caption, meta, original[0], original[1], buffer.getvalue(), view.size)
+    return IndexedImage(item_key, caption, meta, original[0], original[1], buffer.getvalue(), view.size)
 
 
 def weights_fingerprint(loaded: LoadedModel) -> str:
@@ -468,27 +468,17 @@ AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def _start(sessions: Any, loaded: LoadedModel, params: dict[str, Any], n_items: int, ctx: Context) -> tuple:
-    """Find or start the stage's run (rank 0) and this rank's checkpoint row.
+    """Find or start the stage's run (rank 0, with the model's row) and this rank's checkpoint row.
 
     Returns ``(model_id, run_id, status, checkpoint_row_id, saved_state)``.
     """
-    digest = params_hash(params)
-    if ctx.is_writer:
-        with sessions.begin() as session:
-            model = upsert_model(session, loaded)
-            start_run(session, model.id, STAGE, params, {"position": 0, "n_items": n_items})
-    dist_barrier(ctx)
-    with sessions.begin() as session:
-        model_id = session.scalar(select(Model.id).where(Model.slug == loaded.spec.slug))
-        run_row = session.scalar(
-            select(Run).where(Run.model_id == model_id, Run.stage == STAGE, Run.params_hash == digest)
-        )
-        run_id, status = run_row.id, run_row.status
-        part = run_row
-        if ctx.distributed and status != "done":
-            stage = part_stage(STAGE, ctx.rank, ctx.world)
-            part = start_run(session, model_id, stage, params, {"position": 0})
-        return model_id, run_id, status, part.id, part.state
+    slug = loaded.spec.slug
+    started = start_distributed_run(
+        sessions, ctx, lambda session: session.scalar(select(Model.id).where(Model.slug == slug)),
+        STAGE, params, {"position": 0, "n_items": n_items}, part_progress={"position": 0},
+        prepare=lambda session: upsert_model(session, loaded),
+    )  # fmt: skip
+    return started.model_id, started.run_id, started.status, started.part_id, started.state
 
 
 def _index(
@@ -767,7 +757,7 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
     thumbs = {p: state.thumbs[p] for p in kept if p in state.thumbs}
     missing = [p for p in kept if p not in state.thumbs]
 
-    def reread(position: int) -> Thumb:
+    def reread(position: int) -> IndexedImage:
         prepared = prepare(data, position, view, lambda img: img)
         item = prepared.item
         if prepared.view is None:
@@ -821,7 +811,7 @@ def finalize(sessions: Any, run_id: int, loaded: LoadedModel, data: Dataset, sta
         })  # fmt: skip
 
 
-def store_images(session: Session, dataset: str, thumbs: dict[int, Thumb]) -> dict[int, int]:
+def store_images(session: Session, dataset: str, thumbs: dict[int, IndexedImage]) -> dict[int, int]:
     """Upsert image rows + thumbnail blobs in position order; return position → image id."""
     order = sorted(thumbs)
     digests = {p: sha256_hex(thumbs[p].jpeg) for p in order}
@@ -982,7 +972,7 @@ def run(args: argparse.Namespace) -> int:
     if result.n_indexed == 0:
         print("conceptscope: error: no image of the dataset could be read", file=sys.stderr)
         return 1
-    from precompute.summaries import compute_summaries  # page summaries (issue 15), rank 0 only
+    from precompute.summaries import run_summaries  # page summaries (issue 15), rank 0 only
 
-    compute_summaries(db_url_from_arg(args.db), result.model)
+    run_summaries(db_url_from_arg(args.db), result.model)
     return 0

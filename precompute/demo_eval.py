@@ -5,8 +5,9 @@ model card, ``conceptscope eval-demo`` (:mod:`precompute.eval_demo`) prints the 
 import this module and neither imports the other. Everything is measured on held-out renderings
 of :mod:`precompute.demo_world` (``HELDOUT_SEED``, disjoint from training):
 
-* zero-shot colour and shape accuracy per modality (object, drawing, text), prompts being the
-  mean text embedding of a few templates that match the training captions;
+* zero-shot colour and shape accuracy per modality (object, drawing, text), each class being the
+  mean text embedding of prompts that match the training captions
+  (:func:`app.neurons.zeroshot.prompts_for` the demo model and world);
 * typographic attack rate: objects of colour A labelled with the word for colour B classified
   as B (and the same for shapes);
 * for each concept, d′ of every last-block neuron (pre-ReLU residual sum of the last Bottleneck
@@ -27,6 +28,7 @@ import torch
 from app.models.demo import as_loaded, last_block, to_tensor
 from app.models.hooks import hooks
 from app.neurons import zeroshot
+from app.neurons.multimodality import dprime as dprime_between
 from precompute import demo_world as world
 
 THRESHOLD = 1.5
@@ -79,7 +81,10 @@ def encode_images(
     preprocess: Callable[[Any], torch.Tensor] | None = None,
     batch: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised image embeddings, last-block neuron values: max over positions) of ``images``."""
+    """(normalised image embeddings, last-block neuron values: max over positions) of ``images``,
+    both from one forward pass of a bare model (``preprocess``: default the demo world's
+    :func:`app.models.demo.to_tensor`). Image embeddings alone of a loaded model:
+    :func:`app.neurons.zeroshot.encode_images`."""
     feats, acts = [], []
     neurons = f"{last_block(model)}.act3:in"
     with hooks(model.visual, [neurons], transform=lambda v: v.amax(dim=(2, 3))) as captured:
@@ -90,24 +95,13 @@ def encode_images(
     return torch.cat(feats), torch.cat(acts).float()
 
 
-def prompts(concept: str) -> list[str]:
-    """Zero-shot prompt templates for ``concept`` (they mirror the training captions)."""
-    a = world._a  # noqa: SLF001
-    if concept in world.COLOURS:
-        c = concept
-        return ([c, f"the word {c}", f"something {c}"]
-                + [f"a photo of {a(c)} {c} {s}" for s in world.SHAPES]
-                + [f"a drawing of {a(c)} {c} {s}" for s in world.SHAPES])  # fmt: skip
-    s = concept
-    return ([s, f"the word {s}", f"a photo of a {s}", f"a drawing of a {s}"]
-            + [f"a photo of {a(c)} {c} {s}" for c in world.COLOURS])  # fmt: skip
-
-
 def class_embeddings(model: torch.nn.Module, tokenizer: Any, concepts: tuple[str, ...]) -> torch.Tensor:
-    """(len(concepts), D) normalised mean text embedding of each concept's :func:`prompts` (the prompt
-    policy of :func:`app.neurons.zeroshot.encode_concepts`)."""
-    embeddings = zeroshot.encode_concepts(as_loaded(model, tokenizer), concepts, prompts)
-    return torch.from_numpy(embeddings)
+    """(len(concepts), D) normalised concept embeddings of the demo world's ``concepts``
+    (:func:`app.neurons.zeroshot.encode_concepts` with :func:`app.neurons.zeroshot.prompts_for`
+    the demo model and world: prompts that mirror the training captions)."""
+    loaded = as_loaded(model, tokenizer)
+    prompts = zeroshot.prompts_for(loaded, world.COLOURS, world.SHAPES)
+    return torch.from_numpy(zeroshot.encode_concepts(loaded, concepts, prompts))
 
 
 def eval_set(modality: str, kind: str, n_per_class: int, seed: int) -> tuple[list[Any], np.ndarray]:
@@ -129,10 +123,9 @@ def eval_set(modality: str, kind: str, n_per_class: int, seed: int) -> tuple[lis
 
 
 def dprime(values: np.ndarray, positive: np.ndarray) -> np.ndarray:
-    """d′ of every column of ``values`` (N, U) for rows ``positive`` against the others."""
-    a, b = values[positive], values[~positive]
-    pooled = np.sqrt(0.5 * (a.var(0) + b.var(0))) + 1e-6
-    return (a.mean(0) - b.mean(0)) / pooled
+    """d′ of every column of ``values`` (N, U) for rows ``positive`` (a mask) against the others:
+    :func:`app.neurons.multimodality.dprime` of the two sets of rows."""
+    return dprime_between(values[positive], values[~positive])
 
 
 # ---------------------------------------------------------------------------------- evaluation

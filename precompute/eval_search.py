@@ -27,7 +27,7 @@ from sqlalchemy import select
 
 from app.config import DEFAULT_DATA_DIR, db_url_from_arg
 from app.db import make_engine, session_factory
-from app.db import search as store
+from app.db import search as search_db
 from app.db.schema import Model
 from app.live import search as live
 from app.models import DEMO_WEIGHTS, ModelSpec, load_model
@@ -79,10 +79,10 @@ def evaluate(url: str, slug: str | None = None, best: dict[str, int] | None = No
         model = session.scalars(query.where(Model.slug == slug) if slug else query).first()
         if model is None:
             raise SystemExit(f"no model {slug!r} in {url}" if slug else f"no model in {url}")
-        dirs = store.layer_directions(session, model.id)
-        evidence = store.search_evidence(session, model.id)
+        dirs = search_db.layer_directions(session, model.id)
+        evidence = search_db.search_evidence(session, model.id)
         ids = sorted({i for le in evidence.values() for i in le.image_ids})
-        thumbs = store.thumbnails(session, ids)
+        thumbs = search_db.thumbnails(session, ids)
         spec = ModelSpec(model.name, model.pretrained)
     engine.dispose()
     if not dirs:

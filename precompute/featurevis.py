@@ -9,10 +9,15 @@ stored as PNG blobs with a ``feature_visualizations`` row (objective reached, se
 Resumable and idempotent: neurons whose visualizations are stored are skipped, every batch is
 committed on its own, and a diversity set made by another method
 (:data:`app.neurons.featurevis.DIVERSITY_METHOD`, stored with each image) is rendered again.
+The stage follows the protocol of :mod:`precompute.runs`: one ``runs`` row per model and
+parameters (:func:`run_params`), checkpointed with each stored batch (its progress counts the
+complete neurons; the stored images are the resumable state) and finished when every requested
+neuron is complete, which changes the index's data version.
 
 Under ``torchrun`` the optimisation batches are dealt out round by round (batch ``i`` to rank
 ``i % N``); rank 0 gathers each round's images and writes them, so what is stored is always a
-prefix of the batch list and a restarted job resumes where it stopped.
+prefix of the batch list and a restarted job resumes where it stopped. Rank 0 alone writes the
+``runs`` row.
 
 Defaults depend on the device (:func:`app.neurons.featurevis.default_settings`): on a GPU
 Lucid's 512 steps at the model's input size; on a CPU fewer steps at half the input size, a
@@ -24,8 +29,10 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import delete, select
 from tqdm import tqdm
@@ -37,6 +44,7 @@ from app.db.visualizations import save_visualization
 from app.models import LoadedModel, ModelSpec, load_model
 from app.neurons import featurevis as fv
 from precompute import distributed
+from precompute.runs import checkpoint_run, finish_run, start_run
 
 STAGE = "featurevis"
 CPU_STEPS = fv.CPU_STEPS
@@ -155,6 +163,33 @@ def pack(jobs: list[Job], batch: int) -> list[list[Job]]:
     return batches
 
 
+def run_params(
+    model: Model,
+    layers: Sequence[Layer],
+    units: set[int] | None,
+    kinds: Sequence[str],
+    diversity: int,
+    steps: int | None,
+    size: int | None,
+    seed: int,
+) -> dict[str, Any]:
+    """The stage's parameters (its ``runs`` row): what is rendered, and how as requested
+    (``steps``/``size`` ``None``: the device's default, :func:`app.neurons.featurevis.default_settings`).
+    Batch size and device are performance knobs, not parameters."""
+    return {
+        "model": model.slug,
+        "layers": [layer.name for layer in layers],
+        "units": sorted(units) if units is not None else None,
+        "kinds": sorted(set(kinds)),
+        "diversity": diversity if "diversity" in kinds and diversity >= 2 else 0,
+        "diversity_method": fv.DIVERSITY_METHOD,
+        "algorithm": fv.ALGORITHM,
+        "steps": steps,
+        "size": size,
+        "seed": seed,
+    }
+
+
 def render_batch(
     loaded: LoadedModel, layer_name: str, jobs: list[Job], settings: fv.RenderSettings,
     progress: object = None,
@@ -213,10 +248,22 @@ def run_featurevis(
             known = ", ".join(row.name for row in model_row.layers)
             raise ValueError(f"unknown layer in {list(layers)} (indexed layers: {known})")
         plans = [(row, *plan_jobs(session, row, units, kinds, diversity)) for row in layer_rows]
+        params = run_params(model_row, layer_rows, units, kinds, diversity, steps, size, seed)
     distributed.barrier(ctx)  # every rank planned from the same rows before anything is written
     n_images = sum(job.count for _, jobs, _ in plans for job in jobs)
     n_complete = sum(done for *_, done in plans)
+    left = Counter(job.neuron_id for _, jobs, _ in plans for job in jobs)  # jobs left per neuron
+    n_neurons = n_complete + len(left)
+
+    def neurons_progress() -> dict[str, int]:
+        return {"neurons_done": n_complete + sum(1 for n in left.values() if n == 0), "neurons": n_neurons}
+
     if n_images == 0:
+        if ctx.is_writer:  # everything is stored: the run is done (a no-op when it was already)
+            with sessions.begin() as session:
+                run_row = start_run(session, model_row.id, STAGE, params, neurons_progress())
+                if run_row.status != "done":
+                    finish_run(session, run_row, neurons_progress())
         engine.dispose()
         return FeatureVisReport(model_row.slug, 0, n_complete, time.perf_counter() - started)
 
@@ -228,6 +275,10 @@ def run_featurevis(
     batch = batch or (GPU_BATCH if on_gpu else CPU_BATCH)
     if diversity >= 2 and batch < diversity:
         raise ValueError(f"--batch ({batch}) must be at least --diversity ({diversity})")
+    run_id = None
+    if ctx.is_writer:  # rank 0 alone keeps the stage's row (the stored images are its state)
+        with sessions.begin() as session:
+            run_id = start_run(session, model_row.id, STAGE, params, neurons_progress()).id
 
     done_batches = 0
     bar = tqdm(
@@ -277,18 +328,21 @@ def run_featurevis(
                                 FeatureVisualization.kind == "diversity",
                                 FeatureVisualization.index >= job.count,
                             ))  # fmt: skip
+                        left[job.neuron_id] -= 1
+                    if run_id is not None:  # with the images, in their transaction
+                        checkpoint_run(session, run_id, None, neurons_progress())
                 stored += n
             done_batches += 1
             if stop_after_batches is not None and done_batches >= stop_after_batches:
                 return FeatureVisReport(model_row.slug, stored, n_complete, time.perf_counter() - started)
+        if run_id is not None:
+            with sessions.begin() as session:
+                finish_run(session, run_id, neurons_progress())
         distributed.barrier(ctx)
     finally:
         bar.close()
         engine.dispose()
     return FeatureVisReport(model_row.slug, stored, n_complete, time.perf_counter() - started)
-
-
-render_missing = run_featurevis  # the stage's former name (kept for callers)
 
 
 # --- CLI -------------------------------------------------------------------------------------

@@ -117,7 +117,7 @@ class LabelsReport:
     multimodality: list[str] = field(default_factory=list)
 
 
-def compute_labels(
+def run_labels(
     db_url: str,
     *,
     model: str | None = None,
@@ -138,12 +138,12 @@ def compute_labels(
         labels_distributed.serve(ctx, device)
         return []
     try:
-        return _compute_labels(db_url, model, options, device, loaded)
+        return _run_labels(db_url, model, options, device, loaded)
     finally:
         labels_distributed.stop(ctx)
 
 
-def _compute_labels(
+def _run_labels(
     db_url: str, model: str | None, options: LabelsOptions, device: str, loaded: LoadedModel | None
 ) -> list[LabelsReport]:
     engine = make_engine(db_url)
@@ -167,15 +167,12 @@ def _compute_labels(
         engine.dispose()
 
 
-run_labels = compute_labels  # the stage protocol's name (precompute.runs)
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``conceptscope precompute labels``."""
     options = LabelsOptions(args.vocab, args.top, args.k, args.force, True, args.probe)
     device = Settings().with_(device=args.device).resolved_device()
     try:
-        reports = compute_labels(db_url_from_arg(args.db), model=args.model, options=options, device=device)
+        reports = run_labels(db_url_from_arg(args.db), model=args.model, options=options, device=device)
     except (LookupError, ValueError, OSError) as exc:
         print(f"conceptscope: error: {exc}", file=sys.stderr)
         return 2
@@ -193,27 +190,18 @@ def run(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------ vocabulary
 
 
-def vocabulary_for(spec: ModelSpec, vocab: Path | None) -> tuple[list[str], Callable[[str], list[str]]]:
-    """The concept list and its prompt function for ``spec`` (see module docstring)."""
+def vocabulary_for(spec: ModelSpec, vocab: Path | None) -> tuple[list[str], zeroshot.Prompts]:
+    """The concept list and its prompts for ``spec`` (see module docstring): the prompt policy
+    of :func:`app.neurons.zeroshot.prompts_for`, told the demo world for the demo model."""
+    from precompute import demo_world
+
     if vocab is not None:
         concepts = labelling.read_vocabulary(vocab)
     elif spec.is_demo:
-        from precompute import demo_world
-
         concepts = list(demo_world.CONCEPTS)
     else:
         concepts = labelling.read_vocabulary()
-    templates = zeroshot.DEMO_TEMPLATES if spec.is_demo else zeroshot.GENERAL_TEMPLATES
-    if spec.is_demo:
-        from precompute import demo_eval, demo_world
-
-        def demo_prompts(concept: str) -> list[str]:
-            if concept in demo_world.CONCEPTS:
-                return demo_eval.prompts(concept)
-            return [t.format(concept) for t in templates]
-
-        return concepts, demo_prompts
-    return concepts, lambda concept: [t.format(concept) for t in templates]
+    return concepts, zeroshot.prompts_for(spec, demo_world.COLOURS, demo_world.SHAPES)
 
 
 def word_renderer(spec: ModelSpec) -> Callable[[str], list[PILImage.Image]]:

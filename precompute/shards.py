@@ -34,7 +34,7 @@ from app.images import to_rgb
 from precompute.sources import Dataset, DatasetError, Item, _describe, _jsonable
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
-CAPTION_KEYS = ("txt", "json")
+CAPTION_KEYS = ("txt", "json")  # the caption: the txt file, else the caption/text field of the json
 SPEC_SEPARATOR = "::"
 _META = re.compile(r"__[^/]*__($|/)")  # webdataset's skip_meta
 
@@ -205,16 +205,17 @@ class ShardDataset(Dataset):
         if isinstance(raw, str) or raw is None:
             return Item(position, key, None, error=raw or "unreadable")
         caption, meta = None, {}
+        text_key, json_key = CAPTION_KEYS  # a sample's txt caption wins over its json's caption
         try:
-            if "json" in raw:
-                meta = json.loads(raw["json"])
+            if json_key in raw:
+                meta = json.loads(raw[json_key])
                 if isinstance(meta, dict):
                     caption = meta.get("caption") or meta.get("text")
                     meta = _jsonable(meta)
                 else:
                     meta = {"json": _jsonable(meta)}
-            if "txt" in raw:
-                caption = raw["txt"].decode("utf-8").strip()
+            if text_key in raw:
+                caption = raw[text_key].decode("utf-8").strip()
         except (ValueError, UnicodeDecodeError) as exc:
             return Item(position, key, None, error=f"bad caption: {_describe(exc)}")
         data = next((raw[k] for k in IMAGE_KEYS if k in raw), None)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 
@@ -24,9 +23,9 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from app.db import make_engine, session_factory
-from app.db.schema import ActivationSample, Direction, Layer, Model, Neuron, NeuronSummary, Run, utcnow
+from app.db.schema import ActivationSample, Direction, Layer, Model, Neuron, NeuronSummary
 from app.neurons.related import CORRELATION, DIRECTION, all_related_by_correlation, all_related_by_direction
-from precompute.runs import find_or_start_run
+from precompute.runs import checkpoint_run, finish_run, start_run
 
 STAGE = "summaries"
 RELATED_K = 16
@@ -76,7 +75,7 @@ def _layer_rows(session: Session, layer: Layer) -> list[dict[str, object]]:
     return rows
 
 
-def compute_summaries(db_url: str, model: str | None = None, *, log: bool = True) -> dict[str, object]:
+def run_summaries(db_url: str, model: str | None = None, *, log: bool = True) -> dict[str, object]:
     """Write the summaries of every layer of ``model`` (default: every model). Returns a report."""
     engine = make_engine(db_url)
     NeuronSummary.__table__.create(engine, checkfirst=True)  # an index built before it existed
@@ -95,8 +94,7 @@ def compute_summaries(db_url: str, model: str | None = None, *, log: bool = True
                 layers = list(session.scalars(select(Layer).where(Layer.model_id == model_row.id)
                                               .order_by(Layer.position)))  # fmt: skip
                 params = {"layers": [_fingerprint(session, layer) for layer in layers]}
-                digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-                run = find_or_start_run(session, model_row.id, STAGE, params, digest, {"done": []})
+                run = start_run(session, model_row.id, STAGE, params, {"done": []})
                 session.commit()
                 if run.status == "done":
                     report["skipped"] = int(report["skipped"]) + len(layers)  # type: ignore[call-overload]
@@ -110,14 +108,13 @@ def compute_summaries(db_url: str, model: str | None = None, *, log: bool = True
                     for start in range(0, len(rows), INSERT_BATCH):
                         session.execute(insert(NeuronSummary), rows[start : start + INSERT_BATCH])
                     done.append(layer.name)
-                    session.get(Run, run.id).progress = {"done": list(done)}
+                    checkpoint_run(session, run, None, {"done": list(done)})
                     session.commit()
                     report["layers"] = int(report["layers"]) + 1  # type: ignore[call-overload]
                     report["neurons"] = int(report["neurons"]) + len(rows)  # type: ignore[call-overload]
                     if log:
                         print(f"summaries {model_row.slug}/{layer.name}: {len(rows)} neurons", flush=True)
-                row = session.get(Run, run.id)
-                row.status, row.state, row.finished_at = "done", None, utcnow()
+                finish_run(session, run)
                 session.commit()
     finally:
         engine.dispose()
@@ -134,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from app.config import db_url_from_arg
 
     try:
-        report = compute_summaries(db_url_from_arg(args.db), args.model)
+        report = run_summaries(db_url_from_arg(args.db), args.model)
     except ValueError as exc:
         print(f"conceptscope precompute summaries: error: {exc}", file=sys.stderr)
         return 2

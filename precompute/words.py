@@ -32,12 +32,12 @@ from tqdm import tqdm
 
 from app.config import DEFAULT_DATA_DIR, db_url_from_arg
 from app.db import make_engine, session_factory
-from app.db.schema import Neuron, NeuronWord, Run
-from app.models import LoadedModel, ModelSpec, load_model
+from app.db.schema import Neuron, NeuronWord
+from app.models import LoadedModel, ModelSpec, load_model, mean_std
 from app.neurons.capture import run_visual, spatial_maps
 from app.neurons.vocabulary import DEFAULT_VOCAB_SIZE, bpe_words
 from precompute import distributed
-from precompute.runs import checkpoint_run, drop_parts, finish_run, params_hash, part_stage, start_run
+from precompute.runs import checkpoint_run, drop_parts, finish_run, params_hash, start_distributed_run
 
 STAGE = "words"
 DEFAULT_TOP = 20
@@ -72,14 +72,14 @@ def default_vocabulary(is_demo: bool, limit: int = DEFAULT_VOCAB_SIZE) -> list[s
 
 def render_batch(loaded: LoadedModel, words: Sequence[str]) -> torch.Tensor:
     """Words → normalised image batch ``(B, 3, S, S)`` on the model's device (already at size S)."""
-    from app.neurons.featurevis import normalisation
     from app.neurons.render import render_text
 
     size = loaded.image_size
     pixels = np.stack([np.asarray(render_text(w, size), dtype=np.uint8) for w in words])
     images = torch.from_numpy(pixels).to(loaded.device).permute(0, 3, 1, 2).float() / 255.0
-    mean, std = normalisation(loaded)  # the model's own preprocess normalisation
-    return (images - mean) / std
+    mean, std = (torch.tensor(v, dtype=torch.float32, device=loaded.device).view(1, 3, 1, 1)
+                 for v in mean_std(loaded.model))  # fmt: skip
+    return (images - mean) / std  # the model's own preprocess normalisation
 
 
 def word_values(loaded: LoadedModel, words: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -190,21 +190,12 @@ def run_words(
             "renderer": "app.neurons.render.render_text",
         }
         model_id = model_row.id
-        if ctx.is_writer:
-            with sessions.begin() as session:
-                start_run(session, model_id, STAGE, params, {"position": 0, "n_words": len(words)})
-        distributed.barrier(ctx)
-        with sessions.begin() as session:
-            run = session.scalar(
-                select(Run).where(
-                    Run.model_id == model_id, Run.stage == STAGE, Run.params_hash == params_hash(params)
-                )
-            )
-            run_id, status = run.id, run.status
-            part = run
-            if ctx.distributed and status != "done":
-                part = start_run(session, model_id, part_stage(STAGE, ctx.rank, ctx.world), params, {})
-            part_id, saved = part.id, part.state
+        started_run = start_distributed_run(
+            sessions, ctx, lambda _: model_id, STAGE, params, {"position": 0, "n_words": len(words)}
+        )
+        run_id, status, part_id, saved = (
+            started_run.run_id, started_run.status, started_run.part_id, started_run.state
+        )  # fmt: skip
         if status == "done":
             return WordsReport(model_row.slug, "already-done", len(words), time.perf_counter() - started)
 
@@ -281,9 +272,6 @@ def run_words(
         return WordsReport(model_row.slug, "done", len(words), time.perf_counter() - started)
     finally:
         engine.dispose()
-
-
-compute_words = run_words  # the stage's former name (kept for callers)
 
 
 # --- CLI -------------------------------------------------------------------------------------

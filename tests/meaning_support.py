@@ -1,7 +1,7 @@
 """Helpers for the meaning tests (labels, multimodality, recipes, typographic lab).
 
 Databases are built once per test session by the real pipeline (``run_activations`` then
-``compute_labels``) and cached here, so several test modules can share them:
+``run_labels``) and cached here, so several test modules can share them:
 
 * :func:`labelled_db`: a copy of the session's ``tiny_db`` with the labels stage run on it;
 * :func:`trained_db`: the shipped (trained) demo model on ``demo:N`` held-out renderings with a
@@ -32,11 +32,11 @@ _cache: dict[str, str] = {}
 def labelled_db(tiny_db: Any, demo_loaded: Any, folder: Path) -> str:
     """URL of a copy of ``tiny_db`` on which ``precompute labels`` has run (built once)."""
     if "labelled" not in _cache:
-        from precompute.labels import LabelsOptions, compute_labels
+        from precompute.labels import LabelsOptions, run_labels
         from tests.live_support import copy_db
 
         url = copy_db(tiny_db.path, folder)
-        reports = compute_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
+        reports = run_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
         assert [r.status for r in reports] == ["done"], reports
         _cache["labelled"] = url
     return _cache["labelled"]
@@ -46,7 +46,7 @@ def trained_db(demo_loaded: Any, folder: Path) -> str:
     """URL of an index of the trained demo model on ``demo:1000`` with labels (built once)."""
     if "trained" not in _cache:
         from precompute.activations import run_activations
-        from precompute.labels import LabelsOptions, compute_labels
+        from precompute.labels import LabelsOptions, run_labels
 
         url = f"sqlite:///{folder / 'trained.db'}"
         report = run_activations(
@@ -54,7 +54,7 @@ def trained_db(demo_loaded: Any, folder: Path) -> str:
             sample_size=TRAINED_IMAGES, progress=False,
         )  # fmt: skip
         assert report.status == "done", report
-        compute_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
+        run_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
         _cache["trained"] = url
     return _cache["trained"]
 
@@ -87,14 +87,14 @@ def demo2000_db(demo_loaded: Any, folder: Path) -> str:
     (default activation sample) with the labels stage run (built once)."""
     if "demo2000" not in _cache:
         from precompute.activations import run_activations
-        from precompute.labels import LabelsOptions, compute_labels
+        from precompute.labels import LabelsOptions, run_labels
 
         url = f"sqlite:///{folder / 'demo2000.db'}"
         report = run_activations(
             demo_loaded, f"demo:{DEMO_2000}", url, top_k=20, batch_size=64, progress=False
         )
         assert report.status == "done", report
-        compute_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
+        run_labels(url, options=LabelsOptions(progress=False), loaded=demo_loaded)
         _cache["demo2000"] = url
     return _cache["demo2000"]
 

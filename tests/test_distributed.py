@@ -37,7 +37,7 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
     from precompute.activations import run_activations
     from precompute.featurevis import run_featurevis
     from precompute.shard_writer import write_shards
-    from precompute.summaries import compute_summaries
+    from precompute.summaries import run_summaries
     from precompute.words import run_words
 
     spec, n, n_shards = write_shards("demo:48", tmp_path / "shards", 12)
@@ -50,7 +50,7 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
         url = f"sqlite:///{one}"
         kwargs = {"top_k": TOP_K, "batch_size": BATCH, "sample_size": SAMPLE, "progress": False}
         run_activations(demo_loaded, spec, url, **kwargs)
-        compute_summaries(url, "demo", log=False)  # as the CLI does after the pass
+        run_summaries(url, "demo", log=False)  # as the CLI does after the pass
         run_words(url, loaded=demo_loaded, vocab=VOCAB, top=3, batch=3, progress=False)
         run_featurevis(url, loaded=demo_loaded, progress=False, **FV)
     finally:
@@ -81,6 +81,7 @@ def test_two_gloo_ranks_write_the_same_index_as_one_process(tmp_path, demo_loade
               for t in ("top_examples", "neuron_words", "feature_visualizations")}  # fmt: skip
     con.close()
     assert "activations" in stages and "words" in stages
+    assert stages.count("featurevis") == 1  # rank 0 alone keeps the stage's row
     assert not [stage for stage in stages if "@" in stage]  # the ranks' part rows are gone
     assert counts["top_examples"] > 0 and counts["neuron_words"] > 0
     assert counts["feature_visualizations"] == 2 * 3 * 2 + 3 * 2  # pos+neg per unit and layer, diversity
@@ -206,9 +207,9 @@ def test_a_killed_rank_restarted_resumes_to_the_same_index(tmp_path, demo_loaded
 
 LABELS_SCRIPT = """
 import sys
-from precompute.labels import LabelsOptions, compute_labels
+from precompute.labels import LabelsOptions, run_labels
 for url in sys.argv[1:]:
-    compute_labels(url, options=LabelsOptions(top=4, k=2, progress=False), device="cpu")
+    run_labels(url, options=LabelsOptions(top=4, k=2, progress=False), device="cpu")
 """
 
 
@@ -222,7 +223,7 @@ def test_two_gloo_ranks_label_like_one_process(tmp_path, demo_loaded):
 
     from precompute.activations import run_activations
     from precompute.datasets import DemoDataset
-    from precompute.labels import LabelsOptions, compute_labels
+    from precompute.labels import LabelsOptions, run_labels
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -242,7 +243,7 @@ def test_two_gloo_ranks_label_like_one_process(tmp_path, demo_loaded):
             one, two = tmp_path / f"{name}-one.db", tmp_path / f"{name}-two.db"
             shutil.copy(base, one)
             shutil.copy(base, two)
-            compute_labels(f"sqlite:///{one}", options=LabelsOptions(top=4, k=2, progress=False),
+            run_labels(f"sqlite:///{one}", options=LabelsOptions(top=4, k=2, progress=False),
                            device="cpu", loaded=demo_loaded)  # fmt: skip
             ones.append(one)
             twos.append(two)
@@ -272,18 +273,18 @@ PG_RANK_SCRIPT = """
 import os, sys
 from app.models import ModelSpec
 from precompute.activations import run_activations
-from precompute.labels import LabelsOptions, compute_labels
-from precompute.summaries import compute_summaries
+from precompute.labels import LabelsOptions, run_labels
+from precompute.summaries import run_summaries
 from precompute.words import run_words
 from precompute import distributed
 spec, url, vocab = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 run_activations(ModelSpec.parse("demo"), spec, url, top_k=6, batch_size=12, sample_size=60, progress=False)
 ctx = distributed.context()
 if ctx.is_writer:  # summaries split no work: rank 0 only, as the CLI runs it
-    compute_summaries(url, "demo", log=False)
+    run_summaries(url, "demo", log=False)
 distributed.barrier(ctx)
 run_words(url, vocab=vocab, top=3, batch=3, device="cpu", progress=False)
-compute_labels(url, options=LabelsOptions(top=4, k=2, progress=False), device="cpu")
+run_labels(url, options=LabelsOptions(top=4, k=2, progress=False), device="cpu")
 """
 
 
@@ -293,9 +294,9 @@ def test_sharded_two_rank_run_into_postgresql_equals_the_sqlite_index(tmp_path, 
     one process over demo:60 into SQLite; ``bench/compare_indexes.py`` finds them equal unit by unit."""
     from bench.compare_indexes import main as compare
     from precompute.activations import run_activations
-    from precompute.labels import LabelsOptions, compute_labels
+    from precompute.labels import LabelsOptions, run_labels
     from precompute.shard_writer import write_shards
-    from precompute.summaries import compute_summaries
+    from precompute.summaries import run_summaries
     from precompute.words import run_words
 
     spec, n, _ = write_shards("demo:60", tmp_path / "shards", 16)
@@ -310,10 +311,10 @@ def test_sharded_two_rank_run_into_postgresql_equals_the_sqlite_index(tmp_path, 
     torch.set_num_threads(1)
     try:
         run_activations(demo_loaded, "demo:60", url, top_k=6, batch_size=12, sample_size=60, progress=False)
-        compute_summaries(url, "demo", log=False)
+        run_summaries(url, "demo", log=False)
         run_words(url, loaded=demo_loaded, vocab=VOCAB, top=3, batch=3, progress=False)
         options = LabelsOptions(top=4, k=2, progress=False)
-        compute_labels(url, options=options, device="cpu", loaded=demo_loaded)
+        run_labels(url, options=options, device="cpu", loaded=demo_loaded)
     finally:
         torch.set_num_threads(threads)
 
@@ -380,7 +381,7 @@ def slow_encode(spec, images):  # slow enough to be killed mid-way; counts what 
     return real(spec, images)
 
 shared._encode = slow_encode
-labels.compute_labels(sys.argv[1], options=labels.LabelsOptions(top=4, k=2, progress=False), device="cpu")
+labels.run_labels(sys.argv[1], options=labels.LabelsOptions(top=4, k=2, progress=False), device="cpu")
 """
 
 
@@ -416,7 +417,7 @@ def test_a_killed_labels_rank_restarted_resumes_to_the_same_labels(tmp_path, dem
         shutil.copy(base, straight)
         monkeypatch.setattr(labels, "EMBED_BATCH", 4)  # the same batches as the ranks encode
         options = labels.LabelsOptions(top=4, k=2, progress=False)
-        labels.compute_labels(f"sqlite:///{straight}", options=options, device="cpu", loaded=demo_loaded)
+        labels.run_labels(f"sqlite:///{straight}", options=options, device="cpu", loaded=demo_loaded)
     finally:
         torch.set_num_threads(threads)
     n_images = sqlite3.connect(base).execute("SELECT count(*) FROM images").fetchone()[0]

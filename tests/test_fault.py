@@ -55,7 +55,7 @@ def run_stage(stage: str, url: str, loaded=None) -> object:
     if stage == "labels":
         from precompute import labels
 
-        return labels.compute_labels(url, options=labels.LabelsOptions(progress=False), loaded=loaded)
+        return labels.run_labels(url, options=labels.LabelsOptions(progress=False), loaded=loaded)
     raise ValueError(stage)
 
 
@@ -185,6 +185,7 @@ def test_a_stage_killed_at_a_random_point_resumes_to_the_same_database(
     assert con.execute(f"SELECT count(*) FROM {rows}").fetchone()[0] > 0
     status = con.execute("SELECT status, progress FROM runs WHERE stage = ?", (stage,)).fetchall()
     con.close()
-    if stage != "featurevis":  # featurevis keeps no run row: stored images are its progress
-        assert [s for s, _ in status] == ["done"], status
-        assert json.loads(status[0][1])
+    assert [s for s, _ in status] == ["done"], status  # every stage keeps one runs row (precompute.runs)
+    assert json.loads(status[0][1])
+    if stage == "featurevis":  # its progress counts complete neurons (the stored images are its state)
+        assert json.loads(status[0][1]) == {"neurons_done": 8, "neurons": 8}

@@ -15,7 +15,8 @@ import torch
 from sqlalchemy import func, select
 
 from app.db import make_engine, session_factory
-from app.db.schema import FeatureVisualization, Layer, Neuron, NeuronWord
+from app.db.schema import FeatureVisualization, Layer, Neuron, NeuronWord, Run
+from app.db.version import read_data_version
 from app.neurons import featurevis as fv
 from app.neurons.capture import run_visual
 from precompute.featurevis_quality import (
@@ -243,6 +244,16 @@ def db_copy(tiny_db, tmp_path):
     return f"sqlite:///{path}"
 
 
+def fv_run(url: str) -> tuple[list[tuple[str, dict]], str]:
+    """The featurevis ``runs`` rows (status, progress) and the index's data version."""
+    engine = make_engine(url)
+    with session_factory(engine)() as session:
+        rows = [(r.status, r.progress) for r in session.scalars(select(Run).where(Run.stage == "featurevis"))]
+        version = read_data_version(session)
+    engine.dispose()
+    return rows, version
+
+
 def fv_counts(url: str) -> dict[str, int]:
     engine = make_engine(url)
     with session_factory(engine)() as session:
@@ -254,20 +265,25 @@ def fv_counts(url: str) -> dict[str, int]:
 
 
 def test_featurevis_stage_is_resumable(db_copy, demo_loaded) -> None:
-    from precompute.featurevis import render_missing
+    from precompute.featurevis import run_featurevis
 
     kwargs = dict(loaded=demo_loaded, units={0, 1, 2}, steps=2, size=32, batch=4, diversity=2,
                   progress=False)
-    first = render_missing(db_copy, stop_after_batches=2, **kwargs)
+    first = run_featurevis(db_copy, stop_after_batches=2, **kwargs)
     assert 0 < first.n_images < 18
     partial = fv_counts(db_copy)
-    rest = render_missing(db_copy, **kwargs)
+    (status, progress), = fv_run(db_copy)[0]  # the stage's runs row (precompute.runs), checkpointed
+    assert status == "running" and progress["neurons"] == 6 and progress["neurons_done"] < 6
+    rest = run_featurevis(db_copy, **kwargs)
     # 2 layers x 3 units x (positive + negative) + 3 last-block units x 2 diversity images
     assert first.n_images + rest.n_images == 18
     assert fv_counts(db_copy) == {"positive": 6, "negative": 6, "diversity": 6}
     assert sum(partial.values()) == first.n_images
-    again = render_missing(db_copy, **kwargs)
+    runs, version = fv_run(db_copy)
+    assert runs == [("done", {"neurons_done": 6, "neurons": 6})]  # the same row, finished
+    again = run_featurevis(db_copy, **kwargs)
     assert again.n_images == 0 and again.n_skipped_neurons == 6
+    assert fv_run(db_copy) == (runs, version)  # a no-op writes nothing: the data version stays
 
     engine = make_engine(db_copy)
     with session_factory(engine)() as session:
@@ -341,19 +357,19 @@ def test_featurevis_cli_rejects_unknown_layer(db_copy, capsys) -> None:
 
 
 def test_words_stage_tiny_vocab_and_resume(db_copy, demo_loaded, tmp_path) -> None:
-    from precompute.words import compute_words, read_vocab
+    from precompute.words import read_vocab, run_words
 
     vocab_file = tmp_path / "vocab.txt"
     vocab_file.write_text("# colours\nred\nblue\n\ncircle\napple\nred\nice cream\n")
     vocab = read_vocab(vocab_file)
     assert vocab == ["red", "blue", "circle", "apple", "ice cream"]
 
-    interrupted = compute_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2,
+    interrupted = run_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2,
                                 progress=False, stop_after_batches=1)
     assert interrupted.status == "interrupted"
-    done = compute_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2, progress=False)
+    done = run_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2, progress=False)
     assert done.status == "done"
-    assert compute_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2,
+    assert run_words(db_copy, loaded=demo_loaded, vocab=vocab, top=3, batch=2,
                          progress=False).status == "already-done"
 
     from precompute.words import word_values

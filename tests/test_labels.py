@@ -13,7 +13,7 @@ from app.cli import main
 from app.db import make_engine, session_factory
 from app.db.schema import ConceptProfile, Label, LabelEvidence, Layer, Neuron, Run, UnitMultimodality
 from app.neurons import labels as labelling
-from precompute.labels import LabelsOptions, compute_labels
+from precompute.labels import LabelsOptions, run_labels
 from tests.live_support import copy_db
 from tests.meaning_support import labelled_db, named_multimodal_neurons, needs_weights, trained_db
 
@@ -149,9 +149,9 @@ def test_rerun_is_a_no_op_and_force_replaces_only_auto_labels(scratch, demo_load
         s.add(Label(neuron_id=neuron.id, label="theirs", source="imported:x", rank=0))
         s.commit()
         before = s.scalar(select(func.count()).select_from(Label))
-    again = compute_labels(scratch, options=LabelsOptions(progress=False), loaded=demo_loaded)
+    again = run_labels(scratch, options=LabelsOptions(progress=False), loaded=demo_loaded)
     assert [r.status for r in again] == ["up-to-date"]
-    forced = compute_labels(scratch, options=LabelsOptions(force=True, progress=False), loaded=demo_loaded)
+    forced = run_labels(scratch, options=LabelsOptions(force=True, progress=False), loaded=demo_loaded)
     assert [r.status for r in forced] == ["done"]
     with _session(scratch) as s:
         assert s.scalar(select(func.count()).select_from(Label)) == before  # replaced, not duplicated
@@ -406,9 +406,9 @@ def test_probe_labels_are_chosen_on_one_half_of_the_probe_and_backed_on_another(
     assert len(probe.images) == 8 * 28 and probe.held.sum() == 4 * 28  # alternate images held out
     assert probe.tags[0] == ["red"] and ["red (text)"] in probe.tags and "circle (text)" in probe.candidates
     assert PROBE_SEED not in (world.TRAIN_SEED, world.HELDOUT_SEED)
-    before = compute_labels(scratch, options=LabelsOptions(progress=False), loaded=demo_loaded)
+    before = run_labels(scratch, options=LabelsOptions(progress=False), loaded=demo_loaded)
     assert [r.status for r in before] == ["up-to-date"]
-    done = compute_labels(scratch, options=LabelsOptions(progress=False, probe="demo:8"), loaded=demo_loaded)
+    done = run_labels(scratch, options=LabelsOptions(progress=False, probe="demo:8"), loaded=demo_loaded)
     assert [r.status for r in done] == ["done"]  # the probe is part of the stage's parameters
     with _session(scratch) as s:
         rows = list(s.scalars(select(LabelEvidence)))

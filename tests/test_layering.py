@@ -51,7 +51,12 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 """Layer prefixes, left (lowest) to right (highest)."""
 
 VIEWS = "app.web.views"
-SQL_CALLS = frozenset({"sessions", "write_sessions", "execute", "scalar", "scalars", "select", "text"})
+SQL_CALLS = frozenset({
+    "sessions", "write_sessions", "execute", "scalar", "scalars", "select", "text",
+    "expire_all", "commit", "flush", "rollback", "refresh", "merge",
+})  # fmt: skip
+"""Names of session/SQL calls a view never makes, on whatever object. ``get`` and ``add`` are
+left out: views call them on dicts, headers, forms and sets; ``delete`` is a route method."""
 ROUTE_METHODS = frozenset({"get", "post", "put", "patch", "delete", "head", "api_route", "add_api_route"})
 
 # ------------------------------------------------------------------------------- allowlists
@@ -277,6 +282,45 @@ def test_the_demo_commands_share_their_helpers_without_importing_each_other() ->
     train, evaluate = edges["precompute.train_demo"], edges["precompute.eval_demo"]
     assert "precompute.demo_eval" in train and "precompute.demo_eval" in evaluate
     assert "precompute.eval_demo" not in train and "precompute.train_demo" not in evaluate
+
+
+def precompute_stages() -> dict[str, str]:
+    """``stage → module`` of every ``precompute <stage>`` command in ``COMMANDS`` (``app/cli.py``,
+    read with :mod:`ast`)."""
+    stages: dict[str, str] = {}
+    for node in ast.walk(tree("app.cli")):
+        if not (isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == "COMMANDS"):
+            continue
+        for entry in ast.literal_eval(node.value):
+            words, target, _ = entry
+            if len(words) == 2 and words[0] == "precompute":
+                stages[words[1]] = target.split(":")[0]
+    return stages
+
+
+def test_every_precompute_stage_follows_the_stage_protocol() -> None:
+    """Each ``precompute <stage>`` command's module defines ``run_<stage>`` (taking ``db_url``) and
+    keeps its ``runs`` row through ``precompute.runs`` (CONTRIBUTING.md, "A precompute stage")."""
+    stages = precompute_stages()
+    assert {"activations", "summaries", "featurevis", "words", "labels"} <= set(stages)
+    for stage, module in stages.items():
+        functions = {
+            node.name: node for node in tree(module).body if isinstance(node, ast.FunctionDef)
+        }
+        entry = functions.get(f"run_{stage}")
+        assert entry is not None, f"{module} has no entry point run_{stage}"
+        assert "db_url" in [a.arg for a in entry.args.args], f"{module}.run_{stage} takes no db_url"
+        assert "precompute.runs" in imported_names(module), f"{module} does not use precompute.runs"
+        assert {"add_arguments", "run"} <= set(functions), f"{module} lacks add_arguments/run"
+        old_names = {
+            target.id
+            for node in tree(module).body
+            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Name)
+            and node.value.id == f"run_{stage}"
+            for target in node.targets
+            if isinstance(target, ast.Name)
+        }
+        assert not old_names, f"{module} keeps other names for run_{stage}: {sorted(old_names)}"
 
 
 def test_the_import_graph_has_no_cycle() -> None:

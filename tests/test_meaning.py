@@ -345,7 +345,7 @@ def test_folder_dataset_gets_zero_shot_concepts_and_generic_word_renderings(rn50
 
     from app.db.schema import ConceptProfile
     from precompute.activations import run_activations
-    from precompute.labels import LabelsOptions, compute_labels
+    from precompute.labels import LabelsOptions, run_labels
 
     folder = tmp_path / "images"
     folder.mkdir()
@@ -358,7 +358,7 @@ def test_folder_dataset_gets_zero_shot_concepts_and_generic_word_renderings(rn50
     assert report.status == "done"
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("red\ngreen\nblue\nsky\ngrass\n")
-    reports = compute_labels(
+    reports = run_labels(
         url, options=LabelsOptions(vocab=vocab, top=3, k=2, progress=False), loaded=rn50_random
     )
     # issue 16: a label is chosen on half the sample with >= 3 images each side of a tag; 6 images

@@ -17,7 +17,7 @@ from app.db.schema import Layer, Neuron, NeuronSummary, Run
 from app.db.summaries import neuron_summary
 from app.db.version import read_data_version
 from app.web.app import create_app
-from precompute.summaries import STAGE, compute_summaries
+from precompute.summaries import STAGE, run_summaries
 
 
 @pytest.fixture
@@ -35,7 +35,7 @@ def test_summaries_match_what_pages_computed(db_copy):
     _, url = db_copy
     with _sessions(url)() as s:
         before = read_data_version(s)
-    report = compute_summaries(url, log=False)
+    report = run_summaries(url, log=False)
     with _sessions(url)() as s:
         assert read_data_version(s) != before  # a finished run: served pages refresh
         layers = list(s.scalars(select(Layer).order_by(Layer.position)))
@@ -55,13 +55,13 @@ def test_summaries_match_what_pages_computed(db_copy):
                 got = summary.related[: len(live)]
                 assert [u for u, _ in got][:5] == [r.unit for r in live][:5]
                 np.testing.assert_allclose([v for _, v in got], [r.similarity for r in live], atol=1e-4)
-    again = compute_summaries(url, log=False)
+    again = run_summaries(url, log=False)
     assert again["layers"] == 0 and again["skipped"] == len(layers)  # idempotent
 
 
 def test_interrupted_run_resumes_with_missing_layers(db_copy):
     _, url = db_copy
-    compute_summaries(url, log=False)
+    run_summaries(url, log=False)
     with _sessions(url)() as s:
         first = s.scalars(select(Layer).order_by(Layer.position)).first()
         s.execute(update(Run).where(Run.stage == STAGE).values(status="running", finished_at=None,
@@ -69,7 +69,7 @@ def test_interrupted_run_resumes_with_missing_layers(db_copy):
         others = [la.id for la in s.scalars(select(Layer).where(Layer.id != first.id))]
         s.query(NeuronSummary).filter(NeuronSummary.layer_id.in_(others)).delete()
         s.commit()
-    report = compute_summaries(url, log=False)
+    report = run_summaries(url, log=False)
     assert report["layers"] == len(others)
     with _sessions(url)() as s:
         assert s.scalar(select(Run.status).where(Run.stage == STAGE)) == "done"
@@ -89,7 +89,7 @@ def test_neuron_page_uses_summaries_and_old_index_still_serves_without_writing(d
         old = client.get(page).json()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == digest  # a GET wrote nothing
     assert old["sections"]["related"]["precomputed"] is False and old["stats"]["sample_size"] > 0
-    compute_summaries(url, log=False)
+    run_summaries(url, log=False)
     with TestClient(create_app(Settings(db_url=url))) as client:
         new = client.get(page).json()
     assert new["sections"]["related"]["precomputed"] is True

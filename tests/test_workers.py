@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app.db import make_engine, session_factory
 from app.db.schema import Layer
-from precompute.summaries import compute_summaries
+from precompute.summaries import run_summaries
 from tests.live_server import free_port, server_process
 
 
@@ -59,7 +59,7 @@ def test_two_workers_answer_pages_and_see_a_finished_run(tiny_db, tmp_path):
             etag = answers[-1].headers["etag"]
             before = client.get(pages[-1]).json()["sections"]["related"]["precomputed"]
             assert before is False
-            compute_summaries(url, log=False)  # another process finishes a precompute run
+            run_summaries(url, log=False)  # another process finishes a precompute run
             time.sleep(2.5)  # each worker re-reads the data version at most every second
             with ThreadPoolExecutor(8) as pool:
                 after = list(pool.map(get, [pages[-1]] * 16))

@@ -65,11 +65,6 @@ def concept_profile(session: Session, layer: Layer) -> Profile | None:
     )
 
 
-def last_layer(session: Session, model: Model) -> Layer | None:
-    """The model's last-block layer (the one with embedding directions)."""
-    return session.scalar(select(Layer).where(Layer.model_id == model.id, Layer.is_last.is_(True)))
-
-
 def concepts_of(session: Session, model: Model) -> list[str]:
     """The label vocabulary used for ``model``'s concept profiles (empty if none stored)."""
     row = session.scalar(

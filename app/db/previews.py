@@ -2,8 +2,11 @@
 
 A neuron's preview shows its feature visualization, its top dataset examples with their values,
 and its label with the label's source; an analysis' preview shows the analysed image and its
-strongest neurons. Rendering reads only; results are kept in a small in-process LRU keyed by
-the content they show (blob hashes, label, values), so a changed index renders a new image.
+strongest neurons. Rendering reads only; results are kept in a small LRU (a
+:class:`PreviewCache`, one per app: the caller keeps it, e.g. with ``app_cache``) keyed by the
+content they show (blob hashes, label, values), so a changed index renders a new image. A
+neuron's title label is its unit summary's (:func:`app.db.units.unit_summaries`: only an
+evidence-backed label is a title).
 """
 
 from __future__ import annotations
@@ -18,29 +21,47 @@ from PIL import Image, ImageDraw
 from sqlalchemy.orm import Session
 
 from app.db import queries
-from app.db.cards import UnitRef, unit_card
+from app.db.cards import UnitCard, UnitRef, unit_card
 from app.db.schema import Analysis, Blob
+from app.db.units import UnitSummary, unit_summaries
 from app.neurons.render import load_font
 
 WIDTH, HEIGHT = 1200, 630
 BG, INK, MUTED, ACCENT = (251, 251, 250), (29, 31, 35), (107, 112, 121), (59, 91, 219)
 CACHE_ITEMS = 64
 
-_cache: OrderedDict[str, bytes] = OrderedDict()
-_lock = Lock()
+
+class PreviewCache:
+    """Rendered previews by content key: a bounded LRU (:data:`CACHE_ITEMS`), thread-safe."""
+
+    def __init__(self, items: int = CACHE_ITEMS) -> None:
+        self.items = items
+        self._entries: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = Lock()
+
+    def get(self, etag: str) -> bytes | None:
+        with self._lock:
+            if etag in self._entries:
+                self._entries.move_to_end(etag)
+                return self._entries[etag]
+        return None
+
+    def put(self, etag: str, data: bytes) -> None:
+        with self._lock:
+            self._entries[etag] = data
+            while len(self._entries) > self.items:
+                self._entries.popitem(last=False)
 
 
-def _cached(key: str, render: Any) -> tuple[str, bytes]:
+def _cached(cache: PreviewCache | None, key: str, render: Any) -> tuple[str, bytes]:
+    """``(etag, bytes)`` of ``render()`` for ``key``, from ``cache`` when it holds them."""
     etag = hashlib.sha256(key.encode()).hexdigest()[:32]
-    with _lock:
-        if etag in _cache:
-            _cache.move_to_end(etag)
-            return etag, _cache[etag]
+    found = cache.get(etag) if cache is not None else None
+    if found is not None:
+        return etag, found
     data = render()
-    with _lock:
-        _cache[etag] = data
-        while len(_cache) > CACHE_ITEMS:
-            _cache.popitem(last=False)
+    if cache is not None:
+        cache.put(etag, data)
     return etag, data
 
 
@@ -75,19 +96,27 @@ def _png(img: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def neuron_preview(session: Session, ref: UnitRef) -> tuple[str, bytes] | None:
+def title_of(session: Session, card: UnitCard) -> UnitSummary | None:
+    """The card's unit summary when it has a title label (``None``: no label is a title)."""
+    summary = unit_summaries(session, card.layer, [card.neuron.unit]).get(card.neuron.unit)
+    return summary if summary is not None and summary.label is not None else None
+
+
+def neuron_preview(
+    session: Session, ref: UnitRef, cache: PreviewCache | None = None
+) -> tuple[str, bytes] | None:
     """``(etag, png)`` of a neuron's link preview, or ``None`` when the index lacks the unit."""
     card = unit_card(session, ref, n_examples=10, n_words=5)
     if card is None:
         return None
-    label = card.labels[0] if card.labels else None
+    label = title_of(session, card)
     key = "|".join(
         [
-            "neuron-v1",
+            "neuron-v2",
             str(ref),
             card.featurevis.sha256 if card.featurevis else "-",
             *(f"{e.thumb.sha256}:{e.value:.4g}" for e in card.examples),
-            f"{label.label}:{label.source}:{label.score}" if label else "-",
+            f"{label.label}:{label.label_source}:{label.label_score}" if label else "-",
             f"{card.neuron.max:.4g}",
         ]
     )
@@ -119,19 +148,22 @@ def neuron_preview(session: Session, ref: UnitRef) -> tuple[str, bytes] | None:
         if label is not None:
             text = f"“{label.label}”"
             draw.text((40, 530), _fit(draw, text, big, 760), font=big, fill=ACCENT)
-            source = label.source + (f", score {label.score:.2f}" if label.score is not None else "")
+            source = str(label.label_source)
+            source += f", score {label.label_score:.2f}" if label.label_score is not None else ""
             draw.text((820, 556), _fit(draw, f"label: {source}", small, 340), font=small, fill=MUTED)
         else:
             draw.text((40, 540), "no label", font=mid, fill=MUTED)
         draw.text((WIDTH - 200, 596), "Conceptscope", font=small, fill=MUTED)
         return _png(img)
 
-    return _cached(key, render)
+    return _cached(cache, key, render)
 
 
-def analysis_preview(session: Session, analysis: Analysis, model_slug: str) -> tuple[str, bytes]:
+def analysis_preview(
+    session: Session, analysis: Analysis, model_slug: str, cache: PreviewCache | None = None
+) -> tuple[str, bytes]:
     """``(etag, png)``: the analysed image and the strongest neurons of its deepest layer."""
-    key = "|".join(["analysis-v1", analysis.id, str(analysis.image_sha256)])
+    key = "|".join(["analysis-v2", analysis.id, str(analysis.image_sha256)])
 
     def render() -> bytes:
         layer, neurons = analysis_neurons(session, analysis, model_slug, 4)
@@ -156,7 +188,7 @@ def analysis_preview(session: Session, analysis: Analysis, model_slug: str) -> t
         draw.text((WIDTH - 230, 596), "Conceptscope", font=small, fill=MUTED)
         return _png(img)
 
-    return _cached(key, render)
+    return _cached(cache, key, render)
 
 
 def get_analysis(session: Session, analysis_id: str) -> tuple[Analysis, str] | None:
@@ -174,7 +206,8 @@ def get_analysis(session: Session, analysis_id: str) -> tuple[Analysis, str] | N
 def analysis_neurons(
     session: Session, analysis: Analysis, slug: str, n: int = 6
 ) -> tuple[str, list[dict[str, Any]]]:
-    """(deepest layer, its ``n`` strongest neurons with label and top-image hash) of an analysis."""
+    """(deepest layer, its ``n`` strongest neurons with their unit summary's title label and top
+    thumbnail) of an analysis (:func:`app.db.units.unit_summaries`: three queries)."""
     layers = analysis.result.get("layers", []) if isinstance(analysis.result, dict) else []
     model = queries.get_model(session, slug)
     rows = {lr.name: lr for lr in queries.list_layers(session, model)} if model else {}
@@ -183,28 +216,30 @@ def analysis_neurons(
         return "?", []
     deepest = layers[-1]
     layer_row = rows.get(deepest["name"])
+    items = deepest.get("neurons", [])[:n]
+    summaries = unit_summaries(session, layer_row, [int(i["unit"]) for i in items]) if layer_row else {}
     found = []
-    for item in deepest.get("neurons", [])[:n]:
-        entry: dict[str, Any] = {
-            "unit": int(item["unit"]),
-            "value": float(item.get("value", 0.0)),
-            "percentile": item.get("percentile"),
-            "label": None,
-            "thumb": None,
-        }
-        if layer_row is not None:
-            neuron = queries.get_neuron(session, layer_row, entry["unit"])
-            if neuron is not None:
-                labels = queries.neuron_labels(session, neuron)
-                entry["label"] = labels[0].label if labels else None
-                top = queries.top_examples(session, neuron, layer_row)[:1]
-                entry["thumb"] = top[0].thumb if top else None
-        found.append(entry)
+    for item in items:
+        summary = summaries.get(int(item["unit"]))
+        found.append(
+            {
+                "unit": int(item["unit"]),
+                "value": float(item.get("value", 0.0)),
+                "percentile": item.get("percentile"),
+                "label": summary.label if summary else None,
+                "thumb": summary.thumb if summary else None,
+            }
+        )
     return deepest["name"], found
 
 
 def atlas_sprite(
-    session: Session, cells: list[tuple[int, int, str | None]], cols: int, rows: int, side: int
+    session: Session,
+    cells: list[tuple[int, int, str | None]],
+    cols: int,
+    rows: int,
+    side: int,
+    cache: PreviewCache | None = None,
 ) -> tuple[str, bytes]:
     """``(etag, jpeg)``: one image holding every atlas thumbnail in its grid cell, so the atlas
     costs one request. ``cells`` are ``(col, row, thumbnail blob hash or None)``."""
@@ -226,4 +261,4 @@ def atlas_sprite(
         img.save(out, "JPEG", quality=85, optimize=True)
         return out.getvalue()
 
-    return _cached(key, render)
+    return _cached(cache, key, render)

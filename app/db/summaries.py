@@ -16,8 +16,6 @@ from sqlalchemy.orm import Session
 
 from app.db.schema import ActivationSample, Layer, Neuron, NeuronSummary
 
-SUMMARIES_HINT = "conceptscope precompute summaries --db DB"
-
 
 @dataclass(frozen=True)
 class Summary:

@@ -47,29 +47,6 @@ def stored_upload(session: Session, analysis_id: str) -> Source | None:
     return Source(bytes(row.data), {"kind": "upload", "id": row.id, "caption": "uploaded image"})
 
 
-@dataclass
-class ExampleImage:
-    """A dataset image offered by the picker."""
-
-    id: int
-    caption: str | None
-    key: str | None
-    meta: Any
-    sha256: str
-    mime: str
-
-
-def example_images(session: Session, limit: int = 600) -> list[ExampleImage]:
-    """The first ``limit`` dataset images (dataset order) with their thumbnails."""
-    rows = session.execute(
-        select(Image.id, Image.caption, Image.key, Image.meta, Blob.sha256, Blob.mime)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .order_by(Image.position, Image.id)
-        .limit(limit)
-    ).all()
-    return [ExampleImage(r.id, r.caption, r.key, r.meta, r.sha256, r.mime) for r in rows]
-
-
 def unit_stds(session: Session, slug: str) -> dict[str, np.ndarray]:
     """``layer -> (units,)`` each unit's std over the indexed dataset (NaN where unknown)."""
     rows = session.execute(

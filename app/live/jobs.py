@@ -1,6 +1,6 @@
 """On-demand feature visualization renders on the live runner, claimed in the DB, cancelled on time.
 
-:func:`start_render` claims the neuron's job in the database (:mod:`app.db.featurevis_jobs`:
+:func:`claim_and_start` claims the neuron's job in the database (:mod:`app.db.featurevis_jobs`:
 one worker per neuron, a bounded total, a per-client limit), then renders the positive and
 negative image in one batch on the runner's model thread. The render checks a deadline at every
 optimisation step and stops there (:class:`RenderCancelled`) once its time is up, so a render
@@ -17,7 +17,9 @@ import hashlib
 import hmac
 import logging
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine
@@ -33,6 +35,26 @@ KINDS = ("positive", "negative")
 
 class RenderCancelled(RuntimeError):
     """The render ran past its deadline and stopped at the next step."""
+
+
+@dataclass
+class Renders:
+    """Per app (kept with ``app_cache``): the database renders are claimed in and stored to, the
+    tasks running them (kept referenced until done) and this worker's id."""
+
+    engine: Engine
+    write_sessions: Callable[[], Any]
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    worker: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass(frozen=True)
+class Started:
+    """What :func:`claim_and_start` did: the claim, and the neuron's job as it stands after it
+    (read fresh: what the section shows next)."""
+
+    claim: jobs_db.Claim
+    job: jobs_db.JobView | None
 
 
 def client_key(secret: bytes, address: str) -> str:
@@ -120,28 +142,31 @@ async def _run(
         log.warning("could not record the end of render %s: %s", neuron_id, exc)
 
 
+def _job_now(write_sessions: Callable[[], Any], neuron_id: int) -> jobs_db.JobView | None:
+    with write_sessions() as session:
+        return jobs_db.job_of(session, neuron_id)
+
+
 async def claim_and_start(
+    renders: Renders,
     runner: LiveRunner,
-    engine: Engine,
-    write_sessions: Any,
-    tasks: set[asyncio.Task[None]],
     *,
     neuron_id: int,
     layer: str,
     unit: int,
-    worker: str,
     client: str,
     max_jobs: int,
     per_client: int,
     timeout_s: float,
-) -> jobs_db.Claim:
-    """Claim the render of one neuron in the DB and, if this worker got it, start it."""
+) -> Started:
+    """Claim the render of one neuron in the DB and, if this worker got it, start it; then read
+    the neuron's job as it stands."""
     settings, described = render_settings(runner)
     claim = await asyncio.to_thread(
         jobs_db.claim,
-        engine,
+        renders.engine,
         neuron_id,
-        worker=worker,
+        worker=renders.worker,
         client=client,
         settings=described,
         max_jobs=max_jobs,
@@ -150,8 +175,13 @@ async def claim_and_start(
     )
     if claim.ok:
         task = asyncio.create_task(
-            _run(runner, engine, write_sessions, neuron_id, layer, unit, settings, worker, timeout_s)
-        )
-        tasks.add(task)  # keep a reference until it is done
-        task.add_done_callback(tasks.discard)
-    return claim
+            _run(
+                runner, renders.engine, renders.write_sessions, neuron_id, layer, unit, settings,
+                renders.worker, timeout_s,
+            )
+        )  # fmt: skip
+        renders.tasks.add(task)  # keep a reference until it is done
+        task.add_done_callback(renders.tasks.discard)
+        await asyncio.sleep(0)  # let the task enqueue before the job is read
+    job = await asyncio.to_thread(_job_now, renders.write_sessions, neuron_id)
+    return Started(claim, job)

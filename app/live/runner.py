@@ -18,6 +18,7 @@ Usage::
     runner = LiveRunner.from_settings(settings)   # reads the model of the served DB
     await runner.start()                          # loads, warms up, starts the batcher
     acts = await runner.analyze(pil_image)        # -> ImageActivations
+    acts = await runner.analyze(tensor, select=chooser)  # heatmaps of the units chooser(layer, values) picks
     emb = await runner.encode_texts(["a red circle"])
     img = await runner.submit(render_fn, unit, steps=64)  # render_fn(loaded, unit, steps=64)
     await runner.stop()
@@ -81,7 +82,7 @@ class _Job:
     future: asyncio.Future[Any]
     payload: Any  # image tensor (3, S, S) | list[str] | (fn, args, kwargs)
     top_k: int = activations.DEFAULT_TOP_K
-    enqueued: float = field(default_factory=time.perf_counter)
+    select: activations.Selector | None = None  # image jobs: which units keep heatmaps
 
 
 @dataclass
@@ -135,6 +136,28 @@ def build_runner(settings: Settings) -> LiveRunner | None:
     except Exception as exc:  # no models row, no such table, unreadable DB: browse-only
         log.warning("no live model: %s", exc)
         return None
+
+
+def _guarded(
+    select: activations.Selector, job: int, failed: dict[int, BaseException]
+) -> activations.Selector:
+    """``select`` for job ``job`` of a batch: its error (or a unit out of range) is recorded in
+    ``failed`` and it picks nothing, so only that job fails, not the batch."""
+
+    def choose(layer: str, values: np.ndarray) -> list[int]:
+        if job in failed:
+            return []
+        try:
+            units = [int(u) for u in select(layer, values)]
+            bad = [u for u in units if not 0 <= u < len(values)]
+            if bad:
+                raise ValueError(f"selected unit {bad[0]} is not in layer {layer!r} ({len(values)} units)")
+            return units
+        except Exception as exc:
+            failed[job] = exc
+            return []
+
+    return choose
 
 
 class LiveRunner:
@@ -308,14 +331,20 @@ class LiveRunner:
         image: PILImage.Image | torch.Tensor,
         *,
         top_k: int = activations.DEFAULT_TOP_K,
+        select: activations.Selector | None = None,
         timeout: float | None = None,
     ) -> activations.ImageActivations:
-        """Every neuron's value on ``image``, the top ``top_k`` per layer with heatmaps, and the
-        image embedding. ``image``: an RGB PIL image or an already preprocessed tensor."""
+        """Every neuron's value on ``image``, the top ``top_k`` per layer by value with heatmaps,
+        and the image embedding. ``image``: an RGB PIL image or an already preprocessed tensor.
+
+        ``select`` (:data:`app.neurons.activations.Selector`): instead of the top ``top_k`` by
+        value, the hits are the units it picks from each layer's values of every unit (it runs
+        on the model thread, so it must be quick and thread-safe; if it raises, or picks a unit
+        the layer does not have, this request fails with that error, not its batch)."""
         self._check_running()
         if not isinstance(image, torch.Tensor):
             image = await asyncio.to_thread(self.preprocess, image)
-        return await self._enqueue(IMAGE, image, top_k=top_k, timeout=timeout)
+        return await self._enqueue(IMAGE, image, top_k=top_k, select=select, timeout=timeout)
 
     async def encode_texts(self, texts: Sequence[str], *, timeout: float | None = None) -> np.ndarray:
         """L2-normalised text embeddings ``(len(texts), embed_dim)``."""
@@ -335,11 +364,19 @@ class LiveRunner:
         if not self.running:
             raise NotRunning(self.error or "the live model is not running")
 
-    async def _enqueue(self, kind: str, payload: Any, *, top_k: int = 0, timeout: float | None) -> Any:
+    async def _enqueue(
+        self,
+        kind: str,
+        payload: Any,
+        *,
+        top_k: int = 0,
+        select: activations.Selector | None = None,
+        timeout: float | None,
+    ) -> Any:
         self._check_running()
         assert self._queue is not None
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        job = _Job(kind, future, payload, top_k=top_k)
+        job = _Job(kind, future, payload, top_k=top_k, select=select)
         try:
             self._queue.put_nowait(job)
         except asyncio.QueueFull:
@@ -457,7 +494,7 @@ class LiveRunner:
 
     async def _collect(self) -> list[_Job]:
         """The next batch: one job, plus compatible jobs that are queued or arrive within
-        ``max_wait`` (the wait only lasts while requests are on their way, see :meth:`incoming`,
+        ``max_wait_ms`` (the wait only lasts while requests are on their way, see :meth:`incoming`,
         so a lone request is not delayed and the model never idles waiting for nobody)."""
         assert self._queue is not None
         first = self._next_nowait() or await self._queue.get()
@@ -506,7 +543,14 @@ class LiveRunner:
         kind = batch[0].kind
         if kind == IMAGE:
             images = torch.stack([job.payload for job in batch])
-            return list(activations.analyze_batch(loaded, images, top_k=[job.top_k for job in batch]))
+            failed: dict[int, BaseException] = {}
+            selects = [
+                None if job.select is None else _guarded(job.select, i, failed) for i, job in enumerate(batch)
+            ]
+            acts = activations.analyze_batch(
+                loaded, images, top_k=[job.top_k for job in batch], select=selects
+            )
+            return [failed.get(i, result) for i, result in enumerate(acts)]
         if kind == TEXT:
             texts = [text for job in batch for text in job.payload]
             embeddings = zeroshot.encode_texts(loaded, texts)

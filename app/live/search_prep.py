@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.db import search as store
+from app.db import search as search_db
 from app.db.search import LayerDirections, LayerEvidence
 from app.db.search_key import search_data_key
 from app.live.context import ModelContext
@@ -301,7 +301,7 @@ class Preparations:
 
             def read(chunk: list[int] = chunk) -> dict[int, Any]:
                 with self.sessions() as session:
-                    return store.thumbnails(session, chunk)
+                    return search_db.thumbnails(session, chunk)
 
             thumbs = await run_in_threadpool(read)
             good = [i for i in chunk if i in thumbs]
@@ -332,9 +332,9 @@ class Preparations:
         def load() -> tuple[dict[str, LayerDirections], dict[str, LayerEvidence], list[str]]:
             with self.sessions() as session:
                 return (
-                    store.layer_directions(session, ctx.id),
-                    store.search_evidence(session, ctx.id),
-                    store.vocabulary(session, ctx.slug),
+                    search_db.layer_directions(session, ctx.id),
+                    search_db.search_evidence(session, ctx.id),
+                    search_db.vocabulary(session, ctx.slug),
                 )
 
         dirs, layers, vocabulary = await run_in_threadpool(load)

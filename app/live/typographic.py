@@ -19,8 +19,9 @@ import numpy as np
 from PIL import Image as PILImage
 from starlette.concurrency import run_in_threadpool
 
-from app.db import typographic as store
-from app.db.typographic import ExampleImage, Source
+from app.db import typographic as typo_db
+from app.db.analyses import ExampleImage, example_images
+from app.db.typographic import Source
 from app.db.units import UnitSummary
 from app.live.context import live_http_error
 from app.live.runner import LiveError, LiveRunner
@@ -55,11 +56,11 @@ def source_image(
         if image is not None:
             if not image.isdigit():
                 raise LookupError(f"{image!r} is not a dataset image id.")
-            found: Source | None = store.dataset_image(session, int(image))
+            found: Source | None = typo_db.dataset_image(session, int(image))
             if found is None:
                 raise LookupError(f"There is no dataset image {image}.")
         else:
-            found = store.stored_upload(session, str(analysis))
+            found = typo_db.stored_upload(session, str(analysis))
             if found is None:
                 raise LookupError(
                     f"No stored upload {analysis!r} (old uploads are evicted); upload it again."
@@ -75,7 +76,7 @@ def classes(sessions: Callable[[], Any], model_slug: str | None, names: list[str
         return names
     if model_slug:
         with sessions() as session:
-            vocab = store.vocabulary(session, model_slug)
+            vocab = typo_db.vocabulary(session, model_slug)
         if 2 <= len(vocab) <= MAX_VOCAB_AS_CLASSES:
             return vocab
     return list(DEFAULT_CLASSES)
@@ -88,7 +89,7 @@ def pick_examples(
     colour first), or those whose caption contains ``pick``; and a suggested attack (fields of
     the form) when the images carry colour ground truth (the demo world)."""
     with sessions() as session:
-        rows = store.example_images(session)
+        rows = example_images(session, 600, spread=False)  # the first 600 dataset images
     objects = [r for r in rows if isinstance(r.meta, dict) and r.meta.get("modality") == "object"]
     pool = objects or rows
     if pick:
@@ -169,7 +170,7 @@ class AttackResult:
 def _changes(sessions: Callable[[], Any], slug: str, changes: dict[str, Any]) -> list[LayerChanges]:
     wanted = {name: [c.unit for c in ch["rose"] + ch["fell"]] for name, ch in changes.items()}
     with sessions() as session:
-        positions, summaries = store.layer_unit_summaries(session, slug, wanted)
+        positions, summaries = typo_db.layer_unit_summaries(session, slug, wanted)
     out = []
     for name in sorted(changes, key=lambda n: -positions[n] if n in positions else 0):
         found = summaries.get(name, {})
@@ -185,7 +186,7 @@ def _changes(sessions: Callable[[], Any], slug: str, changes: dict[str, Any]) ->
 
 def _stds(sessions: Callable[[], Any], slug: str) -> dict[str, np.ndarray]:
     with sessions() as session:
-        return store.unit_stds(session, slug)
+        return typo_db.unit_stds(session, slug)
 
 
 async def run_attack(

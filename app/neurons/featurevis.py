@@ -253,15 +253,10 @@ def apply_affine(
 
 
 def normalisation(loaded: LoadedModel) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's own input mean/std ``(1, 3, 1, 1)`` (from its preprocess, else OpenAI's)."""
-    mean, std = mean_std()  # OpenAI CLIP's, open_clip's constants
-    for t in getattr(loaded.preprocess, "transforms", []):
-        if hasattr(t, "mean") and hasattr(t, "std"):
-            mean, std = tuple(t.mean), tuple(t.std)
-    visual = loaded.visual
-    mean = tuple(getattr(visual, "image_mean", None) or mean)
-    std = tuple(getattr(visual, "image_std", None) or std)
+    """The model's input mean/std, :func:`app.models.mean_std`, as ``(1, 3, 1, 1)`` tensors on its
+    device (what its preprocess normalises with)."""
     as_t = lambda v: torch.tensor(v, dtype=torch.float32, device=loaded.device).view(1, 3, 1, 1)  # noqa: E731
+    mean, std = mean_std(loaded.model)
     return as_t(mean), as_t(std)
 
 

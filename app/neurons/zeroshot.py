@@ -1,17 +1,26 @@
 """The one text-embedding and zero-shot module: texts, concepts, images, class probabilities.
 
 Used by every page and stage that compares images with words: the live runner (analyze page,
-search), the typographic attack lab, automatic labels, multimodality pseudo-labels and concept
-recipes. Embeddings are L2-normalised float32 numpy arrays.
+search), the typographic attack lab, automatic labels, multimodality pseudo-labels, concept
+recipes and the demo model's evaluation. Embeddings are L2-normalised float32 numpy arrays.
 
-**Prompt policy.** A class name becomes one embedding, :func:`encode_concepts`: the normalised
-mean of the embeddings of its prompts, the prompts being ``templates`` applied to the name. The
-default is :func:`templates_for` the model (prompts that mirror the demo world's training
-captions for the demo model, CLIP's small general ensemble otherwise). A page where the user
-types the prompts themselves passes :data:`AS_WRITTEN`: each name is encoded as typed, exactly
-:func:`encode_texts` (the analyze page's class names and the search box do; the typographic lab
-and the stages use the default). Probabilities are CLIP's: softmax of the model's learned
-temperature (:func:`logit_scale`) times the cosine similarities (:func:`class_probabilities`).
+**Prompt policy.** Text is encoded one of two ways, and each caller uses exactly one:
+
+* *As written*, :func:`encode_texts`: one embedding per text, no template, where the user wrote
+  the text or the text is itself the query: the analyze page's class names
+  (``app.live.analysis``), the search box and its vocabulary (``app.live.search``,
+  ``app.live.search_prep``, ``eval-search``).
+* *As a concept*, :func:`encode_concepts`: the normalised mean of the embeddings of the concept's
+  prompts, the prompts being :func:`prompts_for` the model: for the demo model, a concept of the
+  demo world (its colours and shapes, when the caller names them) gets the prompts that mirror
+  the world's training captions (:func:`demo_world_prompts`), any other concept
+  :data:`DEMO_TEMPLATES`; for every other model :data:`GENERAL_TEMPLATES` (CLIP's small general
+  ensemble), :func:`templates_for` the model. The stages that know the demo world name it (the
+  ``labels`` stage, ``train-demo``/``eval-demo`` through :mod:`precompute.demo_eval`); the
+  typographic attack lab does not (its classes get :func:`templates_for` the model).
+
+Probabilities are CLIP's: softmax of the model's learned temperature (:func:`logit_scale`)
+times the cosine similarities (:func:`class_probabilities`; :func:`zero_shot` for one image).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import torch
 if TYPE_CHECKING:
     from PIL import Image
 
-    from app.models import LoadedModel
+    from app.models import LoadedModel, ModelSpec
 
 GENERAL_TEMPLATES: tuple[str, ...] = (
     "{}",
@@ -46,13 +55,50 @@ DEMO_TEMPLATES: tuple[str, ...] = (
 )
 """Prompt templates that mirror the demo world's training captions."""
 
-AS_WRITTEN: tuple[str, ...] = ("{}",)
-"""No template: a class name is encoded as typed (the user wrote the prompt)."""
+Prompts = Callable[[str], Sequence[str]]
+"""A concept's prompts: ``concept -> texts`` (see the module's prompt policy)."""
 
 
-def templates_for(loaded: LoadedModel) -> tuple[str, ...]:
-    """The prompt templates suited to ``loaded`` (demo captions for the demo model)."""
-    return DEMO_TEMPLATES if loaded.spec.is_demo else GENERAL_TEMPLATES
+def templates_for(model: LoadedModel | ModelSpec) -> tuple[str, ...]:
+    """The prompt templates suited to ``model`` (demo captions for the demo model)."""
+    spec = getattr(model, "spec", model)
+    return DEMO_TEMPLATES if spec.is_demo else GENERAL_TEMPLATES
+
+
+def demo_world_prompts(concept: str, colours: Sequence[str], shapes: Sequence[str]) -> list[str]:
+    """The prompts of a demo-world colour or shape (``colours``, ``shapes``: the world's): they
+    mirror the world's training captions ("red", "the word red", "a photo of a red star", …)."""
+    a = _article
+    if concept in colours:
+        c = concept
+        return ([c, f"the word {c}", f"something {c}"]
+                + [f"a photo of {a(c)} {c} {s}" for s in shapes]
+                + [f"a drawing of {a(c)} {c} {s}" for s in shapes])  # fmt: skip
+    s = concept
+    return ([s, f"the word {s}", f"a photo of a {s}", f"a drawing of a {s}"]
+            + [f"a photo of {a(c)} {c} {s}" for c in colours])  # fmt: skip
+
+
+def prompts_for(
+    model: LoadedModel | ModelSpec, colours: Sequence[str] = (), shapes: Sequence[str] = ()
+) -> Prompts:
+    """The prompt policy: ``concept -> prompts`` for ``model``. For the demo model, a concept
+    among the demo world's ``colours`` and ``shapes`` gets :func:`demo_world_prompts`; every
+    other concept :func:`templates_for` the model applied to it."""
+    templates = templates_for(model)
+    world = {*colours, *shapes}
+    is_demo = getattr(model, "spec", model).is_demo
+
+    def prompts(concept: str) -> list[str]:
+        if is_demo and concept in world:
+            return demo_world_prompts(concept, colours, shapes)
+        return [t.format(concept) for t in templates]
+
+    return prompts
+
+
+def _article(word: str) -> str:
+    return "an" if word and word[0] in "aeiou" else "a"
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -73,30 +119,23 @@ def encode_texts(loaded: LoadedModel, texts: Sequence[str], batch: int = 256) ->
 
 
 def encode_concepts(
-    loaded: LoadedModel,
-    concepts: Sequence[str],
-    templates: Sequence[str] | Callable[[str], Sequence[str]] | None = None,
+    loaded: LoadedModel, concepts: Sequence[str], prompts: Prompts | None = None
 ) -> np.ndarray:
     """One normalised embedding per concept: the mean of its prompt embeddings, re-normalised
     (the module's prompt policy). A concept with a single prompt gets that prompt's embedding.
 
-    ``templates`` is a list of ``"{}"`` format strings or a function ``concept -> prompts``;
-    default: :func:`templates_for` the model; :data:`AS_WRITTEN`: the concept as typed.
+    ``prompts``: ``concept -> prompts``, default :func:`prompts_for` the model.
     """
-    if templates is None:
-        templates = templates_for(loaded)
-    prompts_of: Callable[[str], Sequence[str]] = (
-        templates if callable(templates) else (lambda c: [t.format(c) for t in templates])  # type: ignore[misc]
-    )
+    prompts_of = prompts_for(loaded) if prompts is None else prompts
     lists = [list(prompts_of(c)) for c in concepts]
-    flat = [p for prompts in lists for p in prompts]
+    flat = [text for texts in lists for text in texts]
     emb = encode_texts(loaded, flat)
-    if all(len(prompts) == 1 for prompts in lists):
+    if all(len(texts) == 1 for texts in lists):
         return emb  # the mean of one normalised embedding is itself
     rows, start = [], 0
-    for prompts in lists:
-        rows.append(emb[start : start + len(prompts)].mean(0))
-        start += len(prompts)
+    for texts in lists:
+        rows.append(emb[start : start + len(texts)].mean(0))
+        start += len(texts)
     if not rows:
         return np.zeros((0, loaded.embed_dim), np.float32)
     return _normalise(np.stack(rows)).astype(np.float32)
@@ -128,15 +167,13 @@ def logit_scale(loaded: LoadedModel) -> float:
 
 
 def zero_shot(image_embedding: np.ndarray, text_embeddings: np.ndarray, scale: float) -> np.ndarray:
-    """Class probabilities of one image: softmax of ``scale`` × cosine similarities (CLIP's recipe)."""
-    logits = scale * (text_embeddings @ image_embedding)
-    logits = logits - logits.max()
-    probs = np.exp(logits)
-    return probs / probs.sum()
+    """Class probabilities ``(classes,)`` of one image (:func:`class_probabilities` of one row)."""
+    return class_probabilities(image_embedding, text_embeddings, scale)[0]
 
 
 def class_probabilities(image_emb: np.ndarray, class_emb: np.ndarray, scale: float) -> np.ndarray:
-    """Zero-shot softmax probabilities ``(N, classes)`` of ``N`` images (:func:`zero_shot` for one)."""
+    """Zero-shot probabilities ``(N, classes)`` of ``N`` images: softmax of ``scale`` × cosine
+    similarities (CLIP's recipe; :func:`zero_shot` for one image)."""
     logits = scale * (np.atleast_2d(image_emb) @ class_emb.T)
     logits -= logits.max(axis=1, keepdims=True)
     p = np.exp(logits)

@@ -14,7 +14,11 @@ Adding a page type
     requests, a fragment template plus ``Vary: HX-Request``. Raise
     :class:`app.web.errors.NotFound` (or any ``HTTPException``) for bad input: the error pages
     answer in HTML or JSON. Read the DB with the ``ReadSession`` dependency
-    (:mod:`app.web.deps`); only analyses and their blobs may be written, via ``WriteSession``.
+    (:mod:`app.web.deps`). Only the web's own tables may be written, always through :mod:`app.db`
+    functions on the app's write engine and session factory (``app.state.write_engine`` /
+    ``write_sessions``, made by :func:`app.web.app.open_database`): analyses and their blobs by
+    the app's :class:`app.db.analyses.AnalysisWriter` (:func:`app.web.analyses.writer`), on-demand
+    feature visualizations by :func:`app.live.jobs.claim_and_start` (:mod:`app.db.featurevis_jobs`).
 
 Adding a section to the neuron page
     See :mod:`app.web.sections`: a module ``app/web/sections/<name>.py`` with ``load(ctx)`` and a

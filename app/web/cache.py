@@ -21,15 +21,13 @@ import asyncio
 import hashlib
 import os
 import re
-import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
-from app.db.version import data_version
+from app.web.state import versioned_cache as versioned_cache  # lives in app.web.state (old import path)
 
 T = TypeVar("T")
 
@@ -292,24 +290,3 @@ def page_cache_of(app: Any) -> PageCache | None:
             return node
         node = getattr(node, "app", None)
     return None
-
-
-_versioned_lock = threading.Lock()
-
-
-def versioned_cache(request: Any, name: str, factory: Callable[[], T]) -> T:
-    """A per-app object derived from the index (``request`` or the app), rebuilt by ``factory()``
-    once the data version changes (:mod:`app.db.version`): a finished precompute run shows
-    without a restart. For objects that do not depend on the index, use ``app_cache``."""
-    app = getattr(request, "app", request)
-    state = app.state
-    version = data_version(state)
-    holder: dict[str, tuple[str, Any]] = state.__dict__.setdefault("_versioned_caches", {})
-    entry = holder.get(name)
-    if entry is None or entry[0] != version:
-        with _versioned_lock:
-            entry = holder.get(name)
-            if entry is None or entry[0] != version:
-                entry = (version, factory())
-                holder[name] = entry
-    return entry[1]

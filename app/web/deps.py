@@ -16,16 +16,8 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_write_session(request: Request) -> Iterator[Session]:
-    """A session that may write only the web's own tables (analyses, blobs)."""
-    with request.app.state.write_sessions() as session:
-        yield session
-
-
 #: Annotated dependency for a read-only session: ``def view(session: ReadSession)``.
 ReadSession = Annotated[Session, Depends(get_session)]
-#: Annotated dependency for a session that may write the web's own tables.
-WriteSession = Annotated[Session, Depends(get_write_session)]
 
 
 #: Query parameters that name a row by id: ASCII digits, at most 18 (below 2^63), else 404.

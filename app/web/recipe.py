@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from app.db import search as store
+from app.db import search as search_db
 from app.live.search_prep import Prepared
 from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
 from app.web.urls import Urls
@@ -32,7 +32,7 @@ def _present(
 ) -> dict[str, Any] | None:
     urls: Urls = request.app.state.urls
     with request.app.state.sessions() as session:
-        summaries = store.layer_summaries(session, slug, layer_name, [t.unit for t in recipe.terms])
+        summaries = search_db.layer_summaries(session, slug, layer_name, [t.unit for t in recipe.terms])
     terms = []
     for t in recipe.terms:
         s = summaries.get(t.unit)

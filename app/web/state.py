@@ -3,7 +3,9 @@
 ``app_cache(request, name, factory)`` returns ``app.state.<name>``, created by ``factory()`` on
 first use (under a lock, so concurrent first requests share one object). Nothing is kept in
 module globals: two apps in one process (tests, several databases) never share state.
-The helpers below are the live pages' per-app objects built on it.
+``versioned_cache`` is the same for objects derived from the index: built on ``app_cache``, it
+rebuilds them once the data version changes. The helpers below are the live pages' per-app
+objects built on them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from typing import Any, TypeVar
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app.db.version import data_version
 from app.live import context as live
+from app.live import jobs
 from app.live.context import ModelContext, ModelContexts
 from app.live.runner import LiveRunner
-from app.web.cache import versioned_cache
 
 T = TypeVar("T")
 _state_lock = threading.Lock()
@@ -37,6 +40,31 @@ def app_cache(request: Request | Any, name: str, factory: Callable[[], T]) -> T:
                 value = factory()
                 setattr(state, name, value)
     return value
+
+
+class VersionedCaches:
+    """Per app: ``name → (data version, object)`` of :func:`versioned_cache`."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[str, Any]] = {}
+        self.lock = threading.Lock()
+
+
+def versioned_cache(request: Request | Any, name: str, factory: Callable[[], T]) -> T:
+    """A per-app object derived from the index (``request`` or the app), rebuilt by ``factory()``
+    once the data version changes (:mod:`app.db.version`): a finished precompute run shows
+    without a restart. For objects that do not depend on the index, use :func:`app_cache`."""
+    app = getattr(request, "app", request)
+    version = data_version(app.state)
+    caches = app_cache(app, "versioned_caches", VersionedCaches)
+    entry = caches.entries.get(name)
+    if entry is None or entry[0] != version:
+        with caches.lock:
+            entry = caches.entries.get(name)
+            if entry is None or entry[0] != version:
+                entry = (version, factory())
+                caches.entries[name] = entry
+    return entry[1]
 
 
 def runner_of(request: Request) -> LiveRunner | None:
@@ -59,6 +87,14 @@ async def get_model_context(request: Request, slug: str) -> ModelContext | None:
     contexts = model_contexts(request)
     cached = contexts.cached(slug)
     return cached if cached is not None else await run_in_threadpool(contexts.get, slug)
+
+
+def renders(request: Request) -> jobs.Renders:
+    """This app's on-demand feature visualization renders (claimed and stored in its database)."""
+    state = request.app.state
+    return app_cache(
+        request, "featurevis_renders", lambda: jobs.Renders(state.write_engine, state.write_sessions)
+    )
 
 
 def live_status(request: Request) -> dict[str, Any]:

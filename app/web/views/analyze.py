@@ -13,7 +13,8 @@
   z-score on its own dataset distribution, ranked by percentile or, with ``?sort=z``, by z-score.
 * ``POST /analyze.json`` (multipart or a raw image body): the same JSON, directly.
 
-This module parses requests and presents; the work is :mod:`app.web.analyses`.
+This module parses requests and presents; reading uploads and presenting analyses is
+:mod:`app.web.analyses`, the model work :mod:`app.live.analysis`.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from fastapi.responses import RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings
+from app.live import analysis
 from app.neurons import activations as core
 from app.web import analyses as work
 from app.web.formats import is_htmx, link_header, respond
 from app.web.heatmaps import colour_bar_stops
 from app.web.routing import page
-from app.web.state import arriving, get_model_context, live_status
+from app.web.state import arriving, get_model_context, live_status, runner_of
 from app.web.uploads import ALLOWED_FORMATS, UploadError
 from app.web.urls import Urls
 
@@ -46,7 +48,7 @@ def _form_data(request: Request) -> dict[str, Any]:
         "fields": {
             "image": "the image file (multipart), or send the image as the raw request body",
             "classes": "optional comma-separated class names for zero-shot probabilities",
-            "top_k": f"neurons per layer (1–{work.MAX_TOP_K}, default {core.DEFAULT_TOP_K})",
+            "top_k": f"neurons per layer (1–{analysis.MAX_TOP_K}, default {core.DEFAULT_TOP_K})",
             "example": "instead of a file: the id of one of the example images",
         },
         "max_upload_bytes": settings.max_upload_bytes,
@@ -171,10 +173,10 @@ async def analysis_page(
     """A stored analysis (``.json`` twin); ``layer``+``unit``: that neuron's heatmap (htmx fragment);
     ``sort``: ``percentile`` (default) or ``z``."""
     urls: Urls = request.app.state.urls
-    if sort is not None and sort not in work.SORTS:
-        raise HTTPException(422, f"sort must be one of {', '.join(work.SORTS)}, not {sort!r}.")
-    order = sort or work.DEFAULT_SORT
-    sort_param = None if order == work.DEFAULT_SORT else order
+    if sort is not None and sort not in analysis.SORTS:
+        raise HTTPException(422, f"sort must be one of {', '.join(analysis.SORTS)}, not {sort!r}.")
+    order = sort or analysis.DEFAULT_SORT
+    sort_param = None if order == analysis.DEFAULT_SORT else order
     found = await run_in_threadpool(work.load_analysis, request, the_id)
     if found is None:
         settings: Settings = request.app.state.settings
@@ -189,7 +191,7 @@ async def analysis_page(
     if ctx is None:
         raise HTTPException(404, f"The model {slug!r} of analysis {the_id!r} is no longer indexed.")
     class_names = core.parse_class_names(classes)
-    zero = await work.zero_shot(request, ctx, row.result, class_names)
+    zero = await analysis.classify(runner_of(request), ctx, row.result, class_names)
     data = await run_in_threadpool(
         lambda: work.present(
             request,
@@ -211,7 +213,7 @@ async def analysis_page(
 
     def sort_url(key: str) -> str:  # this page ranked by ``key`` (selected neuron and classes kept)
         kept = {"layer": layer, "unit": unit} if selected else {}
-        order_param = None if key == work.DEFAULT_SORT else key
+        order_param = None if key == analysis.DEFAULT_SORT else key
         return urls.with_query(urls.analysis(the_id), classes=classes_param, **kept, sort=order_param)
 
     html_url = urls.with_query(urls.analysis(the_id), classes=classes_param, sort=sort_param)
@@ -235,7 +237,7 @@ async def analysis_page(
         context={
             **_page_context(data, selected, ", ".join(class_names)),
             "sort_param": sort_param,
-            "sort_urls": {key: sort_url(key) for key in work.SORTS},
+            "sort_urls": {key: sort_url(key) for key in analysis.SORTS},
         },
     )
     response.headers["Vary"] = "HX-Request"

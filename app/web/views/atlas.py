@@ -21,12 +21,11 @@ from app.db.meaning import unit_summaries
 from app.db.schema import Layer
 from app.neurons.atlas import Layout, layout
 from app.web.atlas_grid import grid_size, snap
-from app.web.cache import versioned_cache
 from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
 from app.web.routing import page
-from app.web.state import app_cache
+from app.web.state import app_cache, versioned_cache
 from app.web.urls import Urls
 
 router = APIRouter()
@@ -138,8 +137,9 @@ async def atlas_sprite(model: str, layer: str, request: Request, session: ReadSe
         for pt in data["points"]
     }
     cells = [(pt["col"], pt["row"], shas[pt["unit"]]) for pt in data["points"]]
+    cache = app_cache(request, "preview_cache", previews.PreviewCache)
     etag, body = await run_in_threadpool(
-        previews.atlas_sprite, session, cells, data["grid"]["cols"], data["grid"]["rows"], CELL_PX
+        previews.atlas_sprite, session, cells, data["grid"]["cols"], data["grid"]["rows"], CELL_PX, cache
     )
     headers = {"Cache-Control": "public, max-age=3600", "ETag": f'"{etag}"'}
     if request.headers.get("if-none-match") == f'"{etag}"':

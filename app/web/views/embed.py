@@ -23,6 +23,7 @@ from app.web.errors import NotFound
 from app.web.etags import etag_matches
 from app.web.formats import SafeJSONResponse, html_page
 from app.web.lookup import parse_unit
+from app.web.state import app_cache
 from app.web.urls import Urls
 
 router = APIRouter()
@@ -41,6 +42,10 @@ def _png(request: Request, found: tuple[str, bytes]) -> Response:
     return Response(content=data, media_type="image/png", headers=headers)
 
 
+def _preview_cache(request: Request) -> previews.PreviewCache:
+    return app_cache(request, "preview_cache", previews.PreviewCache)
+
+
 def _ref(model: str, layer: str, unit: str) -> UnitRef:
     return UnitRef(model, layer, parse_unit(unit))
 
@@ -48,7 +53,7 @@ def _ref(model: str, layer: str, unit: str) -> UnitRef:
 @router.get("/preview/models/{model}/layers/{layer}/neurons/{unit}.png")
 def neuron_preview(model: str, layer: str, unit: str, request: Request, session: ReadSession) -> Response:
     """A neuron's link-preview image (1200×630 PNG)."""
-    found = previews.neuron_preview(session, _ref(model, layer, unit))
+    found = previews.neuron_preview(session, _ref(model, layer, unit), _preview_cache(request))
     if found is None:
         raise NotFound(f"No unit {unit} of layer {layer!r} of model {model!r} in this index.")
     return _png(request, found)
@@ -60,7 +65,7 @@ def analysis_preview(name: str, request: Request, session: ReadSession) -> Respo
     found = previews.get_analysis(session, name)
     if found is None:
         raise NotFound(f"No stored analysis {name[:80]!r}.")
-    return _png(request, previews.analysis_preview(session, *found))
+    return _png(request, previews.analysis_preview(session, *found, _preview_cache(request)))
 
 
 def _embed(request: Request, template: str, context: dict[str, Any]) -> Response:
@@ -82,6 +87,7 @@ def embed_neuron(model: str, layer: str, unit: str, request: Request, session: R
         "embed_neuron.html",
         {
             "card": card,
+            "title_label": previews.title_of(session, card),  # the unit summary's title label
             "page_url": urls.neuron(slug, name, u),
             "examples": [(urls.blob(e.thumb.sha256, e.thumb.ext), e) for e in card.examples],
             "featurevis": urls.blob(card.featurevis.sha256, card.featurevis.ext) if card.featurevis else None,
@@ -131,8 +137,10 @@ def oembed(
     maxheight: str | None = None,
 ) -> Response:
     """oEmbed (``type: rich``) for a neuron or analysis URL of this server."""
-    if format != "json":
-        raise HTTPException(501, "Only format=json is supported.")
+    if format != "json":  # a 4xx: oEmbed's 501 reads as a server error to clients and monitors
+        raise HTTPException(
+            400, "Only format=json is supported; oEmbed's 501 is not used because it reads as a server error."
+        )
     if not url:
         raise HTTPException(
             400, "Give the page to embed as ?url=… (a neuron or analysis URL of this server)."
@@ -157,7 +165,7 @@ def oembed(
         if card is None:
             raise NotFound(f"No neuron at {url[:200]!r}.")
         slug, name, u = card.model.slug, card.layer.name, card.neuron.unit
-        label = card.labels[0].label if card.labels else None
+        label = found.label if (found := previews.title_of(session, card)) else None
         title = f"{name}/{u} · {slug}" + (f": {label}" if label else "")
         embed_url = _absolute(request, urls.embed_neuron(slug, name, u))
         thumb = _absolute(request, urls.preview(slug, name, u))

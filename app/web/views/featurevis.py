@@ -13,16 +13,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from app.config import Settings
-from app.db import featurevis_jobs as jobs_db
-from app.db import queries
 from app.db.schema import Layer, Model, Neuron
 from app.live import jobs
 from app.live.context import runner_serves
@@ -32,34 +28,21 @@ from app.web.deps import ReadSession
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model, find_neuron
 from app.web.routing import page
-from app.web.state import app_cache, runner_of
+from app.web.sections import featurevis as section
+from app.web.state import renders, runner_of
 
 router = APIRouter()
 
 PARTIAL = "_partials/neuron_featurevis.html"
 TITLE = "Feature visualization"
 PATH = "/models/{model}/layers/{layer}/neurons/{unit}/featurevis"
+STATUS_KEYS = ("status", "error", "elapsed_s", "settings")
+"""The section's fields that the JSON twin also carries at its top level."""
 
 
 def fragment_url(request: Request, slug: str, layer: str, unit: int, fmt: str | None = None) -> str:
     """This fragment's URL: the neuron's permalink + ``/featurevis`` (``.json`` twin)."""
-    return request.app.state.urls.neuron(slug, layer, unit) + "/featurevis" + (f".{fmt}" if fmt else "")
-
-
-def section_images(request: Request, session: ReadSession, neuron: Neuron) -> list[dict[str, Any]]:
-    urls = request.app.state.urls
-    return [
-        {
-            "kind": row.kind,
-            "index": row.index,
-            "objective": row.objective,
-            "image": urls.blob(thumb.sha256, thumb.ext),
-            "width": thumb.width,
-            "height": thumb.height,
-            "settings": row.settings,
-        }
-        for row, thumb in queries.feature_visualizations(session, neuron)
-    ]
+    return section.poll_url(request.app.state.urls, slug, layer, unit) + (f".{fmt}" if fmt else "")
 
 
 def _lookup(session: ReadSession, model: str, layer: str, unit: str) -> tuple[Model, Layer, Neuron]:
@@ -74,39 +57,29 @@ def _fragment(
     found: tuple[Model, Layer, Neuron],
     fmt: str | None,
     *,
+    job: Any = section.UNREAD,
     note: str | None = None,
     status_code: int = 200,
 ) -> Response:
-    """The section as it stands (read only): images, a render's state, or the start button."""
+    """The section as it stands (read only): images, a render's state, or the start button
+    (:func:`app.web.sections.featurevis.section_data`; ``job``: the neuron's job just read)."""
     model_row, layer_row, neuron = found
-    images = section_images(request, session, neuron)
-    poll = fragment_url(request, model_row.slug, layer_row.name, neuron.unit)
-    if images:
-        section: Any = images
+    urls = request.app.state.urls
+    data_section = section.section_data(
+        session, urls, model_row.slug, layer_row.name, neuron, runner_of(request), job
+    )
+    images = data_section if isinstance(data_section, list) else []
+    if isinstance(data_section, list):
         status: dict[str, Any] = {"status": "done"}
     else:
-        job = jobs_db.job_of(session, neuron.id)
-        serves, why = runner_serves(runner_of(request), model_row.slug)
-        if job is not None and job.status in ("rendering", "failed", "cancelled"):
-            status = {
-                "status": job.status,
-                "error": job.error,
-                "elapsed_s": job.elapsed_s,
-                "settings": job.settings,
-            }
-            section = {**status, "poll": poll, "describe": jobs.describe(job.settings), "can_start": serves}
-        elif serves:
-            status = {"status": "available", "error": None}
-            section = {**status, "poll": poll, "can_start": True}
-        else:
-            status = {"status": "unavailable", "error": why}
-            section = {**status, "poll": None, "can_start": False}
+        status = {k: data_section[k] for k in STATUS_KEYS if k in data_section}
     if note:
         status["note"] = note
-        if isinstance(section, dict):
-            section["note"] = note
+        if isinstance(data_section, dict):
+            data_section["note"] = note
+    poll = fragment_url(request, model_row.slug, layer_row.name, neuron.unit)
     data = {
-        "neuron": request.app.state.urls.neuron(model_row.slug, layer_row.name, neuron.unit),
+        "neuron": urls.neuron(model_row.slug, layer_row.name, neuron.unit, fmt),  # .json twin → .json
         "images": images,
         "start": {"method": "POST", "url": poll, "csrf": "X-CSRF-Token header or csrf_token field (HTML)"},
         **status,
@@ -117,7 +90,7 @@ def _fragment(
         data,
         fmt=fmt,
         json_url=fragment_url(request, model_row.slug, layer_row.name, neuron.unit, "json"),
-        context={"section": section, "section_title": TITLE, "fragment": True},
+        context={"section": data_section, "section_title": TITLE, "fragment": True},
         status_code=status_code,
     )
 
@@ -146,23 +119,18 @@ async def featurevis_start(
         return _fragment(request, session, found, fmt, note=why, status_code=503 if fmt else 200)
     settings: Settings = request.app.state.settings
     address = request.client.host if request.client else "unknown"
-    claim = await jobs.claim_and_start(
+    started = await jobs.claim_and_start(
+        renders(request),
         runner,
-        request.app.state.write_engine,
-        request.app.state.write_sessions,
-        app_cache(request, "featurevis_tasks", set),
         neuron_id=neuron.id,
         layer=layer_row.name,
         unit=neuron.unit,
-        worker=app_cache(request, "worker_id", lambda: uuid.uuid4().hex),
         client=jobs.client_key(secret(request), address),
         max_jobs=settings.featurevis_max_jobs,
         per_client=settings.featurevis_per_client,
         timeout_s=settings.featurevis_timeout_s,
     )
-    if claim.ok:
-        await asyncio.sleep(0)  # let the task enqueue before the section is read
-    session.expire_all()
+    claim = started.claim
     code = 202 if claim.ok else 429 if claim.busy else 200
     code = code if fmt else 200  # htmx swaps only 2xx answers: the note says what happened
-    return _fragment(request, session, found, fmt, note=claim.reason, status_code=code)
+    return _fragment(request, session, found, fmt, job=started.job, note=claim.reason, status_code=code)

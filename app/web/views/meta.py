@@ -24,7 +24,7 @@ PACKAGES = ("conceptscope", "torch", "open_clip_torch", "fastapi", "starlette", 
             "jinja2", "pillow", "numpy")
 
 
-def live_status(runner: object) -> str:
+def runner_health(runner: object) -> str:
     """``not loaded`` (no runner), ``ready``, ``starting`` or ``error: ...``."""
     if runner is None:
         return "not loaded"
@@ -54,7 +54,7 @@ async def health(request: Request, fmt: str | None) -> Response:
         log.exception("health check: the database cannot be read")
         return SafeJSONResponse({"ok": False, "db": "error: the database cannot be read"}, status_code=503)
     return SafeJSONResponse({"ok": db_ok, "db": "ok", "models": models,
-                             "live": live_status(request.app.state.live_runner)})
+                             "live": runner_health(request.app.state.live_runner)})
 
 
 def _version(name: str) -> str | None:
@@ -73,7 +73,7 @@ def versions_data(request: Request) -> dict[str, object]:
         "packages": {name: _version(name) for name in PACKAGES},
         "htmx": htmx.read_text().split()[1] if htmx.exists() else None,
         "database": request.app.state.engine.dialect.name,
-        "live": live_status(request.app.state.live_runner),
+        "live": runner_health(request.app.state.live_runner),
     }
 
 

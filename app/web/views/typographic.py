@@ -32,8 +32,7 @@ from app.neurons.typographic import (
     Attack,
     AttackError,
 )
-from app.web import analyses as uploads  # the analysis pages' upload path (compute + store)
-from app.web import csrf
+from app.web import analyses, csrf  # analyses: the analysis pages' upload path (compute + store)
 from app.web.formats import respond
 from app.web.routing import page
 from app.web.state import live_status, require_runner, runner_of
@@ -216,8 +215,8 @@ async def typographic_upload(request: Request) -> Response:
             await form.close()
         if not data:
             raise UploadError(422, "No image in the upload: choose a file for the field 'image'.")
-        computed = await uploads.compute(request, uploads.Upload(data, [], 1))
-        stored = await uploads.store(request, computed)
+        computed = await analyses.compute(request, analyses.Upload(data, [], 1))
+        stored = await analyses.store(request, computed)
     except UploadError as exc:
         raise HTTPException(exc.status, exc.message) from exc
     if not stored:

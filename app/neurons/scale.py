@@ -1,0 +1,40 @@
+"""A value on its unit's own scale: percentile in the unit's dataset sample, and z-score.
+
+The one definition used by every page (issue 16: values are read on the unit's own scale):
+
+* :func:`percentile_of`: the **share of the sample strictly below** ``v``, in percent (0–100).
+* :func:`z_of`: ``(v − mean) / std``; ``None`` when the std is missing, zero (a constant unit) or
+  not finite, or ``v`` is not finite.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+MIN_STD = 1e-12
+"""A std at or below this is a constant unit: it has no z-score."""
+
+
+def percentile_of(sample: np.ndarray | None, v: float, *, is_sorted: bool = False) -> float | None:
+    """Percent (0–100) of ``sample`` strictly below ``v``; ``None`` for a missing or empty sample.
+
+    ``is_sorted``: ``sample`` is sorted ascending (a binary search instead of a scan)."""
+    if sample is None or len(sample) == 0:
+        return None
+    if is_sorted:
+        below = int(np.searchsorted(sample, v, side="left"))
+    else:
+        below = int(np.count_nonzero(np.asarray(sample) < v))
+    return below / len(sample) * 100.0
+
+
+def z_of(v: float, mean: float | None, std: float | None) -> float | None:
+    """``(v − mean) / std``; ``None`` without a mean or a usable std, or for a non-finite ``v``."""
+    if mean is None or std is None:
+        return None
+    v, mean, std = float(v), float(mean), float(std)
+    if not std > MIN_STD or not math.isfinite(std) or not math.isfinite(v) or not math.isfinite(mean):
+        return None
+    return (v - mean) / std
