@@ -1,7 +1,10 @@
 """Image conversions shared by dataset reading (precompute) and uploads (web).
 
 One ``to_rgb`` for both sides, so that a live analysis of an image sees exactly the pixels the
-precompute pass saw for the same file.
+precompute pass saw for the same file. Both also cut very thin images (aspect ratio over
+:data:`MAX_ASPECT`) to their centre: the model's preprocess resizes the *shorter* side to its
+input size, so a 1×20,000 image would otherwise become a 128×2,560,000 one (gigabytes, or an
+``OverflowError`` in the resize). The crop keeps the centre square the model sees.
 """
 
 from __future__ import annotations
@@ -13,9 +16,36 @@ from PIL import Image
 
 WHITE = (255, 255, 255)
 
+#: The longest side of an image handed on is at most this many times its shorter side: longer
+#: sides are cut to their centre (the model's view, a centred square, is inside that centre).
+MAX_ASPECT = 4
 
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = WHITE) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB (transparency composited on ``background``)."""
+
+def crop_to_aspect(image: Image.Image, max_aspect: float = MAX_ASPECT) -> Image.Image:
+    """``image`` unchanged when its longer side is at most ``max_aspect`` × its shorter side,
+    else its centre with the longer side cut to ``max_aspect`` × the shorter side (at least 1)."""
+    width, height = image.size
+    short, long = min(width, height), max(width, height)
+    keep = max(1, int(max_aspect * short))
+    if long <= keep:
+        return image
+    start = (long - keep) // 2
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    return image.crop(box)
+
+
+def to_rgb(
+    image: Image.Image, background: tuple[int, int, int] = WHITE, *, max_aspect: float | None = MAX_ASPECT
+) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (transparency composited on ``background``); an
+    image thinner than ``max_aspect`` is first cut to its centre (:func:`crop_to_aspect`;
+    ``None``: never, e.g. for strips of a larger image)."""
+    if max_aspect is not None:
+        cropped = crop_to_aspect(image, max_aspect)
+        if cropped is not image:
+            image = cropped
+            if image.mode == "RGB":
+                return image  # already a new image
     mode = image.mode
     if mode == "RGB":
         return image.copy()

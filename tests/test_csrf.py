@@ -127,3 +127,8 @@ def test_analysis_ids_are_keyed_by_a_secret_kept_in_the_data_dir(tmp_path) -> No
     assert len(ids) == 2  # nobody without the secret computes the id in advance
     assert analysis_id(secret, "demo", b"photo") == analysis_id(secret, "demo", b"photo")
     assert re.fullmatch(r"[0-9a-f]{24}", analysis_id(secret, "demo", b"photo"))
+    # what shapes the stored result is part of the id: another top_k never lands on this permalink
+    def with_top_k(k: int) -> str:
+        return analysis_id(secret, "demo", b"photo", {"top_k": k})
+
+    assert with_top_k(1) != with_top_k(64) and with_top_k(8) == with_top_k(8)

@@ -145,6 +145,47 @@ async def test_microbatch_of_8_concurrent_equals_8_sequential(demo_loaded, facts
         np.testing.assert_allclose(many.embedding, one.embedding, rtol=1e-5, atol=1e-5)
 
 
+async def test_a_selector_chooses_the_hits_from_every_unit_and_fails_alone(demo_loaded, facts) -> None:
+    """``analyze(select=...)``: the hits are the units it picks from all values (not a raw top),
+    in its order, with their maps; a selector that raises or picks a missing unit fails only its
+    own request, not the others of its micro-batch."""
+    seen: dict[str, int] = {}
+
+    def weakest_three(layer: str, values: np.ndarray) -> list[int]:
+        seen[layer] = len(values)
+        return [int(u) for u in np.argsort(values, kind="stable")[:3]]
+
+    def broken(layer: str, values: np.ndarray) -> list[int]:
+        raise RuntimeError("no scale")
+
+    def out_of_range(layer: str, values: np.ndarray) -> list[int]:
+        return [len(values)]
+
+    async with make_runner(demo_loaded, facts["slug"], max_batch=8) as runner:
+        tensor = runner.preprocess(decode_upload(demo_png(11), max_pixels=10**8).image)
+        outcomes = await asyncio.gather(
+            runner.analyze(tensor, select=weakest_three),
+            runner.analyze(tensor, select=broken),
+            runner.analyze(tensor, select=out_of_range),
+            runner.analyze(tensor, top_k=4),
+            return_exceptions=True,
+        )
+        assert runner.stats.largest_batch == 4, runner.stats.batch_sizes  # one batch for all four
+    chosen, failed, bad_unit, by_value = outcomes
+    assert isinstance(failed, RuntimeError) and "no scale" in str(failed)
+    assert isinstance(bad_unit, ValueError) and "not in layer" in str(bad_unit)
+    assert set(seen) == set(chosen.values)
+    for layer, values in chosen.values.items():
+        assert seen[layer] == len(values)  # the selector saw every unit of the layer
+        want = [int(u) for u in np.argsort(values, kind="stable")[:3]]
+        assert [h.unit for h in chosen.top[layer]] == want
+        for hit in chosen.top[layer]:
+            assert hit.value == float(values[hit.unit])
+            assert abs(float(hit.heatmap.max()) - hit.value) <= 1e-6  # its own map
+        raw_top = list(np.argsort(-by_value.values[layer], kind="stable")[:4])
+        assert [h.unit for h in by_value.top[layer]] == raw_top  # no selector: by raw value
+
+
 async def test_batcher_waits_only_for_requests_on_their_way(demo_loaded, facts) -> None:
     # A minute of max wait: a batcher that waited for nobody would hang this test.
     async with make_runner(demo_loaded, facts["slug"], max_batch=8, max_wait_ms=60_000) as runner:

@@ -4,7 +4,7 @@ the document says (issue 14 deliverable 8, issue 18 §5).
 
 The app runs in a real uvicorn server on loopback over a copy of the ``tiny_db`` index with the
 demo model live (so live routes compute instead of answering 503). A 5xx is a failure unless the
-document names that status for the operation (only oEmbed's 501 for a format other than json).
+document names that status for the operation (none does: oEmbed's format other than json is a 400).
 """
 
 from __future__ import annotations

@@ -31,10 +31,13 @@ async def test_requests_beyond_the_burst_get_429_except_from_loopback(
     app = create_app(settings)
     transport = httpx.ASGITransport(app=app, client=(client_host, 5000))
     async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
-        codes = [(await c.get("/.json")).status_code for _ in range(4)]
+        answers = [await c.get("/.json") for _ in range(4)]
         health = (await c.get("/-/health")).status_code
+    codes = [r.status_code for r in answers]
     if limited:
         assert codes[:2] == [200, 200] and codes[2:] == [429, 429] and health != 429
+        refused = answers[-1].headers  # a 429 carries the same security headers as any answer
+        assert "content-security-policy" in refused and refused["x-content-type-options"] == "nosniff"
     else:
         assert codes == [200] * 4
     app.state.engine.dispose()

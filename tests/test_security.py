@@ -285,3 +285,64 @@ def test_serve_flags_set_hosts_cors_and_rate_limit(monkeypatch) -> None:
         ["--db", "x.db", "--trusted-hosts", "Example.org,.example.org", "--cors", "--rate-limit", "30"]))
     assert custom.trusted_hosts == ("example.org", ".example.org") and custom.cors
     assert custom.rate_limit_per_minute == 30
+
+
+# ------------------------------------------- audit: headers on every answer, host case, oEmbed
+
+
+def assert_security_headers(response: httpx.Response) -> None:
+    csp = csp_directives(response)
+    assert csp["script-src"] == "'self'" and csp["frame-ancestors"] == "'none'"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["referrer-policy"] == "strict-origin-when-cross-origin"
+
+
+async def test_bad_host_400_carries_the_security_headers(client) -> None:
+    response = await client.get("/", headers={"Host": "evil.example"})
+    assert response.status_code == 400
+    assert_security_headers(response)
+
+
+async def test_unexpected_error_500_carries_the_security_headers_and_no_detail(tiny_db) -> None:
+    """Starlette answers an unhandled exception from its outermost middleware, past ours."""
+    app = create_app(Settings(db_url=tiny_db.url))
+
+    def boom() -> None:
+        raise RuntimeError("secret detail at /srv/secret/index.db")
+
+    app.router.add_api_route("/-/boom-for-test", boom)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        for accept in ("application/json", "text/html"):
+            response = await c.get("/-/boom-for-test", headers={"Accept": accept})
+            assert response.status_code == 500
+            assert_security_headers(response)
+            assert "secret" not in response.text and "RuntimeError" not in response.text
+
+
+async def test_absolute_urls_use_the_host_in_lower_case(client, unit_url) -> None:
+    page = await client.get("/", headers={"Host": "LOCALHOST:1"})
+    assert page.status_code == 200
+    assert '<meta property="og:url" content="http://localhost:1/">' in page.text
+    assert "LOCALHOST" not in page.text
+    oembed = await client.get("/-/oembed", params={"url": f"http://localhost:1{unit_url}"},
+                              headers={"Host": "LocalHost:1"})  # fmt: skip
+    assert oembed.status_code == 200, oembed.text
+    assert oembed.json()["provider_url"].startswith("http://localhost:1/")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "xml", "", "JSON"])
+async def test_oembed_other_formats_are_400_not_501(client, unit_url, fmt) -> None:
+    response = await client.get("/-/oembed", params={"url": f"http://testserver{unit_url}", "format": fmt})
+    assert response.status_code == 400
+    assert "only format=json is supported" in response.text.lower()
+    assert (await client.get("/-/oembed", params={"url": f"http://testserver{unit_url}",
+                                                  "format": "json"})).status_code == 200  # fmt: skip
+
+
+def test_openapi_declares_oembed_format_json_only_and_no_5xx(web_app) -> None:
+    operation = web_app.openapi()["paths"]["/-/oembed"]["get"]
+    (parameter,) = [p for p in operation["parameters"] if p["name"] == "format"]
+    assert parameter["schema"]["enum"] == ["json"]
+    assert not [status for status in operation["responses"] if status.startswith("5")]

@@ -404,6 +404,120 @@ def test_multipage_tiff_counts_pages_and_uses_the_first() -> None:
     assert decoded.image.size == (32, 24)
 
 
+# --------------------------------------- audit: thin images, frames decoded beyond the first
+
+
+THIN_SIZES = [(1, 20_000), (25_000_000, 1), (20_000, 3), (3000, 200)]
+
+
+@pytest.mark.parametrize("size", THIN_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_thin_images_are_cut_to_their_centre(size) -> None:
+    """The model's preprocess scales the *shorter* side up to its input size: a 1×20,000 PNG
+    (121 bytes) became 128×2,560,000 (1.4 GB RSS), 25,000,000×1 an OverflowError (500). The
+    image handed on is at most MAX_ASPECT × its shorter side, the centre of the original."""
+    from app.images import MAX_ASPECT
+
+    width, height = size
+    ramp = np.arange(max(size), dtype=np.int64) % 251
+    array = (ramp[None, :] if width > height else ramp[:, None]).repeat(min(size), 1 if height > width else 0)
+    original = Image.fromarray(array.astype(np.uint8).reshape(height, width), "L")
+    decoded = decode(encode(original, "PNG"))
+    assert (decoded.width, decoded.height) == size  # the original's size is reported
+    w, h = decoded.image.size
+    assert min(w, h) == min(size) and max(w, h) <= MAX_ASPECT * min(w, h)
+    keep = max(w, h)
+    start = (max(size) - keep) // 2  # the centre: the model's centred square is inside it
+    box = (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+    centre = original.crop(box)
+    assert np.array_equal(np.asarray(decoded.image)[..., 0], np.asarray(centre))
+
+
+def test_ordinary_aspect_ratios_are_not_cut() -> None:
+    for size in ((400, 100), (100, 400), (640, 480), (1, 4)):
+        assert decode(encode(gradient_rgb(size), "PNG")).image.size == size
+
+
+def test_to_rgb_cuts_thin_dataset_images_too() -> None:
+    """precompute reads datasets through the same ``to_rgb`` (same pixels as a live analysis)."""
+    from app.images import MAX_ASPECT, to_rgb
+
+    assert to_rgb(Image.new("L", (1, 20_000), 128)).size == (1, MAX_ASPECT)
+    assert to_rgb(Image.new("RGBA", (10_000, 10), (1, 2, 3, 0))).size == (10 * MAX_ASPECT, 10)
+    assert to_rgb(Image.new("RGB", (50, 400), 7)).size == (50, 200)
+    assert to_rgb(Image.new("RGB", (50, 400), 7), max_aspect=None).size == (50, 400)
+
+
+@pytest.mark.parametrize("size", [(1, 20_000), (25_000_000, 1)], ids=["1x20000", "25000000x1"])
+def test_http_thin_images_are_analysed_with_bounded_work(http: httpx.Client, size) -> None:
+    """Was: 200 after +1.36 GB RSS (1×20,000), a 500 without security headers (25,000,000×1)."""
+    data = encode(Image.new("L", size, 128), "PNG")
+    response = http.post("/analyze.json", content=data, headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text  # analysed: the centre, 1×4 / 4×1
+    assert "content-security-policy" in response.headers
+    source = response.json()["image"]["source"]
+    assert (source["width"], source["height"]) == size  # the original's size is reported
+
+
+def gif_frame_copies(side: int, frames: int) -> tuple[bytes, bytes]:
+    """(a one-frame GIF of ``side``², the same frame repeated ``frames`` times): Pillow's writer
+    would merge identical frames, so the second is assembled from the first's blocks."""
+    single = encode(Image.new("P", (side, side), 1), "GIF")
+    flags = single[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    assert single[-1:] == b"\x3b"
+    return single, single[:start] + single[start:-1] * frames + b"\x3b"
+
+
+def apng_and_first_frame(side: int, frames: int) -> tuple[bytes, bytes]:
+    images = [Image.new("RGB", (side, side), (9 * i, 40, 200 - 9 * i)) for i in range(frames)]
+    return encode(images[0], "PNG"), encode(images[0], "PNG", save_all=True, append_images=images[1:])
+
+
+def best_time(data: bytes, repeat: int = 3) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        decode(data)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+@pytest.mark.parametrize("maker,frames", [(lambda: gif_frame_copies(2000, 30), 30),
+                                          (lambda: apng_and_first_frame(1000, 20), 20)],
+                         ids=["gif-30x2000", "apng-20x1000"])  # fmt: skip
+def test_later_frames_are_never_decoded(maker, frames) -> None:
+    """Audit: 60 GIF frames of 4900×4900 (1.1 MB) took 17 s of CPU per upload (frame counting
+    decoded every frame), holding both decode slots for a minute. Decoding the animation now
+    costs about what its first frame alone costs (it was 30× / 10× here)."""
+    single, animated = maker()
+    decoded = decode(animated)
+    assert decoded.frames == frames and not decoded.frames_capped
+    assert decoded.image.size == decode(single).image.size
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(decode(single).image))
+    assert best_time(animated) < 3 * best_time(single) + 0.02
+
+
+def test_gif_frame_count_reads_no_image_data(monkeypatch) -> None:
+    """No seek beyond the first frame (Pillow's GIF/PNG ``seek`` decodes every frame before)."""
+    from PIL import GifImagePlugin, PngImagePlugin
+
+    seeks: list[int] = []
+    for plugin in (GifImagePlugin.GifImageFile, PngImagePlugin.PngImageFile):
+        original = plugin.seek
+
+        def seek(self, frame: int, _original=original) -> None:
+            seeks.append(frame)
+            _original(self, frame)
+
+        monkeypatch.setattr(plugin, "seek", seek)
+    assert decode(gif_frame_copies(64, 12)[1]).frames == 12
+    assert decode(apng_and_first_frame(64, 5)[1]).frames == 5
+    assert decode(animated_gif()).frames == 3
+    assert all(frame == 0 for frame in seeks), seeks
+
+
 def big(mode: str, side: int) -> Image.Image:
     """A large image with structure (a ramp), so reduction is checkable."""
     ramp = np.linspace(0, 1, side, dtype=np.float32)[None, :].repeat(side, 0)

@@ -180,6 +180,23 @@ def test_the_cap_counts_bytes_as_well_as_rows(db) -> None:
     engine.dispose()
 
 
+def test_a_stored_analysis_is_never_rewritten(db) -> None:
+    """Storing the same id again keeps the first copy (a permalink never changes what it shows);
+    other result-shaping parameters give another id (tests/test_csrf.py)."""
+    url, _path = db
+    engine = make_engine(url, create=False)
+    ensure_web_tables(engine)
+    writer = AnalysisWriter(engine, cap_rows=100, timeout_s=5)
+    first = job(1)
+    writer.store(first)
+    again = StoreJob(first.id, 1, first.image, {"top_k": 64}, {"layers": [], "n": "rewritten"})
+    writer.store(again)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Analysis.result, Analysis.params).where(Analysis.id == first.id)).all()
+    assert rows == [({"layers": [], "n": 1}, {"top_k": 1})]
+    engine.dispose()
+
+
 def _pages(url: str) -> list[str]:
     engine = make_engine(url, create=False)
     with engine.connect() as conn:

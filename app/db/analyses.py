@@ -20,15 +20,21 @@ import hmac
 import json
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, delete, func, insert, select, update
+from sqlalchemy import Connection, Engine, delete, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.db import MIME_EXT
 from app.db.schema import Analysis, Base, Blob, Image, Model, utcnow
+from app.db.units import UnitSummary, unit_summaries
+
+T = TypeVar("T")
 
 ID_LENGTH = 24
 WRITE_TIMEOUT_S = 2.0
@@ -38,9 +44,13 @@ class NotStored(RuntimeError):
     """An analysis could not be stored (busy database, read-only file ...): the message says why."""
 
 
-def analysis_id(secret: bytes, slug: str, data: bytes) -> str:
-    """The id of (model, image bytes) on this server: an HMAC keyed by the server secret."""
-    return hmac.new(secret, slug.encode() + b"\0" + data, hashlib.sha256).hexdigest()[:ID_LENGTH]
+def analysis_id(secret: bytes, slug: str, data: bytes, params: dict[str, Any] | None = None) -> str:
+    """The id of (model, image bytes, the parameters that shape the stored result, e.g. ``top_k``)
+    on this server: an HMAC keyed by the server secret. Other parameters give another id, so
+    nobody can change what an existing permalink shows."""
+    shaped = json.dumps(params or {}, sort_keys=True, separators=(",", ":")).encode()
+    message = slug.encode() + b"\0" + shaped + b"\0" + data
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()[:ID_LENGTH]
 
 
 @dataclass(eq=False)
@@ -85,9 +95,20 @@ def _write_one(conn: Connection, job: StoreJob) -> None:
     if conn.execute(select(Blob.sha256).where(Blob.sha256 == sha)).first() is None:
         blob = {"sha256": sha, "mime": "image/jpeg", "data": data, "width": width, "height": height}
         conn.execute(insert(Blob).values(**blob))
-    updated = conn.execute(update(Analysis).where(Analysis.id == job.id).values(**values))
-    if not updated.rowcount:
-        conn.execute(insert(Analysis).values(id=job.id, model_id=job.model_id, kind="image", **values))
+    if conn.execute(select(Analysis.id).where(Analysis.id == job.id)).first() is not None:
+        return  # the first stored copy is kept: a permalink never changes what it shows
+    row = {"id": job.id, "model_id": job.model_id, "kind": "image", **values}
+    conn.execute(_insert_if_absent(conn, Analysis).values(**row))
+
+
+def _insert_if_absent(conn: Connection, table: Any) -> Any:
+    """``INSERT`` that does nothing when the primary key exists (another worker may store the same
+    id at the same moment)."""
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        dialect_insert = sqlite_insert if name == "sqlite" else pg_insert
+        return dialect_insert(table).on_conflict_do_nothing()
+    return insert(table)
 
 
 def evict_oldest(
@@ -263,28 +284,40 @@ def ensure_web_tables(engine: Engine) -> None:
 
 @dataclass(frozen=True)
 class ExampleImage:
+    """A dataset image offered to try a page with (the analyze page's examples, the typographic
+    lab's picker), and its thumbnail."""
+
     id: int
-    caption: str
+    caption: str | None
+    """The image's caption, else its key."""
+    key: str | None
+    meta: Any
     sha256: str
-    ext: str
+    mime: str
+
+    @property
+    def ext(self) -> str:
+        """The thumbnail's file extension (``bin`` for an unknown type)."""
+        return MIME_EXT.get(self.mime, "bin")
 
 
-def example_images(session: Session, n: int) -> list[ExampleImage]:
-    """``n`` dataset images spread over the dataset (to try the upload form with)."""
-    total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
-    if not total:
-        return []
-    step = max(1, total // n)
+def example_images(session: Session, n: int, *, spread: bool = True) -> list[ExampleImage]:
+    """``n`` dataset images with thumbnails, in dataset order: spread over the dataset (every
+    ``total // n``-th, the analyze page's examples) or, ``spread=False``, the first ``n`` (the
+    typographic lab's picker)."""
+    step = 1
+    if spread:
+        total = int(session.scalar(select(func.count()).select_from(Image)) or 0)
+        if not total:
+            return []
+        step = max(1, total // n)
     rows = session.execute(
-        select(Image.id, Image.caption, Image.key, Blob.sha256, Blob.mime)
+        select(Image.id, Image.caption, Image.key, Image.meta, Blob.sha256, Blob.mime)
         .join(Blob, Blob.sha256 == Image.thumb_sha256)
         .order_by(Image.position, Image.id)
         .limit(step * n)
     ).all()
-    return [
-        ExampleImage(r.id, r.caption or r.key, r.sha256, MIME_EXT.get(r.mime, "bin"))
-        for r in rows[::step][:n]
-    ]
+    return [ExampleImage(r.id, r.caption or r.key, r.key, r.meta, r.sha256, r.mime) for r in rows[::step][:n]]
 
 
 def example_bytes(session: Session, image_id: int) -> bytes | None:
@@ -293,3 +326,18 @@ def example_bytes(session: Session, image_id: int) -> bytes | None:
         select(Blob.data).join(Image, Image.thumb_sha256 == Blob.sha256).where(Image.id == image_id)
     )
     return bytes(data) if data is not None else None
+
+
+# ------------------------------------------------------- reads in their own session (pages)
+
+
+def read(sessions: Callable[[], Any], query: Callable[..., T], *args: Any) -> T:
+    """``query(session, *args)`` in a read session of ``sessions`` (blocking: a worker thread)."""
+    with sessions() as session:
+        return query(session, *args)
+
+
+def layers_unit_summaries(session: Session, layer_ids: Iterable[int]) -> dict[int, dict[int, UnitSummary]]:
+    """``layer id → unit → UnitSummary`` of every indexed unit of each layer
+    (:func:`app.db.units.unit_summaries`, the one summary of a unit)."""
+    return {layer_id: unit_summaries(session, layer_id) for layer_id in layer_ids}

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from app.neurons.capture import capture, spatial_maps
+from app.neurons.scale import percentile_of
 
 if TYPE_CHECKING:
     from app.models import LayerInfo, LoadedModel
@@ -102,6 +103,12 @@ def forward_with_maps(
     return {layer.name: spatial_maps(raw[layer.name], layer) for layer in layers}, embedding
 
 
+Selector = Callable[[str, np.ndarray], Sequence[int]]
+"""Chooses the units of a layer whose heatmaps are kept for one image: called with the layer's
+name and the image's value (spatial max) of every unit of it, float32 ``(units,)``; returns unit
+indices, best first (e.g. :func:`app.live.analysis.scale_selector`: on each unit's own scale)."""
+
+
 def analyze_batch(
     loaded: LoadedModel,
     images: torch.Tensor,
@@ -109,26 +116,48 @@ def analyze_batch(
     layers: Sequence[LayerInfo] | None = None,
     *,
     with_embedding: bool = True,
+    select: Selector | Sequence[Selector | None] | None = None,
 ) -> list[ImageActivations]:
     """Run a preprocessed batch ``(B, 3, S, S)``; per image every neuron's value, the ``top_k``
-    neurons of each layer with their heatmaps (``top_k`` may differ per image), the embedding."""
+    neurons of each layer by value with their heatmaps (``top_k`` may differ per image), the
+    embedding.
+
+    ``select`` (one :data:`Selector` for all images, or one per image, ``None``: by value): the
+    hits of an image with a selector are the units it chooses from all of the layer's values, in
+    its order, instead of the ``top_k`` by raw value; only their heatmaps are copied out."""
     layers = list(layers if layers is not None else loaded.layers)
     batch = images.shape[0]
     ks = [int(top_k)] * batch if isinstance(top_k, int) else [int(k) for k in top_k]
+    selects: list[Selector | None] = (
+        [select] * batch if select is None or callable(select) else list(select)  # type: ignore[list-item]
+    )
+    if len(selects) != batch:
+        raise ValueError(f"select has {len(selects)} entries for a batch of {batch}")
     maps, embedding = forward_with_maps(loaded, images, layers, with_embedding=with_embedding)
     results = [ImageActivations({}, {}) for _ in range(batch)]
+    by_value = [i for i in range(batch) if selects[i] is None]
     for layer in layers:
         layer_maps_ = maps[layer.name].float()
         values = spatial_max(layer_maps_)
-        k_max = min(max(ks), values.shape[1])
-        top_values, top_units = values.topk(k_max, dim=1)
         values_np = values.cpu().numpy()
-        units_np = top_units.cpu().numpy()
-        top_np = top_values.cpu().numpy()
+        k_max = min(max((ks[i] for i in by_value), default=0), values.shape[1])
+        if k_max > 0:
+            top_values, top_units = values.topk(k_max, dim=1)
+            units_np = top_units.cpu().numpy()
+            top_np = top_values.cpu().numpy()
         for i, result in enumerate(results):
-            k = min(ks[i], k_max)
-            heatmaps = layer_maps_[i, top_units[i, :k]].cpu().numpy()
             result.values[layer.name] = values_np[i]
+            chooser = selects[i]
+            if chooser is not None:
+                chosen = [int(u) for u in chooser(layer.name, values_np[i])]
+                index = torch.as_tensor(chosen, dtype=torch.long, device=layer_maps_.device)
+                heatmaps = layer_maps_[i, index].cpu().numpy()
+                result.top[layer.name] = [
+                    NeuronHit(unit, float(values_np[i, unit]), heatmaps[j]) for j, unit in enumerate(chosen)
+                ]
+                continue
+            k = min(ks[i], k_max)
+            heatmaps = layer_maps_[i, top_units[i, :k]].cpu().numpy() if k > 0 else None
             result.top[layer.name] = [
                 NeuronHit(int(units_np[i, j]), float(top_np[i, j]), heatmaps[j]) for j in range(k)
             ]
@@ -155,8 +184,9 @@ class Percentiles:
     """Percentile of a value within each neuron's dataset distribution (``activation_samples``).
 
     Holds, per layer, the sample matrix sorted along the image axis; the percentile of ``v`` for
-    a unit is the share of sampled dataset images on which that unit's value is ``<= v``. Built
-    from :func:`app.db.samples.load_activation_samples` with :meth:`from_arrays`.
+    a unit is :func:`app.neurons.scale.percentile_of` (the share of sampled dataset images on
+    which that unit's value is strictly below ``v``). Built from
+    :func:`app.db.samples.load_activation_samples` with :meth:`from_arrays`.
     """
 
     def __init__(self, sorted_samples: dict[str, np.ndarray]) -> None:
@@ -175,9 +205,9 @@ class Percentiles:
             return None
         column = self.sorted[layer][:, unit]
         # values are stored as float16: compare in float16 precision so a dataset image's own
-        # value counts as "<=" itself
+        # value is never "below" itself
         v = float(np.float16(value)) if np.isfinite(value) else value
-        return 100.0 * float(np.searchsorted(column, v, side="right")) / column.shape[0]
+        return percentile_of(column, v, is_sorted=True)
 
     def sample_size(self, layer: str) -> int:
         return int(self.sorted[layer].shape[0]) if self.has(layer) else 0

@@ -1,8 +1,9 @@
-"""The analysis pages' work below the views: read an upload, run the live model, store, present.
+"""The analysis pages below the views: read an upload, present an analysis.
 
 Used by :mod:`app.web.views.analyze` (the pages) and :mod:`app.web.views.typographic` (which
-analyses its attack images the same way). Storage is :mod:`app.db.analyses` (one write path);
-runner status and errors are :mod:`app.live.context`; nothing here opens a page route.
+analyses its uploads the same way). This module parses requests and presents; the model work is
+:mod:`app.live.analysis`, storage and reads are :mod:`app.db.analyses` (one write path); nothing
+here opens a page route.
 """
 
 from __future__ import annotations
@@ -10,12 +11,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import io
 import json
 import logging
-import threading
 import time
-import weakref
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,43 +21,25 @@ from typing import Any
 import numpy as np
 from fastapi import HTTPException, Request
 from fastapi.responses import Response
-from PIL import Image as PILImage
 from starlette.concurrency import run_in_threadpool
 
 from app.config import Settings, server_secret
 from app.db import analyses as store_db
-from app.db.units import unit_summaries
-from app.live.context import LayerMeta, ModelContext, live_http_error
-from app.live.runner import LiveError, LiveRunner
+from app.live import analysis as live
+from app.live.context import ModelContext
 from app.neurons import activations as core
-from app.neurons import zeroshot
 from app.web import csrf
 from app.web.formats import SafeJSONResponse
 from app.web.heatmaps import heatmap_data_uri
-from app.web.state import app_cache, get_model_context, live_status, require_runner, runner_of
+from app.web.state import app_cache, get_model_context, require_runner, runner_of
 from app.web.uploads import DecodedImage, UploadError, decode_upload, read_body_limited, replay_request
 from app.web.urls import Urls
 
 log = logging.getLogger("conceptscope.web")
 
-#: Also used through this module by the typographic lab.
-__all__ = ["Upload", "compute", "store", "live_status", "require_runner", "runner_of", "live_http_error"]
-
-RESULT_VERSION = 1
-STORED_SIDE = 448  # longest side of the stored copy (the model's centre-square view)
-STORED_QUALITY = 88
-MAX_TOP_K = 64
 FORM_FIELDS = ("image", "file", "upload")
 N_EXAMPLES = 8
 CARD_TTL_S = 30.0  # how long a layer's labels and thumbnails are cached
-CANDIDATES_PER_SHOWN = 4
-"""The runner returns this many times ``top_k`` units by raw value (at most :data:`MAX_TOP_K`);
-the ``top_k`` of them highest on their own scale (percentile, then z) are kept (issue 16)."""
-SORTS = {
-    "percentile": "percentile in the neuron's own dataset distribution (ties: z-score)",
-    "z": "z-score on the neuron's own dataset distribution: (value − its mean) / its std",
-}
-DEFAULT_SORT = "percentile"
 
 
 # --------------------------------------------------------------------------- per-app objects
@@ -86,36 +66,42 @@ def writer(request: Request) -> store_db.AnalysisWriter:
     )
 
 
+def moments(request: Request) -> live.UnitMoments:
+    """This app's unit moments (mean and std per unit of each model context's sample)."""
+    return app_cache(request, "analysis_moments", live.UnitMoments)
+
+
 # ------------------------------------------------------------------------ neuron cards
 
 
-def _layer_cards(session: Any, urls: Urls, layer: LayerMeta) -> dict[int, tuple[Any, ...]]:
-    """unit → (label, label source, thumbnail URL) for every neuron of ``layer``."""
-    return {
-        unit: (s.label, s.label_source, urls.blob(s.thumb.sha256, s.thumb.ext) if s.thumb else None)
-        for unit, s in unit_summaries(session, layer.id).items()
-    }
-
-
-def neuron_cards(
-    session: Any, urls: Urls, ctx: ModelContext, wanted: dict[str, set[int]]
+def cards_for(
+    request: Request, ctx: ModelContext, wanted: dict[str, set[int]]
 ) -> dict[tuple[str, int], dict[str, Any]]:
     """Label, top-example thumbnail and page URL of the neurons in ``wanted`` (layer → units).
 
-    Each layer's labels and thumbnails are read once and kept for :data:`CARD_TTL_S` seconds (a
-    label set from the CLI while the server runs shows up within that time).
+    Each layer's labels and thumbnails (:func:`app.db.units.unit_summaries`) are read once and
+    kept for :data:`CARD_TTL_S` seconds (a label set from the CLI while the server runs shows up
+    within that time). Blocking: call from a worker thread.
     """
+    urls: Urls = request.app.state.urls
     cards: dict[tuple[str, int], dict[str, Any]] = {}
     now = time.monotonic()
-    for name, units in wanted.items():
+    stale: dict[str, int] = {}  # layer name → id, read again
+    for name in wanted:
         layer = ctx.layer(name)
-        table: dict[int, tuple[Any, ...]] = {}
-        if layer is not None:
-            cached = ctx.cards.get(name)
-            if cached is None or cached[0] < now:
-                cached = (now + CARD_TTL_S, _layer_cards(session, urls, layer))
-                ctx.cards[name] = cached
-            table = cached[1]
+        cached = ctx.cards.get(name)
+        if layer is not None and (cached is None or cached[0] < now):
+            stale[name] = layer.id
+    if stale:
+        read = store_db.read(request.app.state.sessions, store_db.layers_unit_summaries, stale.values())
+        for name, layer_id in stale.items():
+            table = {
+                unit: (s.label, s.label_source, urls.blob(s.thumb.sha256, s.thumb.ext) if s.thumb else None)
+                for unit, s in read[layer_id].items()
+            }
+            ctx.cards[name] = (now + CARD_TTL_S, table)
+    for name, units in wanted.items():
+        table = ctx.cards[name][1] if ctx.layer(name) is not None else {}
         for unit in units:
             label, source, thumb = table.get(unit, (None, None, None))
             cards[(name, unit)] = {
@@ -127,85 +113,22 @@ def neuron_cards(
     return cards
 
 
-def cards_for(request: Request, ctx: ModelContext, wanted: dict[str, set[int]]) -> dict[tuple[str, int], Any]:
-    """:func:`neuron_cards` in its own read session (blocking: call from a worker thread)."""
-    with request.app.state.sessions() as session:
-        return neuron_cards(session, request.app.state.urls, ctx, wanted)
-
-
 def example_images(request: Request, n: int = N_EXAMPLES) -> list[dict[str, Any]]:
     """A few dataset images, spread over the dataset, to try the form with."""
     urls: Urls = request.app.state.urls
-    with request.app.state.sessions() as session:
-        found = store_db.example_images(session, n)
+    found = store_db.read(request.app.state.sessions, store_db.example_images, n)
     return [{"id": e.id, "caption": e.caption, "thumb": urls.blob(e.sha256, e.ext)} for e in found]
 
 
 def example_bytes(request: Request, image_id: int) -> bytes:
-    with request.app.state.sessions() as session:
-        data = store_db.example_bytes(session, image_id)
+    data = store_db.read(request.app.state.sessions, store_db.example_bytes, image_id)
     if data is None:
         raise UploadError(422, f"There is no example image {image_id}.")
     return data
 
 
 def load_analysis(request: Request, the_id: str) -> Any:
-    with request.app.state.sessions() as session:
-        return store_db.load_analysis(session, the_id)
-
-
-# ------------------------------------------------------------- every value on its unit's scale
-
-_MOMENTS: weakref.WeakKeyDictionary[Any, dict[str, tuple[np.ndarray, np.ndarray]]] = (
-    weakref.WeakKeyDictionary()
-)
-_MOMENTS_LOCK = threading.Lock()
-
-
-def unit_moments(ctx: ModelContext, layer: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Mean and std of every unit of ``layer`` over the dataset sample (``None`` without one);
-    computed once per model context."""
-    percentiles = ctx.percentiles
-    if not percentiles.has(layer):
-        return None
-    with _MOMENTS_LOCK:
-        per_layer = _MOMENTS.setdefault(percentiles, {})
-        if layer not in per_layer:
-            sample = percentiles.sorted[layer].astype(np.float64)
-            per_layer[layer] = (sample.mean(0), sample.std(0))
-        return per_layer[layer]
-
-
-def z_score(ctx: ModelContext, layer: str, unit: int, value: float) -> float | None:
-    """``(value − mean) / std`` of ``unit`` over the dataset sample; ``None`` without a sample or
-    for a constant unit."""
-    moments = unit_moments(ctx, layer)
-    if moments is None or not 0 <= unit < len(moments[0]):
-        return None
-    mean, std = float(moments[0][unit]), float(moments[1][unit])
-    if not std > 1e-12 or not np.isfinite(value):
-        return None
-    return round((float(value) - mean) / std, 3)
-
-
-def rank_key(sort: str) -> Any:
-    """Sort key (best first) of a shown neuron for ``sort`` (``percentile`` or ``z``): on the
-    unit's own scale, never by raw value; ties broken by the other figure, then the unit."""
-
-    def figure(x: Any) -> float:
-        return float(x) if x is not None else -np.inf
-
-    if sort == "z":
-        return lambda n: (-figure(n.get("z")), -figure(n.get("percentile")), n["unit"])
-    return lambda n: (-figure(n.get("percentile")), -figure(n.get("z")), n["unit"])
-
-
-def candidates_for(top_k: int) -> int:
-    """How many units by raw value the runner returns so that ``top_k`` can be chosen by scale."""
-    return max(top_k, min(MAX_TOP_K, CANDIDATES_PER_SHOWN * top_k))
-
-
-# ---------------------------------------------------------------------- results and storage
+    return store_db.read(request.app.state.sessions, store_db.load_analysis, the_id)
 
 
 def heatmap_overlay(heatmap: Any, value: float) -> str:
@@ -213,49 +136,12 @@ def heatmap_overlay(heatmap: Any, value: float) -> str:
     return heatmap_data_uri(np.asarray(heatmap, dtype=np.float32), max(float(value), 1e-12))
 
 
-def build_result(
-    ctx: ModelContext, acts: core.ImageActivations, decoded: DecodedImage, top_k: int | None = None
-) -> dict[str, Any]:
-    """The stored form of an analysis (plain JSON): top neurons per layer with their heatmaps and
-    overlay PNGs (encoded once here; pages and the JSON twin read them), and the embedding.
-
-    The top neurons are the ``top_k`` of the runner's hits (all when ``None``) highest on their
-    own scale: percentile in their dataset distribution, then z-score (issue 16)."""
-    layers = []
-    key = rank_key(DEFAULT_SORT)
-    for layer in ctx.layers:
-        hits = acts.top.get(layer.name, [])
-        scored = sorted(
-            (
-                {
-                    "unit": hit.unit,
-                    "value": hit.value,
-                    "percentile": ctx.percentiles.of(layer.name, hit.unit, hit.value),
-                    "z": z_score(ctx, layer.name, hit.unit, hit.value),
-                    "hit": hit,
-                }
-                for hit in hits
-            ),
-            key=key,
-        )
-        neurons = []
-        for n in scored[:top_k] if top_k is not None else scored:
-            hit = n.pop("hit")
-            heat = np.round(hit.heatmap.astype(np.float64), 5)
-            neurons.append({**n, "heatmap": heat.tolist(), "overlay": heatmap_overlay(heat, hit.value)})
-        layers.append({"name": layer.name, "neurons": neurons})
-    embedding = acts.embedding.tolist() if acts.embedding is not None else None
-    return {"version": RESULT_VERSION, "source": decoded.describe(), "layers": layers, "embedding": embedding}
-
-
-def encode_view(view: Any) -> tuple[bytes, int, int]:
-    """The stored copy of an upload: the model's view as JPEG (at most ``STORED_SIDE`` px)."""
-    if max(view.size) > STORED_SIDE:
-        view = view.copy()
-        view.thumbnail((STORED_SIDE, STORED_SIDE), PILImage.Resampling.BICUBIC)
-    buffer = io.BytesIO()
-    view.convert("RGB").save(buffer, format="JPEG", quality=STORED_QUALITY)
-    return buffer.getvalue(), view.width, view.height
+def with_overlays(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` with each neuron's overlay PNG (encoded once; pages and the JSON twin read it)."""
+    for layer in result["layers"]:
+        for n in layer["neurons"]:
+            n["overlay"] = heatmap_overlay(n["heatmap"], n["value"])
+    return result
 
 
 # ---------------------------------------------------------------------------------- upload
@@ -267,6 +153,11 @@ class Upload:
     classes: list[str]
     top_k: int
     example: int | None = None
+
+
+def stored_params(upload: Upload) -> dict[str, Any]:
+    """What shapes a stored result besides the image: part of its id, stored with it."""
+    return {"top_k": upload.top_k}
 
 
 async def read_upload(request: Request, settings: Settings, *, form_post: bool = False) -> Upload:
@@ -316,10 +207,13 @@ async def read_upload(request: Request, settings: Settings, *, form_post: bool =
         if not (example_text.isascii() and example_text.isdigit() and len(example_text) <= 18):
             raise UploadError(422, f"Bad example id {example_text!r}.")
         example = int(example_text)
-    try:
-        top_k = min(MAX_TOP_K, max(1, int(top_k_text))) if top_k_text else core.DEFAULT_TOP_K
-    except ValueError as exc:
-        raise UploadError(422, f"top_k must be a whole number, not {top_k_text!r}.") from exc
+    top_k_text = top_k_text.strip()
+    bad_top_k = f"top_k must be a whole number from 1 to {live.MAX_TOP_K}, not {top_k_text[:40]!r}."
+    if top_k_text and not (top_k_text.isascii() and top_k_text.isdigit() and len(top_k_text) <= 9):
+        raise UploadError(422, bad_top_k)  # int() would take "١٢" or " -5": only ASCII digits count
+    top_k = min(live.MAX_TOP_K, int(top_k_text)) if top_k_text else core.DEFAULT_TOP_K
+    if top_k < 1:
+        raise UploadError(422, bad_top_k)
     return Upload(data, core.parse_class_names(classes_text), top_k, example)
 
 
@@ -336,40 +230,36 @@ class Computed:
     not_stored: str | None = None  # why a store was attempted and gave up
 
 
-def decode_and_preprocess(
-    runner: LiveRunner, data: bytes, max_pixels: int
+def decode_and_prepare(
+    runner: Any, data: bytes, max_pixels: int
 ) -> tuple[DecodedImage, tuple[bytes, int, int], Any]:
-    """Upload bytes → (decoded image, JPEG of the view the model sees, the model's input tensor).
-
-    One worker-thread hop; the stored copy is exactly the model's view (resize + centre crop),
-    so heatmaps overlay it without any offset, like the dataset thumbnails.
-    """
+    """Upload bytes → (decoded image, JPEG of the view the model sees, the model's input tensor):
+    one worker-thread hop (:func:`app.live.analysis.prepare`)."""
     decoded = decode_upload(data, max_pixels=max_pixels)
-    view_of, to_tensor = core.split_preprocess(runner.loaded.preprocess)
-    view = view_of(decoded.image)
-    return decoded, encode_view(view), to_tensor(view)
+    return (decoded, *live.prepare(runner, decoded.image))
 
 
 async def compute(request: Request, upload: Upload) -> Computed:
-    """Decode and run the live model; the stored copy of the image is encoded meanwhile."""
+    """Decode and run the live model (:mod:`app.live.analysis`); the stored copy of the image is
+    encoded meanwhile."""
     settings: Settings = request.app.state.settings
     runner = require_runner(request)
     with runner.incoming():  # the batcher may wait for this request (left before the model call)
         if upload.example is not None:
             upload.data = await run_in_threadpool(example_bytes, request, upload.example)
         decoded, image, tensor = await run_in_threadpool(
-            decode_and_preprocess, runner, upload.data, settings.max_image_pixels
+            decode_and_prepare, runner, upload.data, settings.max_image_pixels
         )
         ctx = await get_model_context(request, runner.slug)
     if ctx is None:
         raise HTTPException(503, f"The live model {runner.slug!r} is not in this index.")
-    try:
-        acts = await runner.analyze(tensor, top_k=candidates_for(upload.top_k))
-    except LiveError as exc:
-        raise live_http_error(exc) from exc
-    result = await run_in_threadpool(build_result, ctx, acts, decoded, upload.top_k)
+    unit_moments = moments(request)
+    acts = await live.run(runner, ctx, tensor, upload.top_k, unit_moments)
+    result = await run_in_threadpool(
+        lambda: with_overlays(live.build_result(ctx, acts, decoded.describe(), unit_moments, upload.top_k))
+    )
     return Computed(
-        store_db.analysis_id(secret(request), ctx.slug, upload.data),
+        store_db.analysis_id(secret(request), ctx.slug, upload.data, stored_params(upload)),
         ctx,
         result,
         image,
@@ -383,7 +273,7 @@ async def compute(request: Request, upload: Upload) -> Computed:
 def store_now(request: Request, c: Computed) -> bool:
     """Store the analysis (blocking, at most the write timeout); False (and ``c.not_stored``
     says why) when it could not be stored."""
-    job = store_db.StoreJob(c.id, c.ctx.id, c.image, {"top_k": c.upload.top_k}, c.result, c.created_at)
+    job = store_db.StoreJob(c.id, c.ctx.id, c.image, stored_params(c.upload), c.result, c.created_at)
     try:
         writer(request).store(job)
         return True
@@ -425,7 +315,8 @@ async def store_and_present(request: Request, c: Computed) -> dict[str, Any]:
         return stored, page(stored)
 
     (stored, data), zero = await asyncio.gather(
-        run_in_threadpool(store_then_page), zero_shot(request, c.ctx, c.result, c.upload.classes)
+        run_in_threadpool(store_then_page),
+        live.classify(runner_of(request), c.ctx, c.result, c.upload.classes),
     )
     data["zero_shot"] = zero
     return data
@@ -457,20 +348,24 @@ def present(
     created_at: datetime | None,
     zero: dict[str, Any] | None,
     not_stored: str | None = None,
-    sort: str = DEFAULT_SORT,
+    sort: str = live.DEFAULT_SORT,
 ) -> dict[str, Any]:
     """The page data (= JSON twin) of an analysis: stored result + labels, thumbnails, links.
 
     Every neuron carries its percentile and z-score on its own dataset distribution (recomputed
     for analyses stored before z-scores were); each layer's neurons are ranked by ``sort``
-    (:data:`SORTS`), never by raw value."""
+    (:data:`app.live.analysis.SORTS`), never by raw value, and the first ``top_k`` of the stored
+    ones are shown (the result keeps the top ``top_k`` of the layer by every sort:
+    :func:`app.live.analysis.build_result`)."""
     urls: Urls = request.app.state.urls
     wanted = {layer["name"]: {n["unit"] for n in layer["neurons"]} for layer in result["layers"]}
     cards = cards_for(request, ctx, wanted)
+    moms = moments(request)
     layers = []
     depth = {layer.name: layer.position for layer in ctx.layers}
     for layer in sorted(result["layers"], key=lambda lr: -depth.get(lr["name"], 0)):  # deepest first
-        meta = ctx.layer(layer["name"])
+        name = layer["name"]
+        meta = ctx.layer(name)
         layers.append(
             {
                 "name": layer["name"],
@@ -479,17 +374,18 @@ def present(
                 "grid": list(meta.grid) if meta else None,
                 "url": urls.layer(ctx.slug, layer["name"]),
                 "sample_size": ctx.percentiles.sample_size(layer["name"]),
-                "neurons": sorted(
-                    (
+                "neurons": live.shown(
+                    [
                         {
                             **n,
                             "percentile": n.get("percentile"),
-                            "z": n["z"] if "z" in n else z_score(ctx, layer["name"], n["unit"], n["value"]),
+                            "z": n["z"] if "z" in n else live.z_score(ctx, name, n["unit"], n["value"], moms),
                             **cards[(layer["name"], n["unit"])],
                         }
                         for n in layer["neurons"]
-                    ),
-                    key=rank_key(sort),
+                    ],
+                    sort,
+                    result.get("top_k"),
                 ),
             }
         )
@@ -513,40 +409,11 @@ def present(
         "zero_shot": zero,
         "value": "max over positions of the neuron's map (pre-ReLU residual sum for ResNet blocks, "
         "post-GELU MLP unit for ViT)",
-        "percentile": "share of the sampled dataset images on which the neuron's value is lower or equal",
+        "percentile": "share of the sampled dataset images on which the neuron's value is strictly lower",
         "z": "(value − the neuron's mean over the sampled dataset images) / their standard deviation",
         "sort": sort,
-        "sorts": dict(SORTS),
-        "ranked_by": SORTS[sort],
-    }
-
-
-async def zero_shot(
-    request: Request, ctx: ModelContext, result: dict[str, Any], classes: list[str]
-) -> dict[str, Any] | None:
-    """Zero-shot probabilities of ``classes`` for a stored result (needs the live model)."""
-    if not classes:
-        return None
-    runner = runner_of(request)
-    base: dict[str, Any] = {"classes": classes, "prompt": "each class name is encoded as written"}
-    if result.get("embedding") is None:
-        return {**base, "error": "this analysis has no image embedding"}
-    if runner is None or not runner.running or runner.slug != ctx.slug:
-        return {
-            **base,
-            "error": f"zero-shot needs the live model {ctx.slug!r}, which this server has not loaded",
-        }
-    try:
-        texts = await runner.encode_texts(classes)
-    except LiveError as exc:
-        raise live_http_error(exc) from exc
-    probs = zeroshot.zero_shot(np.asarray(result["embedding"], dtype=np.float32), texts, runner.logit_scale)
-    order = np.argsort(-probs)
-    return {
-        **base,
-        "logit_scale": runner.logit_scale,
-        "probabilities": {classes[i]: float(probs[i]) for i in range(len(classes))},
-        "ranked": [{"class": classes[i], "probability": float(probs[i])} for i in order],
+        "sorts": dict(live.SORTS),
+        "ranked_by": live.SORTS[sort],
     }
 
 

@@ -147,8 +147,9 @@ def create_app(settings: Settings, *, live_runner: Any = None, freeze_gc: bool =
     install_page_cache(app)  # inside HeadAsGet and any header middleware added after it
     app.add_middleware(HeadAsGet)
     install_csrf(app)  # app.web.csrf: same-origin browser writes, tokens, JSON POST types
-    install_security(app, settings)  # app.web.security: hosts, headers, CORS, upload admission
     install_rate_limit(app, settings)  # app.web.ratelimit: per-client token bucket (off unless set)
+    # outermost (added last): hosts and headers, so every answer, a 429 too, carries the headers
+    install_security(app, settings)  # app.web.security: hosts, headers, CORS, upload admission
     install_error_handlers(app)
     routers = views.routers()
     for router in routers:

@@ -10,11 +10,17 @@ Modelled on Django's ``ALLOWED_HOSTS`` + ``SecurityMiddleware`` and Datasette's 
 - ``Access-Control-Allow-Origin`` only with ``cors`` (``serve --cors``): then ``*`` on GET/HEAD
   JSON answers, which are public read-only data; without it the header is removed everywhere;
 - a ``Location`` is never built from the ``Host`` header: an absolute redirect to the request's
-  own host is rewritten to a path (e.g. Starlette's trailing-slash redirect).
+  own host is rewritten to a path (e.g. Starlette's trailing-slash redirect);
+- a trusted ``Host`` is passed on in lower case (absolute URLs such as ``og:url`` and oEmbed's are
+  built from it: ``Host: LOCALHOST:1`` gives ``http://localhost:1/…``; the port is the client's);
+- the headers are on every answer: the bad-host 400, and also the 500 of an unexpected error
+  (Starlette answers that from its outermost middleware, past this one: the app's handler for
+  ``Exception`` is called here instead, before the error goes on to be logged).
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 from collections.abc import Iterable
 from typing import Any
@@ -119,16 +125,28 @@ class SecurityMiddleware:
         if name is None or not host_allowed(name, self.trusted_hosts):
             await _bad_host(send)
             return
+        assert host_header is not None
+        if host_header != host_header.strip().lower():
+            host_header = host_header.strip().lower()
+            scope = {**scope, "headers": _with_header(scope, b"host", host_header.encode("latin-1"))}
         path: str = scope.get("path", "")
         framable = path.startswith(EMBED_PREFIX)
         cors_ok = self.cors and scope.get("method") in ("GET", "HEAD")
+        started = False
 
         async def send_with_headers(message: dict[str, Any]) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message = {**message, "headers": self._headers(message, host_header, framable, cors_ok)}
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if not started:  # answer the 500 here, with the headers (module docstring)
+                await _server_error(scope, receive, send_with_headers, exc)
+            raise
 
     def _headers(
         self, message: dict[str, Any], host: str, framable: bool, cors_ok: bool
@@ -179,16 +197,56 @@ def _relative_location(value: bytes, host: str) -> bytes:
     return value
 
 
-async def _bad_host(send: Any) -> None:
-    body = b"Bad request: this server does not answer to that host name.\n"
-    await send({
-        "type": "http.response.start",
-        "status": 400,
-        "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"x-content-type-options", b"nosniff")],
-    })  # fmt: skip
+def _with_header(scope: dict[str, Any], name: bytes, value: bytes) -> list[tuple[bytes, bytes]]:
+    return [(k, value if k.lower() == name else v) for k, v in scope.get("headers", [])]
+
+
+#: Headers of answers made here (the bad-host 400, a bare 500): those of every other answer.
+_OWN_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"content-type", b"text/plain; charset=utf-8"),
+    (b"content-security-policy", _CSP_DENY),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", REFERRER_POLICY.encode()),
+    (b"cross-origin-opener-policy", b"same-origin"),
+)
+
+
+async def _plain(send: Any, status: int, body: bytes) -> None:
+    headers = [*_OWN_HEADERS, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _bad_host(send: Any) -> None:
+    await _plain(send, 400, b"Bad request: this server does not answer to that host name.\n")
+
+
+async def _server_error(scope: dict[str, Any], receive: Any, send: Any, exc: Exception) -> None:
+    """The app's own 500 (its handler for ``Exception``, e.g. an HTML or JSON error page) sent
+    through ``send``; a bare 500 when there is none or it fails."""
+    handlers = getattr(scope.get("app"), "exception_handlers", None) or {}
+    handler = handlers.get(500) or handlers.get(Exception)
+    started = False
+
+    async def tracked(message: dict[str, Any]) -> None:
+        nonlocal started
+        started = started or message["type"] == "http.response.start"
+        await send(message)
+
+    if handler is not None:
+        from starlette.requests import Request
+
+        try:
+            response = handler(Request(scope, receive), exc)
+            if inspect.isawaitable(response):
+                response = await response
+            await response(scope, receive, tracked)
+            return
+        except Exception:  # noqa: BLE001 - the bare answer below, when nothing was sent yet
+            if started:
+                return
+    await _plain(send, 500, b"Internal server error.\n")
 
 
 def install_security(app: Any, settings: Any) -> None:

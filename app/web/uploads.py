@@ -24,7 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError, features
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from app.images import to_rgb
+from app.images import MAX_ASPECT, crop_to_aspect, to_rgb
 from app.web.middleware import BUSY_KEY
 
 Message = MutableMapping[str, Any]
@@ -72,7 +72,8 @@ class UploadError(Exception):
 class DecodedImage:
     """An upload decoded to an RGB image, with what we learned about the original."""
 
-    image: Image.Image  # RGB, EXIF orientation applied, first frame, reduced (shorter side < 1024)
+    image: Image.Image  # RGB, EXIF orientation applied, first frame, reduced (shorter side < 1024),
+    # cut to its centre when thinner than MAX_ASPECT (longer side ≤ MAX_ASPECT × shorter side)
     format: str  # Pillow format name, e.g. "PNG", "JPEG", "MPO"
     mode: str  # the original Pillow mode, e.g. "RGBA", "P", "CMYK", "I;16"
     width: int  # of the original (before orientation)
@@ -222,6 +223,7 @@ def _looks_like_text(head: bytes) -> bool:
 REDUCE_TARGET = 512
 #: At most this many frames are counted (animated GIF/WebP/PNG, multi-page TIFF); more is
 #: reported as ``frames_capped``. Counting a 660,000-frame GIF would hold a worker for a second.
+#: Frames after the first are never decoded (see :func:`count_frames`).
 MAX_COUNTED_FRAMES = 100
 #: Bytes per pixel of the widest mode Pillow decodes an upload to (RGBA, CMYK, I, F).
 BYTES_PER_PIXEL = 4
@@ -229,7 +231,6 @@ BYTES_PER_PIXEL = 4
 DECODE_WAIT_S = 20.0
 
 _decode_slots = threading.BoundedSemaphore(2)
-_decode_slot_count = 2
 
 
 def decode_slots_for(max_pixels: int, memory_bytes: int, cpus: int | None = None) -> int:
@@ -242,13 +243,8 @@ def decode_slots_for(max_pixels: int, memory_bytes: int, cpus: int | None = None
 
 def set_decode_slots(n: int) -> None:
     """Size the process-wide decode semaphore (called once by ``create_app``)."""
-    global _decode_slots, _decode_slot_count
-    _decode_slot_count = max(1, int(n))
-    _decode_slots = threading.BoundedSemaphore(_decode_slot_count)
-
-
-def decode_slots() -> int:
-    return _decode_slot_count
+    global _decode_slots
+    _decode_slots = threading.BoundedSemaphore(max(1, int(n)))
 
 
 def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
@@ -257,12 +253,15 @@ def decode_upload(data: bytes, *, max_pixels: int) -> DecodedImage:
 
     415: not one of :data:`ALLOWED_FORMATS`. 413: more than ``max_pixels`` pixels (checked from
     the header before decoding: decompression bombs). 422: a supported format that is truncated
-    or corrupt (also when only a later frame is). 503: no decode slot freed up in time.
-    Conversions: EXIF orientation; transparency composited on white; palette, greyscale, CMYK
-    (ICC profile when present), 16/32-bit and float images to 8-bit RGB; animated images and
-    multi-page files: the first frame. Memory: at most ``decode_slots()`` decodes run at once,
-    JPEGs are decoded at a reduced scale (``draft``), every image is reduced in strips to a
-    shorter side of at most ``2 * REDUCE_TARGET`` before any conversion.
+    or corrupt (its first frame; later frames are counted, never decoded). 503: no decode slot
+    freed up in time. Conversions: EXIF orientation; transparency composited on white; palette,
+    greyscale, CMYK (ICC profile when present), 16/32-bit and float images to 8-bit RGB;
+    animated images and multi-page files: the first frame; an image whose longer side is more
+    than :data:`~app.images.MAX_ASPECT` × its shorter side is cut to its centre (the model's
+    preprocess scales the shorter side up to its input size: a 1×20,000 image would become
+    gigabytes after this decode). Memory: at most as many decodes run at once as
+    :func:`set_decode_slots` allows, JPEGs are decoded at a reduced scale (``draft``), every image
+    is reduced in strips to a shorter side of at most ``2 * REDUCE_TARGET`` before any conversion.
     """
     if not data:
         raise UploadError(422, "The upload is empty: choose an image file.")
@@ -305,8 +304,7 @@ def _decode(data: bytes, looks_like: str | None, max_pixels: int) -> DecodedImag
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                frames, capped = count_frames(image)
-                image.seek(0)
+                frames, capped = count_frames(image, data)
                 orientation = _orientation(image)
                 if fmt in ("JPEG", "MPO"):
                     image.draft(None, (REDUCE_TARGET, REDUCE_TARGET))  # DCT scaling: 1/2..1/8
@@ -327,19 +325,68 @@ def _decode(data: bytes, looks_like: str | None, max_pixels: int) -> DecodedImag
     return DecodedImage(rgb, fmt, mode, width, height, frames, oriented, capped)
 
 
-def count_frames(image: Image.Image, limit: int = MAX_COUNTED_FRAMES) -> tuple[int, bool]:
-    """(frames, capped): the number of frames, counted up to ``limit`` by seeking (a corrupt
-    later frame raises, inside the caller's error handling); ``capped`` when there are more."""
-    if not getattr(image, "is_animated", False) and image.format not in ("GIF", "TIFF"):
+def count_frames(image: Image.Image, data: bytes, limit: int = MAX_COUNTED_FRAMES) -> tuple[int, bool]:
+    """(frames, capped): the number of frames, counted up to ``limit``; ``capped`` when there are
+    more. No frame is decoded and the image stays on its first frame: GIF frames are counted by
+    walking the file's blocks (Pillow's ``seek`` decodes every frame before the one it goes to:
+    60 frames of 4900×4900 took 17 s), TIFF pages by reading their directories (``seek`` there
+    reads tags only), and the other formats' counts come from their headers (APNG ``acTL``,
+    WebP/AVIF containers, MPO index)."""
+    if image.format == "GIF":
+        return gif_frames(data, limit)
+    if image.format == "TIFF":
+        count = 1
+        try:
+            while count <= limit:
+                image.seek(count)  # reads the page's directory, decodes nothing
+                count += 1
+        except EOFError:
+            return count, False
+        finally:
+            image.seek(0)
+        return limit, True
+    declared = getattr(image, "n_frames", 1)  # set from the header by these plugins
+    frames = declared if isinstance(declared, int) and declared > 0 else 1
+    return (limit, True) if frames > limit else (frames, False)
+
+
+def gif_frames(data: bytes, limit: int = MAX_COUNTED_FRAMES) -> tuple[int, bool]:
+    """(frames, capped): the image descriptors of a GIF, counted up to ``limit`` by skipping
+    over blocks (no LZW decoding; time proportional to the file's size over 255). A truncated
+    or malformed tail ends the count (the first frame alone is decoded, by Pillow)."""
+    size = len(data)
+    if size < 13:
         return 1, False
-    count = 1
-    try:
-        while count <= limit:
-            image.seek(count)
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # after the global colour table
+    count = 0
+    while pos < size:
+        block = data[pos]
+        if block == 0x2C:  # image descriptor: 9 bytes, local colour table, LZW code size, data
+            if pos + 10 > size:
+                break
+            packed = data[pos + 9]
+            pos += 10 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0) + 1
             count += 1
-    except EOFError:
-        return count, False
-    return limit, True
+            if count > limit:
+                return limit, True
+            pos = _skip_sub_blocks(data, pos)
+        elif block == 0x21:  # extension: label, then sub-blocks
+            pos = _skip_sub_blocks(data, pos + 2)
+        else:  # 0x3B trailer, or bytes Pillow would not read either
+            break
+    return max(1, count), False
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    """The position after the GIF sub-blocks starting at ``pos`` (ended by a zero length)."""
+    size = len(data)
+    while pos < size:
+        length = data[pos]
+        pos += 1 + length
+        if length == 0:
+            break
+    return pos
 
 
 _TRANSPOSE = {
@@ -363,15 +410,18 @@ def _orientation(image: Image.Image) -> int:
 
 
 def reduce_to_rgb(image: Image.Image, target: int = REDUCE_TARGET) -> Image.Image:
-    """``to_rgb(image)``, box-reduced by an integer factor so that its shorter side stays at or
-    above ``target`` (no reduction below ``2 * target``). The reduction runs on strips of rows
-    converted one at a time, so no full-size RGB/float copy of a large image is ever made."""
+    """``to_rgb(image)``, first cut to :data:`MAX_ASPECT` (:func:`app.images.crop_to_aspect`),
+    then box-reduced by an integer factor so that its shorter side stays at or above ``target``
+    (no reduction below ``2 * target``). The reduction runs on strips of rows converted one at a
+    time, so no full-size RGB/float copy of a large image is ever made."""
+    image = crop_to_aspect(image, MAX_ASPECT)
     width, height = image.size
     factor = min(width, height) // target
     if factor < 2:
-        return to_rgb(image)
+        return to_rgb(image, max_aspect=None)
     if image.mode in ("I", "F", "RGB") or (image.mode == "L" and "transparency" not in image.info):
-        return to_rgb(image.reduce(factor))  # (I, F: to_rgb scales by the whole image's range)
+        # (I, F: to_rgb scales by the whole image's range)
+        return to_rgb(image.reduce(factor), max_aspect=None)
     if image.mode.startswith("I;16"):  # to_rgb scales 16-bit by 1/257: same on the box means
         means = np.asarray(_reduce_strips(image, factor, "I"), dtype=np.float64)
         grey = np.clip(np.round(means / 257.0), 0, 255).astype(np.uint8)
@@ -388,7 +438,7 @@ def _reduce_strips(image: Image.Image, factor: int, mode: str) -> Image.Image:
     rows = factor * max(1, 64 // factor + 1)  # a whole number of output rows per strip
     for top in range(0, out_h * factor, rows):
         strip = image.crop((0, top, out_w * factor, min(top + rows, out_h * factor)))
-        strip = to_rgb(strip) if mode == "RGB" else strip.convert(mode)
+        strip = to_rgb(strip, max_aspect=None) if mode == "RGB" else strip.convert(mode)
         out.paste(strip.reduce(factor), (0, top // factor))
     return out
 
