@@ -5,7 +5,9 @@
 For the last layer of a demo index, each unit's median response to its concept's word in font faces
 the model was never trained on (DejaVu Serif Italic, Sans Mono Oblique, Serif Condensed) at 18 and
 64 px (outside the training sizes) and to 8 plain objects of fresh seeds, placed in the unit's own
-dataset distribution (percentile of the activation sample). Printed for three sets of units:
+dataset distribution (percentile of the activation sample). The two changes are first measured
+one at a time for the view's top units (unseen faces at training sizes; training faces at unseen
+sizes), then together, for three sets of units:
 
 * the view's top ``--top`` (``multimodal_ranking``, what the page shows first);
 * the baseline measured in the same run: ``eval-demo``'s best unit of each concept (the model
@@ -22,6 +24,7 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +44,8 @@ from precompute import demo_world as world  # noqa: E402
 
 UNSEEN_FACES = ("DejaVuSerif-Italic.ttf", "DejaVuSansMono-Oblique.ttf", "DejaVuSerifCondensed.ttf")
 UNSEEN_SIZES = (18, 64)
+TRAINING_SIZES = (30, 44)  # inside the training range of word sizes (22-54 px)
+TRAINED_FACES = ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")
 N_OBJECTS = 8
 
 
@@ -70,27 +75,44 @@ def main() -> None:
     if not faces:
         sys.exit("the unseen DejaVu faces are not installed (Debian: fonts-dejavu-extra)")
 
+    def count(pairs: list[tuple[float, float]], at: float) -> int:
+        return sum(min(p) >= at for p in pairs)
+
     def responses(images: list) -> np.ndarray:
         with torch.inference_mode():
             x = preprocess_batch(loaded, images)
             return layer_maps(loaded, x, [info])[layer.name].amax(dim=(2, 3)).float().numpy()
 
-    def percentiles(concept: str) -> tuple[np.ndarray, np.ndarray]:
+    object_pct: dict[str, np.ndarray] = {}
+    for concept in world.CONCEPTS:
         kind = "colour" if concept in world.COLOURS else "shape"
-        words = [world.render_word(concept, font=f, size=sz) for f in faces for sz in UNSEEN_SIZES]
         objects = [world.render(world.HELDOUT_SEED, 7_000_000 + i, "object", **{kind: concept}).image
                    for i in range(N_OBJECTS)]  # fmt: skip
-        w, o = np.median(responses(words), 0), np.median(responses(objects), 0)
-        return 100 * (values < w).mean(0), 100 * (values < o).mean(0)
+        object_pct[concept] = 100 * (values < np.median(responses(objects), 0)).mean(0)
 
-    per_concept = {c: percentiles(c) for c in world.CONCEPTS}
+    def word_pct(concept: str, word_faces: Sequence[str], sizes: Sequence[int]) -> np.ndarray:
+        words = [world.render_word(concept, font=f, size=sz) for f in word_faces for sz in sizes]
+        return 100 * (values < np.median(responses(words), 0)).mean(0)
+
+    ranked = [(r.unit, r.concept) for r in ranking]
+    trained = [f for f in TRAINED_FACES if any((d / f).is_file() for d in world._DEJAVU_DIRS)]  # noqa: SLF001
+    print("the view's top units, word and object each >=90th / >=65th percentile on both, by condition;")
+    print("ceiling: concepts (of 14) for which some unit of the layer is >=90th on both")
+    for name, word_faces, sizes in (("unseen faces, training sizes", faces, TRAINING_SIZES),
+                                    ("training faces, unseen sizes", trained, UNSEEN_SIZES)):  # fmt: skip
+        pct = {c: word_pct(c, word_faces, sizes) for c in world.CONCEPTS}
+        pairs = [(float(pct[c][u]), float(object_pct[c][u])) for u, c in ranked]
+        ceiling = sum(bool((np.minimum(pct[c], object_pct[c]) >= 90).any()) for c in world.CONCEPTS)
+        n_pairs = len(pairs)
+        print(f"  {name} ({', '.join(word_faces)} at {sizes} px): top units >=90th {count(pairs, 90)} "
+              f"of {n_pairs}, >=65th {count(pairs, 65)} of {n_pairs}; ceiling {ceiling} of 14")  # fmt: skip
+    print("  unseen faces and unseen sizes: below")
+
+    per_concept = {c: (word_pct(c, faces, UNSEEN_SIZES), object_pct[c]) for c in world.CONCEPTS}
 
     def row(concept: str, unit: int) -> tuple[float, float]:
         pw, po = per_concept[concept]
         return float(pw[unit]), float(po[unit])
-
-    def count(pairs: list[tuple[float, float]], at: float) -> int:
-        return sum(min(p) >= at for p in pairs)
 
     print(f"index {args.db}, layer {layer.name}, faces {', '.join(faces)} at {UNSEEN_SIZES} px, "
           f"{N_OBJECTS} fresh objects")  # fmt: skip

@@ -90,20 +90,32 @@ def test_zero_shot_ranking_is_direction_dot_text_embedding(http: httpx.Client, d
     assert "direction" in data["explain"]["zero_shot"]
 
 
-def test_reading_neurons_fire_on_the_rendered_query(http: httpx.Client, demo_loaded) -> None:
-    data = http.get("/search.json", params={"q": "star"}).json()
+@pytest.mark.parametrize("sort", ["percentile", "z"])
+def test_reading_neurons_fire_on_the_rendered_query(http: httpx.Client, demo_loaded, tiny_db, sort) -> None:
+    """Issue 16: the reading neurons are the top 10 of **every** unit of the layer on its own scale
+    (percentile, or z with ``?sort=z``), not a re-ranking of the units highest by raw value."""
+    from app.db.samples import load_activation_samples
+    from tests.test_analysis_scale import brute_force
+
+    data = http.get("/search.json", params={"q": "star", "sort": sort}).json()
+    assert data["sort"] == sort and set(data["sorts"]) == {"percentile", "z"}
     image = render_text("star", demo_loaded.image_size)
-    acts = core.analyze_batch(demo_loaded, demo_loaded.preprocess(image)[None], top_k=10)[0]
+    everything = core.analyze_batch(demo_loaded, demo_loaded.preprocess(image)[None], top_k=10_000)[0]
+    engine = make_engine(tiny_db.url, create=False)
+    with session_factory(engine)() as s:
+        samples = load_activation_samples(s, s.scalars(select(Model)).one().id)
+    engine.dispose()
     for layer in data["reading"]["layers"]:
-        got = sorted((n["unit"], n["value"]) for n in layer["neurons"])
-        want = sorted((h.unit, h.value) for h in acts.top[layer["name"]])
-        assert [u for u, _ in got] == [u for u, _ in want]
-        np.testing.assert_allclose([v for _, v in got], [v for _, v in want], rtol=1e-4, atol=1e-6)
-        assert all(n["percentile"] is None or 0 <= n["percentile"] <= 100 for n in layer["neurons"])
-        # issue 16: shown on the units' own scale, by percentile (not by raw value)
-        pcts = [n["percentile"] for n in layer["neurons"] if n["percentile"] is not None]
-        assert pcts == sorted(pcts, reverse=True)
+        values = np.zeros(len(everything.top[layer["name"]]))
+        for hit in everything.top[layer["name"]]:
+            values[hit.unit] = hit.value
+        want = brute_force(np.asarray(samples[layer["name"]], np.float64), values, sort)[:10]
+        got = [(n["unit"], n["percentile"], n["z"]) for n in layer["neurons"]]
+        assert [r[0] for r in got] == [r[0] for r in want], (layer["name"], got, want)
+        for n in layer["neurons"]:
+            assert n["value"] == pytest.approx(values[n["unit"]], rel=1e-4, abs=1e-6)
     assert data["reading"]["image"].startswith("data:image/png;base64,")
+    assert 'href="/search?q=star' in http.get("/search", params={"q": "star"}).text
 
 
 def test_live_results_are_htmx_fragments(http: httpx.Client) -> None:
@@ -169,3 +181,19 @@ def test_search_knows_when_it_does_not_know(http: httpx.Client) -> None:
     assert recipe["null"]["n"] == 64 and recipe["null"]["median"] <= recipe["null"]["p95"]
     assert recipe["refused"] == (recipe["cosine"] <= recipe["null"]["p95"])
     assert (recipe["terms"] == []) == recipe["refused"]
+
+
+def test_concept_words_are_confident_and_ordinary_words_are_not(http: httpx.Client) -> None:
+    """Issue 16: the confidence compares the query's best z with the null words' best z (a unit
+    whose direction is long scores high for every text, so raw scores would not do): every word
+    the demo model was trained on is confident, a word it never saw is flagged."""
+    from precompute.demo_world import CONCEPTS
+
+    for word in CONCEPTS:
+        data = http.get("/search.json", params={"q": word}).json()
+        assert data["confidence"] >= 0.99, (word, data["confidence"])
+        assert not any(w.startswith("Low confidence") for w in data["warnings"]), word
+    for word in ("bicycle", "the"):
+        data = http.get("/search.json", params={"q": word}).json()
+        assert data["confidence"] < 0.99, (word, data["confidence"])
+        assert any(w.startswith("Low confidence") for w in data["warnings"]), word

@@ -1,9 +1,11 @@
 """Label evidence (issue 16): which label a unit may carry as its title, and why.
 
-A label is *backed* when its held-out AUC (table ``label_evidence``, written by ``precompute
-labels``) reaches :data:`app.neurons.labels.BACKED_AUC`. The title of a unit is its best backed
-label (manual, then imported, then automatic); a label without evidence, or with weak evidence,
-never wins by default: it is listed as weak, and the unit then has no title.
+A label is *backed* when its held-out evidence (table ``label_evidence``, written by ``precompute
+labels``) reaches :data:`app.neurons.labels.BACKED_AUC` and
+:data:`app.neurons.labels.BACKED_PRECISION` (:func:`app.neurons.labels.is_backed`). The title of
+a unit is its best backed label (manual, then imported, then automatic); a label without
+evidence, or with weak evidence, never wins by default: it is listed as weak, and the unit then
+has no title.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db.schema import LabelEvidence
-from app.neurons.labels import BACKED_AUC
+from app.neurons.labels import is_backed
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class EvidenceRow:
 
     @property
     def backed(self) -> bool:
-        return self.auc is not None and self.auc >= BACKED_AUC
+        return is_backed(self.auc, self.precision)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,10 +84,8 @@ def compared_with(label: str, tag_source: str | None) -> str | None:
     return "other images with a confident zero-shot pseudo-label, with no written word"
 
 
-def is_backed(auc: float | None) -> bool:
-    return auc is not None and auc >= BACKED_AUC
-
-
-def title_key(source_rank: int, rank: int, score: float | None, auc: float | None) -> tuple[Any, ...]:
+def title_key(
+    source_rank: int, rank: int, score: float | None, auc: float | None, precision: float | None
+) -> tuple[Any, ...]:
     """Sort key of a label as a unit's title: backed labels first, then source, rank, score."""
-    return (0 if is_backed(auc) else 1, source_rank, rank, -(score or 0.0))
+    return (0 if is_backed(auc, precision) else 1, source_rank, rank, -(score or 0.0))

@@ -14,6 +14,7 @@ from app.db.related import layer_sample
 from app.db.schema import Blob, Image, Layer, Neuron, TopExample
 from app.db.summaries import neuron_summary
 from app.db.units import Thumb, thumb
+from app.neurons.scale import percentile_of, z_of
 
 TEXT_MODALITIES = ("text", "labelled_object")  # never photo evidence
 EXAMPLES_SCANNED = 40
@@ -35,12 +36,10 @@ class UnitScale:
     std: float | None
 
     def place(self, value: float) -> dict[str, float | None]:
-        """``value``'s percentile in the sample and its z-score (``None`` where unknown)."""
-        pct = None
-        if self.sample is not None and len(self.sample):
-            pct = round(float((self.sample < value).mean() * 100), 1)
-        z = round((value - self.mean) / self.std, 2) if self.mean is not None and self.std else None
-        return {"percentile": pct, "z": z}
+        """``value``'s percentile in the sample and its z-score (:mod:`app.neurons.scale`;
+        ``None`` where unknown)."""
+        pct, z = percentile_of(self.sample, value), z_of(value, self.mean, self.std)
+        return {"percentile": None if pct is None else round(pct, 1), "z": None if z is None else round(z, 2)}
 
 
 def unit_scales(session: Session, layer: Layer, neuron_ids: dict[int, int]) -> dict[int, UnitScale]:

@@ -65,6 +65,7 @@ class NeuronRow:
     label_score: float | None = None
     thumb: Thumb | None = None
     label_auc: float | None = None  # held-out evidence of the shown label (issue 16)
+    label_precision: float | None = None  # share of its concept among the unit's top-20 held-out images
     label_weak: bool = False  # the shown label is not backed (AUC < 0.75 or no evidence)
 
 
@@ -117,17 +118,21 @@ def count_images(session: Session) -> int:
 
 
 def layer_preview(session: Session, layer: Layer, limit: int = 8) -> list[tuple[int, Thumb]]:
-    """The top example thumbnail of the ``limit`` neurons with the highest max (for overviews)."""
-    rows = session.execute(
-        select(Neuron.unit, Blob.sha256, Blob.mime, Blob.width, Blob.height)
-        .join(TopExample, (TopExample.neuron_id == Neuron.id) & (TopExample.rank == 0))
-        .join(Image, Image.id == TopExample.image_id)
-        .join(Blob, Blob.sha256 == Image.thumb_sha256)
-        .where(Neuron.layer_id == layer.id)
-        .order_by(Neuron.max.desc(), Neuron.unit)
-        .limit(limit)
+    """The top example thumbnail (:func:`~app.db.units.unit_summaries`) of the ``limit`` neurons
+    with a top example and the highest max (for overviews)."""
+    units = list(
+        session.scalars(
+            select(Neuron.unit)
+            .join(TopExample, (TopExample.neuron_id == Neuron.id) & (TopExample.rank == 0))
+            .join(Image, Image.id == TopExample.image_id)
+            .join(Blob, Blob.sha256 == Image.thumb_sha256)
+            .where(Neuron.layer_id == layer.id)
+            .order_by(Neuron.max.desc(), Neuron.unit)
+            .limit(limit)
+        )
     )
-    return [(unit, _thumb(sha, mime, w, h)) for unit, sha, mime, w, h in rows]
+    summaries = unit_summaries(session, layer, units)
+    return [(unit, thumb) for unit in units if (thumb := summaries[unit].thumb) is not None]
 
 
 # -- neurons --------------------------------------------------------------------------------
@@ -247,7 +252,8 @@ def list_neurons(
     ]
     by_unit = {row.unit: row for row in rows}
     label_rows = session.execute(
-        select(Neuron.unit, Label.label, Label.source, Label.score, Label.rank, LabelEvidence.auc)
+        select(Neuron.unit, Label.label, Label.source, Label.score, Label.rank, LabelEvidence.auc,
+               LabelEvidence.precision)
         .join(Label, Label.neuron_id == Neuron.id)
         .outerjoin(
             LabelEvidence, (LabelEvidence.neuron_id == Neuron.id) & (LabelEvidence.label == Label.label)
@@ -257,21 +263,21 @@ def list_neurons(
     needle = q.strip().lower() if q else ""
     best: dict[int, tuple[Any, ...]] = {}
     matched: set[int] = set()
-    for unit, text, source, score, rank, auc in label_rows:
+    for unit, text, source, score, rank, auc, precision in label_rows:
         matches = needle in text.lower() if needle else True
         if min_auc is not None:
             matches = matches and auc is not None and auc >= min_auc
         if matches:
             matched.add(unit)
         # the shown label: the best one, or when filtering the best one that matches
-        key = (0 if matches else 1, *title_key(_source_rank(source), rank, score, auc))
+        key = (0 if matches else 1, *title_key(_source_rank(source), rank, score, auc, precision))
         if unit not in best or key < best[unit][0]:
-            best[unit] = (key, text, source, score, auc)
-    for unit, (key, text, source, score, auc) in best.items():
+            best[unit] = (key, text, source, score, auc, precision)
+    for unit, (key, text, source, score, auc, precision) in best.items():
         if unit in by_unit:
             row = by_unit[unit]
             row.label, row.label_source, row.label_score = text, source, score
-            row.label_auc, row.label_weak = auc, key[1] != 0
+            row.label_auc, row.label_precision, row.label_weak = auc, precision, key[1] != 0
     if needle or min_auc is not None:
         rows = [r for r in rows if r.unit in matched]
 

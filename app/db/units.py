@@ -87,7 +87,8 @@ def unit_summaries(
     ):
         unit = ids[nid]
         ev = evidence.get((nid, text.lower()))
-        key = title_key(source_rank(source), rank, score, ev.auc if ev else None)
+        auc, precision = (ev.auc, ev.precision) if ev else (None, None)
+        key = title_key(source_rank(source), rank, score, auc, precision)
         out[unit].labels.append(text)
         if unit not in best or key < best[unit][0]:
             best[unit] = (key, text, source, score)

@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from app.db import search as store
+from app.db import search as search_db
 from app.db.search import LayerDirections, LayerEvidence
+from app.live import analysis
 from app.live.context import ModelContext
 from app.live.runner import LiveRunner
 from app.live.search_prep import Prepared
@@ -62,9 +63,10 @@ SCORE_HELP = (
     "length."
 )
 CONFIDENCE_HELP = (
-    "confidence = the share of 256 ordinary words (BPE words of frequency ranks 10,000–30,000, the "
-    "null) whose best zero-shot score is below this query's; z = a neuron's score in standard "
-    "deviations of its own scores over those words."
+    "z = a neuron's zero-shot score in standard deviations of its own scores over 256 ordinary "
+    "words (BPE words of frequency ranks 10,000–30,000, the null); confidence = the share of those "
+    "null words whose best z over the layer's neurons is below this query's best z (a query is "
+    "confident from 99 %)."
 )
 READING_HELP = (
     "The query written as an image of text (dark on white, at the model's input size); value = the "
@@ -162,7 +164,7 @@ def suggestions(sessions: Callable[[], Any], ctx: ModelContext | None) -> list[s
     if ctx is None:
         return list(FALLBACK_SUGGESTIONS)
     with sessions() as session:
-        found = store.suggestions(session, [layer.id for layer in ctx.layers if layer.is_last])
+        found = search_db.suggestions(session, [layer.id for layer in ctx.layers if layer.is_last])
     return found or list(FALLBACK_SUGGESTIONS)
 
 
@@ -170,7 +172,7 @@ def default_model(sessions: Callable[[], Any], runner: LiveRunner | None) -> str
     if runner is not None:
         return runner.slug
     with sessions() as session:
-        return store.first_model_slug(session)
+        return search_db.first_model_slug(session)
 
 
 def _png_data_uri(image: Any) -> str:
@@ -188,12 +190,16 @@ async def text_embedding(caches: SearchCaches, runner: LiveRunner, text: str) ->
     return cached
 
 
-async def reading_activations(caches: SearchCaches, runner: LiveRunner, text: str) -> tuple[Any, str]:
-    key = ("reading", runner.slug, text)
+async def reading_activations(
+    caches: SearchCaches, runner: LiveRunner, text: str, select: Any = None
+) -> tuple[Any, str]:
+    """The runner's hits on ``text`` written as an image; ``select`` picks them from every unit
+    (:func:`app.live.analysis.scale_selector`: the top on each unit's own scale)."""
+    key = ("reading", runner.slug, text, select is not None)
     cached = caches.lru.get(key)
     if cached is None:
         image = await run_in_threadpool(render_text, text, runner.loaded.image_size)
-        acts = await runner.analyze(image, top_k=N_READING)
+        acts = await runner.analyze(image, top_k=N_READING, select=select)
         cached = (acts, await run_in_threadpool(_png_data_uri, image))
         caches.lru.put(key, cached)
     return cached
@@ -282,7 +288,7 @@ def layer_evidence(
     return cs.evidence(layer.values, called, response, layer.word_values[others])
 
 
-async def zero_shot(
+async def zero_shot_units(
     runner: LiveRunner,
     prepared: Prepared,
     text: str,
@@ -316,7 +322,8 @@ def calibrate(
     text: str,
 ) -> dict[str, Any]:
     """Issue 16: each zero-shot unit's z against the null words, the query's confidence (share of
-    null words whose best direction score is lower), out-of-vocabulary words; warnings say so."""
+    null words whose best z is lower: a unit whose direction is long scores high for every text, so
+    raw scores are not compared), out-of-vocabulary words; warnings say so."""
     from app.neurons.calibration import CONFIDENT, out_of_vocabulary
 
     dirs, nulls = prepared.directions, prepared.nulls
@@ -326,8 +333,8 @@ def calibrate(
         if null is None:
             continue
         d = dirs[layer["name"]]
-        best = float(((d.directions @ embedding) * d.scale).max())
-        layer["confidence"] = round(null.confidence_raw(best), 4)
+        best_z = float(np.max(null.z((d.directions @ embedding) * d.scale)))
+        layer["confidence"] = round(null.confidence(best_z), 4)
         confidences.append(layer["confidence"])
         for n in layer["neurons"]:
             n["z"] = round(float(null.z(np.float32(n["score"]))[n["unit"]]), 3)
@@ -342,31 +349,30 @@ def calibrate(
         )
     if confidence is not None and confidence < CONFIDENT:
         warnings.append(
-            f"Low confidence: the best neuron scores higher than for only {confidence:.0%} of "
+            f"Low confidence: the best neuron's z beats the best z of only {confidence:.0%} of "
             "ordinary words nobody asked for (the null); these results may mean nothing."
         )
     return {"confidence": confidence, "out_of_vocabulary": oov, "warnings": warnings}
 
 
-def reading_ranking(ctx: ModelContext, acts: core.ImageActivations) -> list[dict[str, Any]]:
+def reading_ranking(
+    ctx: ModelContext, acts: core.ImageActivations, moments: analysis.UnitMoments, sort: str
+) -> list[dict[str, Any]]:
+    """Issue 16: each layer's reading neurons on their own scale (percentile and z), the first
+    :data:`N_READING` by ``sort`` (:data:`app.live.analysis.SORTS`; the runner picked the top of
+    every unit by either, so both orders are exact)."""
     layers = []
     for layer in sorted(ctx.layers, key=lambda lr: -lr.position):
-        hits = acts.top.get(layer.name, [])
-        layers.append(
+        neurons = [
             {
-                "name": layer.name,
-                "neurons": [
-                    {
-                        "unit": hit.unit,
-                        "value": hit.value,
-                        "percentile": ctx.percentiles.of(layer.name, hit.unit, hit.value),
-                    }
-                    for hit in hits
-                ],
+                "unit": hit.unit,
+                "value": hit.value,
+                "percentile": ctx.percentiles.of(layer.name, hit.unit, hit.value),
+                "z": analysis.z_score(ctx, layer.name, hit.unit, hit.value, moments),
             }
-        )
-        # issue 16: on the unit's own scale, a unit at the 100th percentile comes before a larger raw value
-        layers[-1]["neurons"].sort(key=lambda n: -(n["percentile"] if n["percentile"] is not None else -1.0))
+            for hit in acts.top.get(layer.name, [])
+        ]
+        layers.append({"name": layer.name, "neurons": analysis.shown(neurons, sort, N_READING)})
     return layers
 
 
@@ -384,18 +390,32 @@ class Results:
 
 
 async def search(
-    caches: SearchCaches, runner: LiveRunner, ctx: ModelContext, prepared: Prepared, text: str
+    caches: SearchCaches,
+    runner: LiveRunner,
+    ctx: ModelContext,
+    prepared: Prepared,
+    text: str,
+    moments: analysis.UnitMoments,
+    sort: str = analysis.DEFAULT_SORT,
 ) -> Results:
     """Run one search with the live model, given the model's :class:`Prepared` (see
-    :mod:`app.live.search_prep`; raises :class:`app.live.runner.LiveError`)."""
+    :mod:`app.live.search_prep`; raises :class:`app.live.runner.LiveError`); reading neurons in
+    ``sort`` order (:data:`app.live.analysis.SORTS`)."""
     query = await run_in_threadpool(
         fit_to_context, runner.loaded.tokenizer, runner.loaded.context_length, text
     )
     embedding, (acts, image_uri) = await asyncio.gather(
-        text_embedding(caches, runner, query.text), reading_activations(caches, runner, query.text)
+        text_embedding(caches, runner, query.text),
+        reading_activations(caches, runner, query.text, analysis.scale_selector(ctx, moments, N_READING)),
     )
-    zero_layers = await zero_shot(runner, prepared, query.text, embedding)
+    zero_layers = await zero_shot_units(runner, prepared, query.text, embedding)
     calibration = calibrate(runner, prepared, embedding, zero_layers, query.text)
     return Results(
-        query, embedding, prepared.directions, zero_layers, reading_ranking(ctx, acts), image_uri, calibration
+        query,
+        embedding,
+        prepared.directions,
+        zero_layers,
+        reading_ranking(ctx, acts, moments, sort),
+        image_uri,
+        calibration,
     )

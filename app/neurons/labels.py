@@ -106,7 +106,10 @@ def best_concepts(scores: np.ndarray, concepts: Sequence[str], k: int = 3) -> li
 # ------------------------------------------------------------------------- label evidence (issue 16)
 
 BACKED_AUC = 0.75
-"""A label is *backed* (may be a unit's title) when its held-out AUC reaches this."""
+"""A label is *backed* (may be a unit's title) when its held-out AUC reaches this ..."""
+BACKED_PRECISION = 0.5
+"""... and at least this share of the unit's top-20 held-out images show the label's concept
+(AUC alone can be high for a unit whose strongest responses are to something else)."""
 TOP_PRECISION = 20
 HIST_BINS = 12
 
@@ -124,7 +127,13 @@ class Evidence:
 
     @property
     def backed(self) -> bool:
-        return self.auc is not None and self.auc >= BACKED_AUC
+        return is_backed(self.auc, self.precision)
+
+
+def is_backed(auc: float | None, precision: float | None) -> bool:
+    """Whether held-out evidence lets a label be a unit's title (:data:`BACKED_AUC`,
+    :data:`BACKED_PRECISION`)."""
+    return auc is not None and auc >= BACKED_AUC and precision is not None and precision >= BACKED_PRECISION
 
 
 def held_out(image_ids: Sequence[int]) -> np.ndarray:

@@ -2,8 +2,9 @@
 
 Evidence (issue 16, table ``label_evidence``): on held-out images, AUC of the neuron's activation
 for images of the label's concept against the rest, one-sided Mann–Whitney p, precision of the
-top-20 held-out images, n, and a two-histogram plot. Labels below AUC 0.75, or without evidence,
-are marked weak and are never the neuron's title.
+top-20 held-out images, n, and a two-histogram plot. Labels below AUC 0.75 or top-20 precision
+0.5 (:func:`app.neurons.labels.is_backed`), or without evidence, are marked weak and are never the
+neuron's title.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ def load(ctx: NeuronContext) -> list[dict[str, object]] | None:
         item["weak"] = not (ev and ev.backed)
         item["histogram"] = _bars(ev.histogram) if ev else None
         item["pseudo"] = bool(ev and ev.tag_source == "zero-shot")
-        item["_key"] = title_key(source_rank(lb.source), lb.rank, lb.score, ev.auc if ev else None)
+        item["_key"] = title_key(
+            source_rank(lb.source), lb.rank, lb.score, ev.auc if ev else None, ev.precision if ev else None
+        )
         out.append(item)
     out.sort(key=lambda it: it["_key"])  # type: ignore[arg-type,return-value]
     for i, item in enumerate(out):

@@ -1,13 +1,15 @@
 """Neuron page section: the words that excite the neuron most when rendered as images of text.
 
-Every value is shown on the unit's own scale (issue 16): its percentile in the unit's dataset
-sample and its z-score (``(value − mean) / std`` over the indexed dataset). When even the top
-word sits below the dataset mean, the section says that no rendered word excites the unit.
+Every value is shown on the unit's own scale (issue 16, :mod:`app.neurons.scale`): its percentile
+in the unit's dataset sample and its z-score (``(value − mean) / std`` over the indexed dataset).
+When even the top word sits below the dataset mean, the section says that no rendered word
+excites the unit.
 """
 
 from __future__ import annotations
 
 from app.db import queries
+from app.neurons.scale import percentile_of, z_of
 from app.web.sections import NeuronContext
 
 
@@ -26,17 +28,12 @@ def load(ctx: NeuronContext) -> list[dict[str, object]] | None:
         lo, span = low, (top - low) or 1.0
     rows = []
     for w in words:
-        pct = float((sample < w.value).mean() * 100) if sample is not None and len(sample) else None
+        pct, z = percentile_of(sample, w.value), z_of(w.value, mean, std)
         rows.append({
             "word": w.word, "value": w.value, "rank": w.rank, "relative": max(0.0, (w.value - lo) / span),
             "percentile": None if pct is None else round(pct, 1),
-            "z": round((w.value - mean) / std, 2) if std > 0 else None,
+            "z": None if z is None else round(z, 2),
             "mean": mean,
+            "below_mean": std > 0 and w.value < mean,
         })  # fmt: skip
     return rows
-
-
-def excites(rows: list[dict[str, object]]) -> bool:
-    """Whether the top word reaches the unit's dataset mean (z ≥ 0)."""
-    z = rows[0].get("z") if rows else None
-    return z is None or float(z) >= 0  # type: ignore[arg-type]

@@ -111,6 +111,7 @@ def layer_page(
                 "label_source": row.label_source,
                 "label_score": row.label_score,
                 "label_auc": row.label_auc,
+                "label_precision": row.label_precision,
                 "label_weak": row.label_weak,
                 "url": urls.neuron(slug, layer_row.name, row.unit),
                 "json": urls.neuron(slug, layer_row.name, row.unit, "json"),

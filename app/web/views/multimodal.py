@@ -20,6 +20,7 @@ from app.db import queries
 from app.db.meaning import Profile, concept_profile, multimodal_ranking, top_words, unit_summaries
 from app.db.multimodal import EvidenceExample, UnitScale, photo_and_text_examples, unit_scales
 from app.web.deps import ReadSession
+from app.web.example_ids import example_ids
 from app.web.formats import respond
 from app.web.lookup import find_layer, find_model
 from app.web.routing import page
@@ -76,6 +77,23 @@ def _scatter(profile: Profile, unit: int) -> dict[str, Any] | None:
     return {"size": SCATTER, "points": points}
 
 
+def _own_scale(profile: Profile | None, concept: str | None, unit: int, scale: UnitScale) -> dict[str, Any]:
+    """The unit's response to its concept's word and to its concept's pictures, each placed on
+    the unit's own scale, and whether either sits below the unit's dataset mean (then d′ says only
+    that it prefers this concept to the others, not that the concept excites it)."""
+    out: dict[str, Any] = {"concept_word": None, "concept_pictures": None, "below_own_mean": []}
+    if profile is None or concept not in (profile.concepts or []):
+        return out
+    i = profile.concepts.index(concept)
+    for key, kind, value in (("concept_word", "word", profile.word_values[i, unit]),
+                             ("concept_pictures", "pictures", profile.image_means[i, unit])):  # fmt: skip
+        if np.isfinite(value):
+            out[key] = {"value": float(value), **scale.place(float(value))}
+            if scale.mean is not None and float(value) < scale.mean:
+                out["below_own_mean"].append(kind)
+    return out
+
+
 def multimodal_data(
     request: Request, session: ReadSession, slug: str, layer_name: str | None, n: int
 ) -> dict[str, Any]:
@@ -113,6 +131,9 @@ def multimodal_data(
                     }
                 )
         s = summaries.get(unit)
+        own = _own_scale(profile, mmu.concept, unit, scale)
+        stored = top_words(session, layer, unit, TEXTS + 2)
+        tops = [{"word": w, "value": v, **scale.place(v)} for w, v in stored]
         neurons.append(
             {
                 "unit": unit,
@@ -127,10 +148,9 @@ def multimodal_data(
                 "label_source": s.label_source if s else None,
                 "photos": _evidence(urls, photos, scale),
                 "concept_words": words,
-                "top_words": [
-                    {"word": w, "value": v, **scale.place(v)}
-                    for w, v in top_words(session, layer, unit, TEXTS + 2)
-                ],
+                **own,
+                "top_words": tops,
+                "no_word_excites": bool(tops) and scale.mean is not None and tops[0]["value"] < scale.mean,
                 "text_examples": _evidence(urls, text_examples, scale),
                 "scatter": _scatter(profile, unit) if profile is not None else None,
             }
@@ -165,6 +185,8 @@ async def multimodal_page(
     urls: Urls = request.app.state.urls
     n = max(1, min(MAX_N, n))
     data = await run_in_threadpool(multimodal_data, request, session, model, layer, n)
+    thumbs = [e["thumb"] for nrn in data["neurons"] for e in (*nrn["photos"], *nrn["text_examples"])]
+    ids = {} if fmt == "json" else await run_in_threadpool(example_ids, urls, session, thumbs)
     return respond(
         request,
         "multimodal.html",
@@ -172,5 +194,5 @@ async def multimodal_page(
         fmt=fmt,
         json_url=urls.multimodal(model, "json", layer=layer, n=n if n != DEFAULT_N else None),
         html_url=urls.multimodal(model, layer=layer, n=n if n != DEFAULT_N else None),
-        context={"title": f"Multimodal neurons · {model}", "current_model": model},
+        context={"title": f"Multimodal neurons · {model}", "current_model": model, "example_ids": ids},
     )

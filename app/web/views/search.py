@@ -16,11 +16,13 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app.live import search as live
+from app.live.analysis import DEFAULT_SORT, SORTS
 from app.live.context import live_http_error
 from app.live.runner import LiveError
 from app.live.search_prep import Preparing
 from app.web import search_warmup as search_prep
-from app.web.analyses import cards_for
+from app.web.analyses import cards_for, moments
+from app.web.example_ids import example_ids_in
 from app.web.formats import respond
 from app.web.recipe import search_recipe
 from app.web.routing import page
@@ -50,7 +52,13 @@ def _enrich(request: Request, ctx: Any, *sections: list[dict[str, Any]]) -> None
                 n.update(cards[(layer["name"], n["unit"])])
 
 
-async def search_data(request: Request, q: str | None, model: str | None) -> tuple[dict[str, Any], int]:
+def _sorted_url(urls: Urls, text: str, model: str | None, sort: str) -> str:
+    return urls.search(text or None, model, sort=None if sort == DEFAULT_SORT else sort)
+
+
+async def search_data(
+    request: Request, q: str | None, model: str | None, sort: str | None = None
+) -> tuple[dict[str, Any], int]:
     """The search page's data (= JSON twin) and HTTP status."""
     urls: Urls = request.app.state.urls
     sessions = request.app.state.sessions
@@ -58,8 +66,13 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
     runner = runner_of(request)
     slug = model or await run_in_threadpool(live.default_model, sessions, runner)
     ctx = await get_model_context(request, slug) if slug else None
+    if sort is not None and sort not in SORTS:
+        raise HTTPException(422, f"sort must be one of {', '.join(SORTS)}, not {sort[:40]!r}.")
+    sort = sort or DEFAULT_SORT
     data: dict[str, Any] = {
         "query": text,
+        "sort": sort,
+        "sorts": {k: {"label": why, "url": _sorted_url(urls, text, model, k)} for k, why in SORTS.items()},
         "model": {"slug": slug, "url": urls.model(slug)} if ctx else None,
         "used_query": None,
         "truncated": False,
@@ -93,7 +106,7 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
         data["note"] = exc.job.message()
         return data, 503
     try:
-        found = await live.search(caches(request), runner, ctx, prepared, text)
+        found = await live.search(caches(request), runner, ctx, prepared, text, moments(request), sort)
     except LiveError as exc:
         raise live_http_error(exc) from exc
     query = found.query
@@ -117,24 +130,37 @@ async def search_data(request: Request, q: str | None, model: str | None) -> tup
 
 @page(router, "/search")
 async def search_page(
-    request: Request, q: str | None = None, model: str | None = None, fmt: str | None = None
+    request: Request,
+    q: str | None = None,
+    model: str | None = None,
+    sort: str | None = None,
+    fmt: str | None = None,
 ) -> Response:
     """Neurons for a text query (zero-shot neurons and reading neurons); htmx gets the results."""
     urls: Urls = request.app.state.urls
-    data, status = await search_data(request, q, model)
+    data, status = await search_data(request, q, model, sort)
     slug = data["model"]["slug"] if data["model"] else model
+    thumbs = [
+        n.get("thumb")
+        for section in (data.get("zero_shot"), data.get("reading"))
+        for layer in ((section or {}).get("layers") or [])
+        for n in layer["neurons"]
+    ]
+    sessions = request.app.state.sessions
+    ids = {} if fmt == "json" else await run_in_threadpool(example_ids_in, urls, sessions, thumbs)
     response = respond(
         request,
         "search.html",
         data,
         fmt=fmt,
-        json_url=urls.search(data["query"] or None, model, fmt="json"),
-        html_url=urls.search(data["query"] or None, model),
+        json_url=urls.search(data["query"] or None, model, fmt="json", sort=sort),
+        html_url=urls.search(data["query"] or None, model, sort=sort),
         fragment="_partials/search_results.html",
         context={
             "title": f"“{data['query']}”" if data["query"] else "Search",
             "search_query": data["query"],
             "current_model": slug,
+            "example_ids": ids,
         },
         status_code=status,
     )
