@@ -70,14 +70,40 @@
     event.preventDefault();
     var img = document.querySelector("[data-overlay-img]");
     var caption = document.querySelector("[data-overlay-caption]");
+    var figure = document.querySelector("#analysis-figure");
+    if (figure) {
+      figure.setAttribute("data-layer", link.getAttribute("data-layer"));
+      figure.setAttribute("data-unit", link.getAttribute("data-unit"));
+    }
     if (!img) return;
     img.src = link.getAttribute("data-overlay");
     img.hidden = false;
     if (caption) caption.textContent = "Heatmap of " + link.getAttribute("data-caption");
   });
 
+  // The active hit follows the figure (which follows the URL): after Back/Forward htmx restores a
+  // snapshot whose hit list may still mark the neuron clicked later, so mark the figure's one.
+  function syncActiveHit() {
+    var figure = document.querySelector("#analysis-figure[data-layer]");
+    if (!figure) return;
+    var layer = figure.getAttribute("data-layer");
+    var unit = figure.getAttribute("data-unit");
+    document.querySelectorAll(".hit-main[data-unit]").forEach(function (link) {
+      var on = !!unit && link.getAttribute("data-layer") === layer && link.getAttribute("data-unit") === unit;
+      link.classList.toggle("active", on);
+      var hit = link.closest(".hit");
+      if (hit) { hit.classList.toggle("selected", on); }
+      if (on) { link.setAttribute("aria-current", "true"); } else { link.removeAttribute("aria-current"); }
+    });
+  }
+  document.addEventListener("htmx:historyRestore", syncActiveHit);
+  document.addEventListener("htmx:afterSettle", syncActiveHit);
+  window.addEventListener("popstate", function () { setTimeout(syncActiveHit, 0); });
+  window.addEventListener("pageshow", function (event) { if (event.persisted) { syncActiveHit(); } });
+
   function init() {
     document.querySelectorAll("[data-upload-form]").forEach(initUpload);
+    syncActiveHit();
   }
   if (document.readyState === "loading") {
     document.addEventListener("DOMContentLoaded", init);

@@ -244,3 +244,137 @@ def test_embed_loads_in_an_iframe_on_another_origin_and_pages_do_not(server, bro
     assert page.frame_locator("#page").locator(".neuron-head").count() == 0  # frame-ancestors 'none'
     context.close()
     other.shutdown()
+
+
+WIDE_AND_NARROW = (1280, 390, 360)
+
+
+def scroll_width(page) -> int:
+    return int(page.evaluate("document.documentElement.scrollWidth"))
+
+
+def active_hits(page) -> list[str]:
+    return page.locator(".hit.selected .hit-main, .hit-main.active").evaluate_all(
+        "els => [...new Set(els.map(e => e.dataset.unit))]"
+    )
+
+
+def test_analysis_fits_the_screen_and_its_active_hit_follows_back_forward(server, browser) -> None:
+    image = Image.new("RGB", (96, 96), (200, 30, 30))
+    with csrf_client(server, timeout=120) as client:
+        posted = client.post("/analyze.json", files={"image": ("red.png", encode(image, "PNG"), "image/png")})
+    assert posted.status_code == 200, posted.text
+    url = f"{server}{posted.json()['permalink']}?classes=red"
+    for width in WIDE_AND_NARROW:  # hit cards: percentile, z and value wrap inside the card
+        context, page, errors = fresh_page(browser, width)
+        page.goto(url)
+        page.wait_for_load_state("networkidle")
+        assert scroll_width(page) <= width, (width, scroll_width(page))
+        assert page.locator(".hit [data-add-to-list]:visible").count() == page.locator(".hit").count() > 0
+        assert not errors, errors
+        context.close()
+    context, page, errors = fresh_page(browser)
+    page.goto(url)
+    page.wait_for_load_state("networkidle")
+    hits = page.locator(".hit-main")
+    first, fourth = hits.nth(0).get_attribute("data-unit"), hits.nth(3).get_attribute("data-unit")
+    hits.nth(0).click()
+    page.wait_for_url(f"**unit={first}**")
+    page.wait_for_load_state("networkidle")
+    hits.nth(3).click()
+    page.wait_for_url(f"**unit={fourth}**")
+    page.wait_for_load_state("networkidle")
+    assert active_hits(page) == [fourth]
+    page.go_back()
+    page.wait_for_url(f"**unit={first}**")
+    page.wait_for_timeout(300)
+    assert active_hits(page) == [first]  # not the hit clicked later
+    assert f"unit {first}" in page.locator("[data-overlay-caption]").inner_text()
+    page.go_back()
+    page.wait_for_function("() => !location.search.includes('unit=')")
+    page.wait_for_timeout(300)
+    assert active_hits(page) == []
+    page.go_forward()
+    page.wait_for_url(f"**unit={first}**")
+    page.wait_for_timeout(300)
+    assert active_hits(page) == [first]
+    page.go_forward()
+    page.wait_for_url(f"**unit={fourth}**")
+    page.wait_for_timeout(300)
+    assert active_hits(page) == [fourth]
+    assert not errors, errors
+    # the preview image has its alt text
+    html = httpx.get(url, timeout=60).text
+    assert '<meta property="og:image:alt" content="' in html
+    context.close()
+
+
+def test_neuron_page_fits_phones_and_its_permalink_keeps_the_state(server, browser) -> None:
+    slug = httpx.get(f"{server}/-/health").json()["models"][0]
+    layer = httpx.get(f"{server}/models/{slug}.json").json()["layers"][-1]
+    neuron = httpx.get(server + layer["json"]).json()["neurons"][0]
+    for width in WIDE_AND_NARROW:
+        context, page, errors = fresh_page(browser, width)
+        page.goto(server + neuron["url"])
+        page.wait_for_load_state("networkidle")
+        assert scroll_width(page) <= width, (width, scroll_width(page))
+        # every header link is on screen (the nav wraps; it does not scroll sideways)
+        boxes = page.locator(".site-nav a:visible").evaluate_all(
+            "els => els.map(e => { const r = e.getBoundingClientRect(); return [r.left, r.right]; })"
+        )
+        assert boxes and all(left >= 0 and right <= width for left, right in boxes), (width, boxes)
+        assert page.evaluate("getComputedStyle(document.querySelector('.site-nav')).overflowX") == "visible"
+        # the words' values are never clipped: each fits its own box
+        spill = page.locator(".word-bars .value").evaluate_all(
+            "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).length"
+        )
+        assert spill == 0, width
+        assert not errors, errors
+        context.close()
+    context, page, errors = fresh_page(browser, 390)
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.goto(server + neuron["url"])
+    page.wait_for_load_state("networkidle")
+    page.click("label.toggle")
+    page.wait_for_url("**overlay=1**")
+    page.click("a[data-copy-link]")
+    page.wait_for_timeout(300)
+    assert page.evaluate("navigator.clipboard.readText()") == page.url
+    assert page.url.endswith("overlay=1")
+    assert not errors, errors
+    context.close()
+
+
+def test_list_and_analyze_buttons_on_search_and_lists(server, browser) -> None:
+    slug = httpx.get(f"{server}/-/health").json()["models"][0]
+    layer = httpx.get(f"{server}/models/{slug}.json").json()["layers"][-1]
+    units = [n["unit"] for n in httpx.get(server + layer["json"]).json()["neurons"][:2]]
+    context, page, errors = fresh_page(browser)
+    page.goto(f"{server}/search")
+    page.wait_for_load_state("networkidle")
+    page.type("input[name=q]", "red", delay=80)
+    page.wait_for_timeout(350)
+    page.keyboard.press("Enter")  # in place, no abort of the request typing started
+    page.wait_for_function(
+        "() => document.querySelectorAll('#search-results .result').length > 0", timeout=60_000
+    )
+    page.wait_for_load_state("networkidle")
+    assert "q=red" in page.url
+    rows = page.locator(".result-list > li")
+    assert rows.count() == page.locator(".result-list > li [data-add-to-list]:visible").count() > 0
+    assert page.locator(".result-list > li button[name=example][form=analyze-example]").count() > 0
+    rows.first.locator("[data-add-to-list]").click()
+    assert page.locator("[data-list-link]").inner_text() == "My list (1)"
+    assert not errors, errors
+    refs = ",".join(f"{slug}/{layer['name']}/{u}" for u in units)
+    for path in (f"/lists?units={refs}", f"/compare?units={refs}"):
+        page.goto(server + path)
+        page.wait_for_load_state("networkidle")
+        assert page.locator(".unit-card [data-add-to-list]:visible").count() == 2
+        assert page.locator(".card-thumbs button[name=example]").count() > 0
+    page.locator(".card-thumbs button[name=example]").first.click()
+    page.wait_for_url("**/analyses/**")
+    page.wait_for_load_state("networkidle")
+    assert page.locator(".hit").count() > 0
+    assert not errors, errors
+    context.close()

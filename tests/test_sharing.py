@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,12 +16,13 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from app.db import export, make_engine, session_factory
-from app.db.schema import Layer, Model, Neuron, TopExample
+from app.db.schema import Label, LabelEvidence, Layer, Model, Neuron, TopExample
 
 #: The documented export keys (README "Exports"). Keys may be added, never renamed or removed.
 PINNED_KEYS = {
     "units": ["model", "layer", "unit", "mean", "std", "max", "multimodality", "n_examples", "top_label"],
-    "labels": ["model", "layer", "unit", "label", "source", "score", "rank", "evidence"],
+    "labels": ["model", "layer", "unit", "label", "source", "score", "rank", "evidence",
+               "auc", "p_value", "precision_top20", "n_images", "n_positive", "tag_source"],
     "examples": ["model", "layer", "unit", "rank", "value", "image_id", "dataset", "key", "caption"],
     "words": ["model", "layer", "unit", "rank", "word", "value"],
 }
@@ -58,12 +60,31 @@ def test_export_keys_are_pinned() -> None:
     assert {t: list(cols) for t, cols in export.COLUMNS.items()} == PINNED_KEYS
 
 
+def _db_with_label_evidence(tiny_db, tmp_path, facts) -> str:
+    """A copy of the tiny index with a manual label on the last layer's unit 3 and its held-out
+    evidence (``label_evidence``, keyed by the label text in any case)."""
+    path = tmp_path / "labelled.db"
+    shutil.copyfile(tiny_db.path, path)
+    engine = make_engine(f"sqlite:///{path}", create=False)
+    with session_factory(engine)() as s:
+        last = s.scalars(select(Layer).where(Layer.name == facts["last"])).one()
+        neuron = s.scalars(select(Neuron).where(Neuron.layer_id == last.id, Neuron.unit == 3)).one()
+        s.add(Label(neuron_id=neuron.id, label="Red", source="manual", score=None, rank=0))
+        s.add(LabelEvidence(neuron_id=neuron.id, label="red", auc=0.91, p_value=1.5e-6, precision=0.85,
+                            n_images=400, n_positive=37, tag_source="ground-truth"))  # fmt: skip
+        s.add(Label(neuron_id=neuron.id, label="no evidence", source="manual", score=None, rank=1))
+        s.commit()
+    engine.dispose()
+    return str(path)
+
+
 @pytest.mark.slow  # a subprocess that imports the CLI (torch): ~10 s
 def test_cli_export_parquet_reads_back_with_pyarrow(tiny_db, tmp_path, facts) -> None:
     import pyarrow.parquet as pq
 
     out = tmp_path / "export"
-    args = ["export", "--db", str(tiny_db.path), "--format", "parquet", "--out", str(out)]
+    db = _db_with_label_evidence(tiny_db, tmp_path, facts)
+    args = ["export", "--db", db, "--format", "parquet", "--out", str(out)]
     done = subprocess.run(
         [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, timeout=120
     )
@@ -80,6 +101,17 @@ def test_cli_export_parquet_reads_back_with_pyarrow(tiny_db, tmp_path, facts) ->
     first = next(e for e in examples if e["layer"] == facts["last"] and e["unit"] == unit and e["rank"] == 0)
     assert first["image_id"] == image_id and first["value"] == pytest.approx(value)
     assert first["dataset"].startswith("demo:") and first["key"]
+    # labels carry their held-out evidence as columns (null where the label has none)
+    labels = {(r["layer"], r["unit"], r["label"]): r for r in tables["labels"].to_pylist()}
+    red = labels[(facts["last"], 3, "Red")]
+    assert red["auc"] == pytest.approx(0.91) and red["p_value"] == pytest.approx(1.5e-6)
+    assert red["precision_top20"] == pytest.approx(0.85)
+    assert (red["n_images"], red["n_positive"], red["tag_source"]) == (400, 37, "ground-truth")
+    assert red["source"] == "manual" and red["evidence"] == "manual"
+    bare = labels[(facts["last"], 3, "no evidence")]
+    assert [bare[k] for k in ("auc", "p_value", "precision_top20", "n_images", "n_positive")] == [None] * 5
+    schema = tables["labels"].schema
+    assert str(schema.field("auc").type) == "double" and str(schema.field("n_images").type) == "int64"
 
 
 @pytest.mark.slow  # a subprocess that imports the CLI (torch): ~10 s

@@ -133,8 +133,8 @@ async def test_neuron_page_parts(client, index):
     slug, layer, units = index["slug"], index["layer"], index["units"]
     unit = index["unit"]
     data = (await client.get(f"/models/{slug}/layers/{layer}/neurons/{unit}.json")).json()
-    assert data["prev"] == f"/models/{slug}/layers/{layer}/neurons/{units[0]}"
-    assert data["next"] == f"/models/{slug}/layers/{layer}/neurons/{units[2]}"
+    assert data["prev"] == f"/models/{slug}/layers/{layer}/neurons/{units[0]}.json"  # twins link to twins
+    assert data["next"] == f"/models/{slug}/layers/{layer}/neurons/{units[2]}.json"
     assert data["permalink"] == f"/models/{slug}/layers/{layer}/neurons/{unit}"
     first = (await client.get(f"/models/{slug}/layers/{layer}/neurons/{units[0]}.json")).json()
     assert first["prev"] is None
@@ -305,6 +305,43 @@ async def test_layer_sort_and_paging(client, index):
     assert odd.status_code == 200 and odd.json()["query"]["sort"] == "unit"
     beyond = (await client.get(base, params={"page": 10_000})).json()
     assert beyond["page"] == beyond["pages"]
+
+
+async def test_json_twins_link_to_json_twins(client, index):
+    """A twin's navigation links lead to twins (the HTML page's to HTML pages), like the layer
+    listing's next_page/prev_page: neuron prev/next, a list's compare, a comparison's list."""
+    slug, layer, unit = index["slug"], index["layer"], index["unit"]
+    path = f"/models/{slug}/layers/{layer}/neurons/{unit}"
+    twin = (await client.get(path + ".json")).json()
+    assert twin["prev"] == f"/models/{slug}/layers/{layer}/neurons/{index['units'][0]}.json"
+    assert twin["next"] == f"/models/{slug}/layers/{layer}/neurons/{index['units'][2]}.json"
+    assert twin["permalink"] == path  # the permalink is the page
+    assert (await client.get(twin["next"])).json()["unit"] == index["units"][2]
+    html = (await client.get(path)).text
+    assert f'href="/models/{slug}/layers/{layer}/neurons/{index["units"][2]}" rel="next"' in html
+    units = f"{slug}/{layer}/{index['units'][0]},{slug}/{layer}/{unit}"
+    listed = (await client.get("/lists.json", params={"units": units})).json()
+    assert listed["compare"].startswith("/compare.json?units=")
+    compared = await client.get(listed["compare"])
+    assert compared.status_code == 200
+    assert compared.json()["list"].startswith("/lists.json?units=")
+    assert [u["ref"] for u in (await client.get(compared.json()["list"])).json()["units"]] == units.split(",")
+    assert 'href="/compare?units=' in (await client.get("/lists", params={"units": units})).text
+    assert 'href="/lists?units=' in (await client.get("/compare", params={"units": units})).text
+    fv = await client.get(path + "/featurevis.json")
+    assert fv.status_code == 200 and fv.json()["neuron"] == path + ".json"
+
+
+async def test_unit_actions_on_the_model_page_and_neuron_page(client, index):
+    """"+ list" on the model page's preview strip (one partial: _partials/unit_actions.html);
+    without a live model no page offers "analyze this image"."""
+    slug, layer = index["slug"], index["layer"]
+    model = (await client.get(f"/models/{slug}")).text
+    assert 'class="preview-item"' in model and f'data-add-to-list="{slug}/{layer}/' in model
+    neuron = (await client.get(f"/models/{slug}/layers/{layer}/neurons/{index['unit']}")).text
+    assert f'data-add-to-list="{slug}/{layer}/{index["unit"]}"' in neuron
+    assert 'name="example"' not in neuron and 'id="analyze-example"' not in neuron
+    assert "data-current-url" in neuron  # the permalink button copies the URL with its state
 
 
 async def test_label_filter_and_sort(tiny_db, tmp_path, index):

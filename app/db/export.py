@@ -24,6 +24,7 @@ from typing import Any, BinaryIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.evidence import evidence_for
 from app.db.schema import Image, Label, Layer, Model, Neuron, NeuronWord, TopExample
 
 BATCH = 2000
@@ -52,6 +53,13 @@ COLUMNS: dict[str, dict[str, str]] = {
         "score": "float",
         "rank": "int",
         "evidence": "str",
+        # held-out evidence of the label text on the unit (table ``label_evidence``; null without)
+        "auc": "float",
+        "p_value": "float",
+        "precision_top20": "float",
+        "n_images": "int",
+        "n_positive": "int",
+        "tag_source": "str",
     },
     "examples": {
         "model": "str",
@@ -172,18 +180,28 @@ def _rows(
         query = (
             select(Label).where(Label.neuron_id.in_(ids)).order_by(Label.neuron_id, Label.source, Label.rank)
         )
-        return [
-            {
-                **head,
-                "unit": by_id[lb.neuron_id].unit,
-                "label": lb.label,
-                "source": lb.source,
-                "score": _finite(lb.score),
-                "rank": lb.rank,
-                "evidence": _label_evidence(lb.source, lb.score),
-            }
-            for lb in session.scalars(query)
-        ]
+        held_out = evidence_for(session, ids)
+        out = []
+        for lb in session.scalars(query):
+            ev = held_out.get((lb.neuron_id, lb.label.lower()))
+            out.append(
+                {
+                    **head,
+                    "unit": by_id[lb.neuron_id].unit,
+                    "label": lb.label,
+                    "source": lb.source,
+                    "score": _finite(lb.score),
+                    "rank": lb.rank,
+                    "evidence": _label_evidence(lb.source, lb.score),
+                    "auc": _finite(ev.auc) if ev else None,
+                    "p_value": _finite(ev.p_value) if ev else None,
+                    "precision_top20": _finite(ev.precision) if ev else None,
+                    "n_images": ev.n_images if ev else None,
+                    "n_positive": ev.n_positive if ev else None,
+                    "tag_source": ev.tag_source if ev else None,
+                }
+            )
+        return out
     if table == "examples":
         query = (
             select(

@@ -3,13 +3,12 @@
 FastAPI describes every route as returning ``application/json`` with an empty schema. Here the
 document is rebuilt from the app's routes and corrected centrally, without touching the views:
 
-- HTML pages are ``text/html``; JSON twins (``….json``, ``/-/health``, ``/-/oembed``) are
-  ``application/json`` with the schemas of :mod:`app.web.schemas`; images, blobs, exports and
-  ``robots.txt`` have their real media types;
-- a page whose last path segment is a parameter (``/models/{model}``) documents that a value
-  ending in ``.json`` gets the JSON twin (``/models/{model}.json``, registered with the page by
-  :func:`app.web.routing.page`);
-- POST routes get their multipart request bodies; form posts document their 303 redirect;
+- HTML pages are ``text/html`` only (whatever the ``Accept`` header; their data is the ``.json``
+  twin, its own operation); JSON twins (``….json``, ``/-/health``, ``/-/oembed``) are
+  ``application/json`` with the schemas of :mod:`app.web.schemas`; images (``.png`` previews,
+  the atlas sprite ``.jpg``, blobs), exports and ``robots.txt`` have their real media types;
+- POST routes get their request bodies (multipart forms; ``/analyze.json`` also a raw image) and
+  the ``X-CSRF-Token`` header of browser posts; form posts document their 303 redirect;
 - every operation documents its errors (``{"ok": false, "status", "title", "error"}`` as JSON, or
   an HTML error page), so clients can be generated and fuzzers can check every answer.
 """
@@ -26,21 +25,22 @@ from app.web import schemas
 
 #: Routes never documented: static files, the docs page and the document itself.
 UNDOCUMENTED_PREFIXES = ("/static/", "/-/docs", "/-/openapi")
-#: Pages whose last path parameter may end in ``.json`` to get the JSON twin.
-SUFFIX_TWINS = (
-    "/models/{model}",
-    "/models/{model}/layers/{layer}",
-    "/models/{model}/layers/{layer}/neurons/{unit}",
-)
 #: 5xx answers that are part of a route's contract (documented; anything else 5xx is a bug).
-SERVER_ANSWERS: dict[str, dict[str, str]] = {
-    "/-/oembed": {"501": "a format other than json (as the oEmbed specification says)"},
-}
+#: None: oEmbed's format other than json is a 400, not the specification's 501 (a 5xx reads as
+#: a server error to clients, monitors and fuzzers).
+SERVER_ANSWERS: dict[str, dict[str, str]] = {}
 HTML = {"text/html": {"schema": {"type": "string"}}}
 ERROR_JSON = {"schema": schemas.ERROR}
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 EXPORT_TYPES = ("application/x-ndjson", "text/csv", "application/vnd.apache.parquet")
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif")
+#: What a blob can be (:data:`app.db.MIME_EXT`).
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
+CSRF_HEADER = {
+    "name": "X-CSRF-Token",
+    "in": "header",
+    "schema": {"type": "string"},
+    "description": "the visitor's CSRF token (the csrftoken cookie's value); browser posts only",
+}
 
 
 def install_openapi(app: FastAPI) -> None:
@@ -88,12 +88,14 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def kind_of(path: str, method: str) -> str:
-    """``json``, ``html``, ``png``, ``image`` (blobs), ``export`` or ``text``."""
+    """``json``, ``html``, ``png``, ``jpeg``, ``image`` (blobs), ``export`` or ``text``."""
     if path.endswith(".json") or path in schemas.RESPONSES or (method == "post" and path in
                                                                 schemas.POST_RESPONSES):  # fmt: skip
         return "json"
     if path.endswith(".png"):
         return "png"
+    if path.endswith((".jpg", ".jpeg")):
+        return "jpeg"
     if path.startswith("/blobs/"):
         return "image"
     if "/export/" in path:
@@ -117,10 +119,10 @@ def _describe(path: str, method: str, op: dict[str, Any]) -> None:
     else:
         if kind == "html":
             ok = dict(HTML)
-            if path in SUFFIX_TWINS:  # ".json" on the last parameter: the JSON twin
-                ok["application/json"] = {"schema": schemas.RESPONSES.get(path + ".json", schemas.ANY_OBJ)}
         elif kind == "png":
             ok = {"image/png": BINARY}
+        elif kind == "jpeg":
+            ok = {"image/jpeg": BINARY}
         elif kind == "image":
             ok = {t: BINARY for t in IMAGE_TYPES}
         elif kind == "export":
@@ -142,9 +144,20 @@ def _describe(path: str, method: str, op: dict[str, Any]) -> None:
         responses[status] = {"description": why, "content": error}
     responses["default"] = {"description": error_doc, "content": error}
     op["responses"] = responses
-    body = schemas.REQUEST_BODIES.get(path) if method == "post" else None
-    if body is not None:
+    for parameter in op.get("parameters", []):  # corrected query parameter schemas
+        declared = schemas.QUERY_PARAMETERS.get(path, {}).get(parameter.get("name"))
+        if declared is not None and parameter.get("in") == "query":
+            parameter["schema"] = declared
+    bodies = schemas.REQUEST_BODIES.get(path) if method == "post" else None
+    if bodies is not None:
         op["requestBody"] = {
-            "required": True,
-            "content": {"multipart/form-data": {"schema": body}},
+            "required": path not in schemas.OPTIONAL_BODIES,
+            "content": {media: {"schema": schema} for media, schema in bodies.items()},
         }
+    if method == "post" and kind == "html":  # a browser post: the token as a header (or form field)
+        header = {**CSRF_HEADER, "required": "csrf_token" not in _fields(bodies)}
+        op["parameters"] = [*op.get("parameters", []), header]
+
+
+def _fields(bodies: dict[str, Any] | None) -> set[str]:
+    return {name for schema in (bodies or {}).values() for name in schema.get("properties", {})}

@@ -129,6 +129,14 @@ class Urls:
     def blob(self, sha256: str, ext: str) -> str:
         return f"{self.base}/blobs/{sha256}.{ext}"
 
+    def blob_sha(self, url: str | None) -> str | None:
+        """The sha256 of a :meth:`blob` URL (``None`` for anything else)."""
+        prefix = f"{self.base}/blobs/"
+        if not url or not url.startswith(prefix):
+            return None
+        sha = url[len(prefix):].split(".", 1)[0]
+        return sha if len(sha) == 64 and all(c in "0123456789abcdef" for c in sha) else None
+
     def static(self, path: str) -> str:
         """``/static/{content-hash}/{path}``: immutable, so a changed file gets a new URL."""
         path = path.lstrip("/")

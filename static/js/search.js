@@ -9,3 +9,23 @@ document.addEventListener("htmx:beforeSwap", (event) => {
     event.detail.isError = false;
   }
 });
+
+// Enter (or the Search button) updates the results in place like typing does, instead of also
+// navigating: a navigation would abort the request typing started (htmx logs an abort as an
+// error). Requests queue (hx-sync "queue last") rather than abort each other. Without htmx the
+// form submits as usual.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!window.htmx || !form.matches || !form.matches("[data-search-form]")) return;
+  const input = form.querySelector("input[name=q][hx-get]");
+  if (!input) return;
+  event.preventDefault();
+  window.htmx.trigger(input, "search-submit");
+});
+// Clearing the field with its × button ("search" event, empty value) shows the suggestions again.
+document.addEventListener("search", (event) => {
+  const input = event.target;
+  if (window.htmx && input.matches && input.matches("[data-search-form] input[name=q][hx-get]") && !input.value) {
+    window.htmx.trigger(input, "search-submit");
+  }
+}, true);

@@ -197,7 +197,8 @@
       var inList = list.indexOf(ref) >= 0;
       button.hidden = false;
       button.setAttribute("aria-pressed", inList ? "true" : "false");
-      button.textContent = inList ? "✓ in list" : "+ list";
+      var compact = button.hasAttribute("data-compact");
+      button.textContent = inList ? (compact ? "✓" : "✓ in list") : (compact ? "+" : "+ list");
       button.title = inList ? "remove " + ref + " from your list" : "add " + ref + " to your list";
     });
     document.querySelectorAll("[data-list-link]").forEach(function (link) {

@@ -111,7 +111,8 @@ def units_list(
     data = {
         "title": title,
         "permalink": urls.units_list(names, title),
-        "compare": urls.compare(names) if COMPARE_MIN <= len(names) <= COMPARE_MAX else None,
+        # the JSON twin links to JSON pages, the HTML page to HTML pages
+        "compare": urls.compare(names, fmt) if COMPARE_MIN <= len(names) <= COMPARE_MAX else None,
         "max_units": MAX_UNITS,
     }
     return _page(
@@ -139,7 +140,7 @@ def compare(request: Request, session: ReadSession, fmt: str | None, units: str 
     urls: Urls = request.app.state.urls
     cards = [card_data(urls, ref, card) for ref, card in unit_cards(session, refs, n_examples=8, n_words=10)]
     names = [str(r) for r in refs]
-    data = {"permalink": urls.compare(names), "list": urls.units_list(names)}
+    data = {"permalink": urls.compare(names), "list": urls.units_list(names, fmt=fmt)}
     return _page(
         request,
         "compare.html",

@@ -94,8 +94,9 @@ def neuron_page(
             "top_k_min": examples[-1].value if examples else None,
             "sample_size": int(sample.size) if sample is not None else 0,
         },
-        "prev": urls.neuron(slug, name, prev_unit) if prev_unit is not None else None,
-        "next": urls.neuron(slug, name, next_unit) if next_unit is not None else None,
+        # the JSON twin links to JSON pages, the HTML page to HTML pages
+        "prev": urls.neuron(slug, name, prev_unit, fmt) if prev_unit is not None else None,
+        "next": urls.neuron(slug, name, next_unit, fmt) if next_unit is not None else None,
         "examples": [
             {
                 "rank": e.rank,
