@@ -36,7 +36,7 @@ class EvidenceRow:
 
     @property
     def backed(self) -> bool:
-        return is_backed(self.auc, self.precision)
+        return is_backed(self.auc, self.precision, self.n_positive)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -85,7 +85,12 @@ def compared_with(label: str, tag_source: str | None) -> str | None:
 
 
 def title_key(
-    source_rank: int, rank: int, score: float | None, auc: float | None, precision: float | None
+    source_rank: int,
+    rank: int,
+    score: float | None,
+    auc: float | None,
+    precision: float | None,
+    n_positive: int | None = None,
 ) -> tuple[Any, ...]:
     """Sort key of a label as a unit's title: backed labels first, then source, rank, score."""
-    return (0 if is_backed(auc, precision) else 1, source_rank, rank, -(score or 0.0))
+    return (0 if is_backed(auc, precision, n_positive) else 1, source_rank, rank, -(score or 0.0))

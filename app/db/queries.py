@@ -253,7 +253,7 @@ def list_neurons(
     by_unit = {row.unit: row for row in rows}
     label_rows = session.execute(
         select(Neuron.unit, Label.label, Label.source, Label.score, Label.rank, LabelEvidence.auc,
-               LabelEvidence.precision)
+               LabelEvidence.precision, LabelEvidence.n_positive)
         .join(Label, Label.neuron_id == Neuron.id)
         .outerjoin(
             LabelEvidence, (LabelEvidence.neuron_id == Neuron.id) & (LabelEvidence.label == Label.label)
@@ -263,14 +263,14 @@ def list_neurons(
     needle = q.strip().lower() if q else ""
     best: dict[int, tuple[Any, ...]] = {}
     matched: set[int] = set()
-    for unit, text, source, score, rank, auc, precision in label_rows:
+    for unit, text, source, score, rank, auc, precision, n_pos in label_rows:
         matches = needle in text.lower() if needle else True
         if min_auc is not None:
             matches = matches and auc is not None and auc >= min_auc
         if matches:
             matched.add(unit)
         # the shown label: the best one, or when filtering the best one that matches
-        key = (0 if matches else 1, *title_key(_source_rank(source), rank, score, auc, precision))
+        key = (0 if matches else 1, *title_key(_source_rank(source), rank, score, auc, precision, n_pos))
         if unit not in best or key < best[unit][0]:
             best[unit] = (key, text, source, score, auc, precision)
     for unit, (key, text, source, score, auc, precision) in best.items():

@@ -87,8 +87,8 @@ def unit_summaries(
     ):
         unit = ids[nid]
         ev = evidence.get((nid, text.lower()))
-        auc, precision = (ev.auc, ev.precision) if ev else (None, None)
-        key = title_key(source_rank(source), rank, score, auc, precision)
+        auc, precision, n_pos = (ev.auc, ev.precision, ev.n_positive) if ev else (None, None, None)
+        key = title_key(source_rank(source), rank, score, auc, precision, n_pos)
         out[unit].labels.append(text)
         if unit not in best or key < best[unit][0]:
             best[unit] = (key, text, source, score)

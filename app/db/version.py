@@ -53,28 +53,36 @@ class VersionClock:
 
     def fresh(self) -> bool:
         """Whether :meth:`current` would answer without waiting for the database."""
-        return bool(self._value) and (time.monotonic() < self._next or self._lock.locked())
+        return bool(self._value) and time.monotonic() < self._next
 
     def current(self) -> str:
-        """The version; once known, a re-read in progress never makes another caller wait
-        (they get the previous value until it is done: stale for one query at most)."""
-        if self._value and time.monotonic() < self._next:
+        """The version. In the second half of its ``ttl`` one caller re-reads it while the others
+        keep the current value (refresh-ahead: under steady load nobody waits for the query); once
+        the ``ttl`` has passed, callers wait for the re-read (a finished run shows within ``ttl``)."""
+        now = time.monotonic()
+        if self._value and now < self._next - self.ttl / 2:
             return self._value
-        if not self._lock.acquire(blocking=not self._value):
-            return self._value
-        try:
-            if self._value and time.monotonic() < self._next:
-                return self._value
+        if self._value and now < self._next:
+            if not self._lock.acquire(blocking=False):
+                return self._value  # someone is re-reading it
             try:
-                with self.sessions() as session:
-                    self._value = read_data_version(session)
-            except Exception:
-                if not self._value:
-                    self._value = "unknown"
-            self._next = time.monotonic() + self.ttl
+                self._read()
+            finally:
+                self._lock.release()
             return self._value
-        finally:
-            self._lock.release()
+        with self._lock:
+            if not self._value or time.monotonic() >= self._next:
+                self._read()
+            return self._value
+
+    def _read(self) -> None:
+        try:
+            with self.sessions() as session:
+                self._value = read_data_version(session)
+        except Exception:
+            if not self._value:
+                self._value = "unknown"
+        self._next = time.monotonic() + self.ttl
 
     def invalidate(self) -> None:
         """Force the next :meth:`current` to re-read (after this process wrote something)."""

@@ -108,8 +108,9 @@ def best_concepts(scores: np.ndarray, concepts: Sequence[str], k: int = 3) -> li
 BACKED_AUC = 0.75
 """A label is *backed* (may be a unit's title) when its held-out AUC reaches this ..."""
 BACKED_PRECISION = 0.5
-"""... and at least this share of the unit's top-20 held-out images show the label's concept
-(AUC alone can be high for a unit whose strongest responses are to something else)."""
+"""... and at least this share of the unit's top-20 held-out images show the label's concept (of
+the top ``n₊`` when fewer than 20 images show it; AUC alone can be high for a unit whose strongest
+responses are to something else)."""
 TOP_PRECISION = 20
 HIST_BINS = 12
 
@@ -127,13 +128,16 @@ class Evidence:
 
     @property
     def backed(self) -> bool:
-        return is_backed(self.auc, self.precision)
+        return is_backed(self.auc, self.precision, self.n_positive)
 
 
-def is_backed(auc: float | None, precision: float | None) -> bool:
+def is_backed(auc: float | None, precision: float | None, n_positive: int | None = None) -> bool:
     """Whether held-out evidence lets a label be a unit's title (:data:`BACKED_AUC`,
-    :data:`BACKED_PRECISION`)."""
-    return auc is not None and auc >= BACKED_AUC and precision is not None and precision >= BACKED_PRECISION
+    :data:`BACKED_PRECISION` of what the top 20 can hold: ``min(20, n_positive)`` images)."""
+    if auc is None or auc < BACKED_AUC or precision is None:
+        return False
+    reachable = min(TOP_PRECISION, n_positive) / TOP_PRECISION if n_positive is not None else 1.0
+    return precision * TOP_PRECISION >= BACKED_PRECISION * reachable * TOP_PRECISION - 1e-9
 
 
 def held_out(image_ids: Sequence[int]) -> np.ndarray:

@@ -46,9 +46,8 @@ def load(ctx: NeuronContext) -> list[dict[str, object]] | None:
         item["weak"] = not (ev and ev.backed)
         item["histogram"] = _bars(ev.histogram) if ev else None
         item["pseudo"] = bool(ev and ev.tag_source == "zero-shot")
-        item["_key"] = title_key(
-            source_rank(lb.source), lb.rank, lb.score, ev.auc if ev else None, ev.precision if ev else None
-        )
+        figures = (ev.auc, ev.precision, ev.n_positive) if ev else (None, None, None)
+        item["_key"] = title_key(source_rank(lb.source), lb.rank, lb.score, *figures)
         out.append(item)
     out.sort(key=lambda it: it["_key"])  # type: ignore[arg-type,return-value]
     for i, item in enumerate(out):
