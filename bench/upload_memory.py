@@ -11,6 +11,8 @@ uploads of it at once to ``POST /analyze.json`` (multipart) while polling ``/-/h
 - ``flat16-cap`` / ``rgba-cap`` / ``tiff-cap``: the same just under the server's pixel cap
   (the worst case the server accepts: 4990×4990 for the default 25 MP)
 - ``gif-frames``: a GIF of 300,000 1×1 frames (frame counting)
+- ``thin-1x20000``: a ~100-byte 1×20000 PNG (the model's resize made it 128 × 2.56M pixels: 1.3 GB)
+- ``gif-big-frames``: 30 frames of 2000×2000 (every frame was decoded to count them: ~17 s each)
 
 Prints per kind: statuses, time until all answered, peak RSS above idle, /-/health p50/p99/max
 latency (issue 14 §5: within 1 s while uploads decode) against the idle health latency measured
@@ -73,6 +75,24 @@ def many_frame_gif(frames: int) -> bytes:
     return bytes(out + frame * frames + b"\x3b")
 
 
+def thin_png(long_side: int) -> bytes:
+    """A 1-pixel-wide PNG (~100 bytes): resized for the model it once became 128 × 2.5M pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, long_side), 128).save(buffer, "PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def big_frame_gif(side: int, frames: int) -> bytes:
+    """A GIF of ``frames`` flat ``side``² frames of alternating colours (each frame once cost a
+    full decode when frames were counted)."""
+    images = [Image.new("P", (side, side), i % 2) for i in range(frames)]
+    for im in images:
+        im.putpalette([0, 0, 0, 255, 255, 255] + [0] * 762)
+    buffer = io.BytesIO()
+    images[0].save(buffer, "GIF", save_all=True, append_images=images[1:], duration=50)
+    return buffer.getvalue()
+
+
 def attack_files(cap_pixels: int) -> dict[str, tuple[bytes, str, str]]:
     """name → (bytes, file name, MIME type)."""
     cap_side = int(cap_pixels**0.5) - 10
@@ -84,6 +104,8 @@ def attack_files(cap_pixels: int) -> dict[str, tuple[bytes, str, str]]:
         "rgba-cap": (rgba_png(cap_side), "a.png", "image/png"),
         "tiff-cap": (lzw_tiff(cap_side), "a.tiff", "image/tiff"),
         "gif-frames": (many_frame_gif(300_000), "a.gif", "image/gif"),
+        "thin-1x20000": (thin_png(20_000), "a.png", "image/png"),
+        "gif-big-frames": (big_frame_gif(2000, 30), "a.gif", "image/gif"),
     }
 
 

@@ -360,6 +360,13 @@ def test_list_and_analyze_buttons_on_search_and_lists(server, browser) -> None:
     )
     page.wait_for_load_state("networkidle")
     assert "q=red" in page.url
+    # the queued requests may swap the results twice; each swap's buttons are shown once it settles
+    page.wait_for_function(
+        "() => { const rows = document.querySelectorAll('.result-list > li');"
+        " return rows.length > 0 && [...rows].every(r => { const b = r.querySelector('[data-add-to-list]');"
+        " return b && !b.hidden; }); }",
+        timeout=30_000,
+    )
     rows = page.locator(".result-list > li")
     assert rows.count() == page.locator(".result-list > li [data-add-to-list]:visible").count() > 0
     assert page.locator(".result-list > li button[name=example][form=analyze-example]").count() > 0
