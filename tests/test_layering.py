@@ -5,7 +5,7 @@ no side effects) and checks the rules of ``CONTRIBUTING.md``:
 
 * **Layers** (left to right)::
 
-      base: app, app.config, app.images     (settings and image decoding; no project imports)
+      base: app, app.config, app.images, app.lru (settings, image decoding, an LRU; no project imports)
       app.models → app.neurons → app.db → precompute.* | app.live → app.web → app.cli
 
   A module imports only from its own layer or layers to its left. ``precompute`` and
@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("app", "precompute")
 
-BASE = frozenset({"app", "app.config", "app.images", "precompute"})
+BASE = frozenset({"app", "app.config", "app.images", "app.lru", "precompute"})
 """The base layer: importable from anywhere. ``app``/``precompute`` are the (empty) packages."""
 
 LAYERS: tuple[tuple[str, ...], ...] = (

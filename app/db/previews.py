@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections import OrderedDict
-from threading import Lock
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -24,6 +22,7 @@ from app.db import queries
 from app.db.cards import UnitCard, UnitRef, unit_card
 from app.db.schema import Analysis, Blob
 from app.db.units import UnitSummary, unit_summaries
+from app.lru import LRU
 from app.neurons.render import load_font
 
 WIDTH, HEIGHT = 1200, 630
@@ -31,26 +30,11 @@ BG, INK, MUTED, ACCENT = (251, 251, 250), (29, 31, 35), (107, 112, 121), (59, 91
 CACHE_ITEMS = 64
 
 
-class PreviewCache:
+class PreviewCache(LRU):
     """Rendered previews by content key: a bounded LRU (:data:`CACHE_ITEMS`), thread-safe."""
 
     def __init__(self, items: int = CACHE_ITEMS) -> None:
-        self.items = items
-        self._entries: OrderedDict[str, bytes] = OrderedDict()
-        self._lock = Lock()
-
-    def get(self, etag: str) -> bytes | None:
-        with self._lock:
-            if etag in self._entries:
-                self._entries.move_to_end(etag)
-                return self._entries[etag]
-        return None
-
-    def put(self, etag: str, data: bytes) -> None:
-        with self._lock:
-            self._entries[etag] = data
-            while len(self._entries) > self.items:
-                self._entries.popitem(last=False)
+        super().__init__(items)
 
 
 def _cached(cache: PreviewCache | None, key: str, render: Any) -> tuple[str, bytes]:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +36,7 @@ from app.live import analysis
 from app.live.context import ModelContext
 from app.live.runner import LiveRunner
 from app.live.search_prep import Prepared
+from app.lru import LRU
 from app.neurons import activations as core
 from app.neurons import concept_search as cs
 from app.neurons.render import render_text
@@ -129,34 +128,18 @@ def fit_to_context(tokenizer: Any, context_length: int, text: str) -> Query:
 # ------------------------------------------------------------------------------ per-app caches
 
 
-class LRU:
-    """A small thread-safe LRU cache for model outputs keyed by (model, text)."""
+class SearchLRU(LRU):
+    """Model outputs keyed by (model, text): :class:`app.lru.LRU` of :data:`CACHE_SIZE` entries."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
-        self.size = size
-        self.items: OrderedDict[Any, Any] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: Any) -> Any:
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        return None
-
-    def put(self, key: Any, value: Any) -> None:
-        with self.lock:
-            self.items[key] = value
-            self.items.move_to_end(key)
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
+        super().__init__(size)
 
 
 @dataclass
 class SearchCaches:
     """The search's per-app caches (the view keeps them with ``app_cache``)."""
 
-    lru: LRU
+    lru: LRU  # a SearchLRU
 
 
 def suggestions(sessions: Callable[[], Any], ctx: ModelContext | None) -> list[str]:

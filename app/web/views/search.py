@@ -34,7 +34,7 @@ router = APIRouter()
 
 def caches(request: Request) -> live.SearchCaches:
     """The search's per-app caches (what depends on the index is in the model's preparation)."""
-    return live.SearchCaches(lru=app_cache(request, "live_search_cache", live.LRU))
+    return live.SearchCaches(lru=app_cache(request, "live_search_cache", live.SearchLRU))
 
 
 def _enrich(request: Request, ctx: Any, *sections: list[dict[str, Any]]) -> None:
