@@ -10,8 +10,11 @@ direction score) and record the rank of that unit. Printed: the rank per concept
     search top-20 hits: B of N
 
 and, measured in the same run as the baseline, the same figures for the direction score alone
-(``direction score top-5 hits``), and how many nonsense strings the page flags as out of
-vocabulary (``nonsense flagged: K of M``).
+(``direction score top-5 hits``), how many nonsense strings the page flags as out of
+vocabulary (``nonsense flagged: K of M``), and the page's confidence against the null
+(:mod:`app.neurons.calibration`, phrases against their framed null) for phrases of the demo world
+("a photo of a red star") and of things it never saw ("a photo of a dog"): ``world phrases
+confident: A of N`` and ``out-of-world phrases flagged: B of M``.
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from app.db.schema import Model
 from app.live import search as live
 from app.models import DEMO_WEIGHTS, ModelSpec, load_model
 from app.neurons import zeroshot
-from app.neurons.calibration import out_of_vocabulary
+from app.neurons.calibration import CONFIDENT, fit_null, framed, null_frame, null_words, out_of_vocabulary
 
 MODEL_CARD = DEMO_WEIGHTS.parent / "MODEL_CARD.md"
 NONSENSE = ("xqzvbl", "zzqxj", "vbnkqw", "qwfpgj")
 TOPS = (1, 5, 20)
+WORLD_PHRASES = ("a photo of a red star", "the word blue", "a drawing of a heart", "a green square",
+                 "a photo of a purple triangle", "the word circle")  # fmt: skip
+OUT_OF_WORLD = ("a photo of a dog", "a photo of a cat", "a photo of a bicycle", "an apple",
+                "the word kettle", "a drawing of a house")  # fmt: skip
 
 
 def card_best_units() -> dict[str, int]:
@@ -58,6 +65,10 @@ class SearchEval:
     best: dict[str, int] = field(default_factory=dict)
     nonsense_flagged: int = 0
     nonsense: int = 0
+    confidence: dict[str, float] = field(default_factory=dict)  # phrase -> confidence vs its null
+
+    def confident(self, phrases: tuple[str, ...]) -> int:
+        return sum(self.confidence[p] >= CONFIDENT for p in phrases)
 
     def hits(self, top: int, direction: bool = False) -> int:
         ranks = self.direction_ranks if direction else self.ranks
@@ -110,6 +121,14 @@ def evaluate(url: str, slug: str | None = None, best: dict[str, int] | None = No
         out.direction_ranks[concept] = _rank(np.array([n["unit"] for n in plain["neurons"]]), unit)
     out.nonsense = len(NONSENSE)
     out.nonsense_flagged = sum(bool(out_of_vocabulary(loaded.tokenizer, w)) for w in NONSENSE)
+    nulls: dict[str | None, Any] = {}
+    for phrase in (*WORLD_PHRASES, *OUT_OF_WORLD):
+        frame = null_frame(phrase)
+        if frame not in nulls:
+            emb = zeroshot.encode_texts(loaded, framed(frame, null_words()))
+            nulls[frame] = fit_null((emb @ directions.directions.T) * directions.scale)
+        scores = (directions.directions @ zeroshot.encode_texts(loaded, [phrase])[0]) * directions.scale
+        out.confidence[phrase] = nulls[frame].query_confidence(scores)
     return out
 
 
@@ -125,6 +144,11 @@ def format_report(r: SearchEval) -> str:
     for top in TOPS:
         lines.append(f"direction score top-{top} hits: {r.hits(top, direction=True)} of {n}")
     lines.append(f"nonsense flagged: {r.nonsense_flagged} of {r.nonsense}")
+    lines.append("confidence against the null (phrases: the null words in the phrase's frame)")
+    lines += [f"  {p:<30} {r.confidence[p]:.3f}" for p in (*WORLD_PHRASES, *OUT_OF_WORLD)]
+    lines.append(f"world phrases confident: {r.confident(WORLD_PHRASES)} of {len(WORLD_PHRASES)}")
+    lines.append(f"out-of-world phrases flagged: {len(OUT_OF_WORLD) - r.confident(OUT_OF_WORLD)} of "
+                 f"{len(OUT_OF_WORLD)}")  # fmt: skip
     for top in TOPS:
         lines.append(f"search top-{top} hits: {r.hits(top)} of {n}")
     return "\n".join(lines)

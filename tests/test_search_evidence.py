@@ -126,7 +126,40 @@ def test_eval_search_prints_its_figures(url: str, demo_loaded) -> None:
         assert m and int(m.group(1)) == sum(r <= top for r in result.ranks.values())
         assert re.search(rf"^direction score top-{top} hits: \d+ of 14$", report, re.M)
     assert report.splitlines()[-2] == f"search top-5 hits: {result.hits(5)} of 14"
+    assert set(result.confidence) == {*eval_search.WORLD_PHRASES, *eval_search.OUT_OF_WORLD}
+    assert all(0.0 <= c <= 1.0 for c in result.confidence.values())
+    assert f"world phrases confident: {result.confident(eval_search.WORLD_PHRASES)} of 6" in report
+    flagged = 6 - result.confident(eval_search.OUT_OF_WORLD)
+    assert f"out-of-world phrases flagged: {flagged} of 6" in report
     out = io.StringIO()
     with redirect_stdout(out):
         assert eval_search.main(["--db", url, "--threads", "1"]) == 0
     assert re.search(r"^search top-5 hits: \d+ of 14$", out.getvalue(), re.M)
+
+
+def test_a_phrase_is_compared_with_its_framed_null(http: httpx.Client, url: str, demo_loaded) -> None:
+    """Issue 16: "a photo of a dog" is compared with "a photo of a <null word>", not with bare words
+    (a familiar frame scores high whatever follows it); the confidence is recomputed here from the
+    index's directions and the model."""
+    from app.db import search as search_db
+    from app.db.schema import Model
+    from app.neurons.calibration import CONFIDENT, fit_null, null_words
+
+    with session_factory(make_engine(url, create=False))() as s:
+        dirs = search_db.layer_directions(s, s.scalar(select(Model.id)))
+    for query, frame in (("a photo of a dog", "a photo of a"), ("red", None)):
+        data = http.get("/search.json", params={"q": query}).json()
+        assert data["null_frame"] == frame
+        texts = [f"{frame} {w}" for w in null_words()] if frame else null_words()
+        null_emb = zeroshot.encode_texts(demo_loaded, texts)
+        emb = zeroshot.encode_texts(demo_loaded, [query])[0]
+        for layer in data["zero_shot"]["layers"]:
+            d = dirs[layer["name"]]
+            null = fit_null((null_emb @ d.directions.T) * d.scale)
+            z = ((d.directions @ emb) * d.scale - null.mean) / null.std
+            want = float((null.best_z < z.max()).mean())
+            assert layer["confidence"] == pytest.approx(want, abs=2e-3), (query, layer["name"])
+        low = data["confidence"] < CONFIDENT
+        assert low == any("Low confidence" in w for w in data["warnings"])
+        if low and frame:
+            assert any(f"“{frame} …”" in w for w in data["warnings"])

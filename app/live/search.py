@@ -65,7 +65,9 @@ CONFIDENCE_HELP = (
     "z = a neuron's zero-shot score in standard deviations of its own scores over 256 ordinary "
     "words (BPE words of frequency ranks 10,000–30,000, the null); confidence = the share of those "
     "null words whose best z over the layer's neurons is below this query's best z (a query is "
-    "confident from 99 %)."
+    "confident from 99 %). A phrase is compared with its own frame holding each null word in its "
+    "last place (“a photo of a dog” with “a photo of a kettle”…), so a familiar frame alone does "
+    "not make it confident."
 )
 READING_HELP = (
     "The query written as an image of text (dark on white, at the model's input size); value = the "
@@ -297,27 +299,48 @@ async def zero_shot_units(
     return await run_in_threadpool(rank)
 
 
+async def query_nulls(
+    caches: SearchCaches, runner: LiveRunner, prepared: Prepared, text: str
+) -> dict[str, Any]:
+    """``layer -> NullModel`` for ``text``: the prepared null of bare words for a single word; for a
+    phrase, the null words put in its frame (:func:`app.neurons.calibration.null_frame`), encoded
+    once per frame and cached."""
+    from app.neurons.calibration import fit_null, framed, null_frame, null_words
+
+    frame = null_frame(text)
+    if frame is None:
+        return prepared.nulls
+    key = ("null", runner.slug, prepared.key, frame)
+    cached = caches.lru.get(key)
+    if cached is None:
+        emb = await runner.encode_texts(framed(frame, null_words()))
+        cached = {name: fit_null((emb @ d.directions.T) * d.scale) for name, d in prepared.directions.items()}
+        caches.lru.put(key, cached)
+    return cached
+
+
 def calibrate(
     runner: LiveRunner,
     prepared: Prepared,
+    nulls: dict[str, Any],
     embedding: np.ndarray,
     zero_layers: list[dict[str, Any]],
     text: str,
 ) -> dict[str, Any]:
-    """Issue 16: each zero-shot unit's z against the null words, the query's confidence (share of
-    null words whose best z is lower: a unit whose direction is long scores high for every text, so
-    raw scores are not compared), out-of-vocabulary words; warnings say so."""
-    from app.neurons.calibration import CONFIDENT, out_of_vocabulary
+    """Issue 16: each zero-shot unit's z against the null words (``nulls``: :func:`query_nulls`),
+    the query's confidence (share of null words whose best z is lower: a unit whose direction is
+    long scores high for every text, so raw scores are not compared), out-of-vocabulary words;
+    warnings say so."""
+    from app.neurons.calibration import CONFIDENT, null_frame, out_of_vocabulary
 
-    dirs, nulls = prepared.directions, prepared.nulls
+    dirs = prepared.directions
     confidences = []
     for layer in zero_layers:
         null = nulls.get(layer["name"])
         if null is None:
             continue
         d = dirs[layer["name"]]
-        best_z = float(np.max(null.z((d.directions @ embedding) * d.scale)))
-        layer["confidence"] = round(null.confidence(best_z), 4)
+        layer["confidence"] = round(null.query_confidence((d.directions @ embedding) * d.scale), 4)
         confidences.append(layer["confidence"])
         for n in layer["neurons"]:
             n["z"] = round(float(null.z(np.float32(n["score"]))[n["unit"]]), 3)
@@ -330,12 +353,15 @@ def calibrate(
             + ", ".join(f"“{w}”" for w in oov)
             + " is split into pieces, so the results below are about the pieces, not a concept."
         )
+    frame = null_frame(text)
     if confidence is not None and confidence < CONFIDENT:
+        against = f"“{frame} …” with ordinary words nobody asked for in its last place" if frame else (
+            "ordinary words nobody asked for")
         warnings.append(
             f"Low confidence: the best neuron's z beats the best z of only {confidence:.0%} of "
-            "ordinary words nobody asked for (the null); these results may mean nothing."
+            f"{against} (the null); these results may mean nothing."
         )
-    return {"confidence": confidence, "out_of_vocabulary": oov, "warnings": warnings}
+    return {"confidence": confidence, "out_of_vocabulary": oov, "null_frame": frame, "warnings": warnings}
 
 
 def reading_ranking(
@@ -392,7 +418,8 @@ async def search(
         reading_activations(caches, runner, query.text, analysis.scale_selector(ctx, moments, N_READING)),
     )
     zero_layers = await zero_shot_units(runner, prepared, query.text, embedding)
-    calibration = calibrate(runner, prepared, embedding, zero_layers, query.text)
+    nulls = await query_nulls(caches, runner, prepared, query.text)
+    calibration = calibrate(runner, prepared, nulls, embedding, zero_layers, query.text)
     return Results(
         query,
         embedding,

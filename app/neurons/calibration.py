@@ -11,6 +11,10 @@ words of frequency ranks 10,000–30,000, every ``k``-th, the demo's concept wor
   ranked by evidence (:mod:`app.neurons.concept_search`), else by the direction score.
 * **Recipes**: the fit of the query is compared with the fits of the null words; a fit no
   better than the null's 95th percentile is refused.
+* **Phrases**: the null of a phrase keeps its frame, every word but the last, and puts each
+  null word in the last place (:func:`null_frame`): "a photo of a dog" is compared with "a photo of
+  a kettle", "a photo of a sprint"…, not with bare words (a frame the model knows, "a photo of a",
+  scores high whatever follows it; against bare words "a photo of a dog" looked confident).
 * **Out of vocabulary**: a query word the tokenizer splits into several pieces ("xqzvbl") is not
   a word the text tower has seen as such; the page says so.
 """
@@ -27,7 +31,9 @@ N_NULL = 256
 CONFIDENT = 0.99
 """A query is confident when its best z beats this share of the null words. Measured on the demo
 index: every concept word 1.00; "redd" 0.97, "zzzz" 0.98, "the" 0.67, "bicycle" 0.38 (with the
-best raw score instead, as before, "circle" 0.88 and "cross" 0.94 were flagged as doubtful)."""
+best raw score instead, as before, "circle" 0.88 and "cross" 0.94 were flagged as doubtful). Phrases
+against their framed null: "a photo of a red star" and "the word blue" 1.00, "a photo of a dog" 0.57,
+"a photo of a cat" 0.23, "an apple" 0.27 (each 1.00 against bare words)."""
 
 
 def null_words(n: int = N_NULL, exclude: Sequence[str] = ()) -> list[str]:
@@ -39,6 +45,18 @@ def null_words(n: int = N_NULL, exclude: Sequence[str] = ()) -> list[str]:
     pool = [w for w in pool if w.lower() not in skip]
     step = max(1, len(pool) // n)
     return pool[::step][:n]
+
+
+def null_frame(text: str) -> str | None:
+    """The frame of a phrase for its null: every word but the last ("a photo of a dog" → "a photo
+    of a"); ``None`` for a single word (its null is the bare null words)."""
+    words = text.split()
+    return " ".join(words[:-1]) if len(words) > 1 else None
+
+
+def framed(frame: str | None, words: Sequence[str]) -> list[str]:
+    """``words`` put in the last place of ``frame`` (unchanged without a frame)."""
+    return [f"{frame} {w}" for w in words] if frame else list(words)
 
 
 @dataclass
@@ -55,6 +73,10 @@ class NullModel:
     def confidence(self, best_z: float) -> float:
         """Share of null words whose best z is below ``best_z``."""
         return float((self.best_z < best_z).mean()) if len(self.best_z) else float("nan")
+
+    def query_confidence(self, scores: np.ndarray) -> float:
+        """The confidence of a query whose scores over the layer's units are ``scores``."""
+        return self.confidence(float(np.max(self.z(scores))))
 
 
 def fit_null(null_scores: np.ndarray) -> NullModel:
