@@ -96,10 +96,20 @@ def check(spec: dict[str, Any], url: str, status: int, body: Any, method: str = 
         assert not problems, f"{method.upper()} {url} ({route}): " + "\n".join(problems[:30])
 
 
+def revive(value: Any) -> Any:
+    """The golden with its host-dependent placeholders (``"<float>"``, ``"<int>"``: see
+    ``tests/test_golden_json.VOLATILE``) turned back into values of their type."""
+    if isinstance(value, dict):
+        return {k: revive(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [revive(v) for v in value]
+    return {"<float>": 0.5, "<int>": 1}.get(value, value) if isinstance(value, str) else value
+
+
 @pytest.mark.parametrize("name", sorted(REQUESTS))
 def test_golden_twin_fits_its_declared_schema(spec: dict[str, Any], name: str) -> None:
     golden = json.loads((GOLDEN / f"{name}.json").read_text())
-    check(spec, golden["request"], golden["status"], golden["body"])
+    check(spec, golden["request"], golden["status"], revive(golden["body"]))
 
 
 def test_the_check_can_fail() -> None:

@@ -12,8 +12,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from app.db import from_bytes, queries, units
+from app.db.multimodal import unit_scales
 from app.db.schema import Blob, ConceptProfile, Layer, Model, Neuron, NeuronWord
 from app.db.units import UnitSummary, unit_summaries  # noqa: F401 - the one unit-summary function, re-exported
+from app.neurons.scale import percentile_of
 
 
 def top_words(session: Session, layer: Layer, unit: int, limit: int = 6) -> list[tuple[str, float]]:
@@ -88,12 +90,30 @@ class MultimodalUnit:
     word_d: float | None
     correlation: float | None
     champion: bool = False  # the most multimodal unit of its concept
+    strength: float | None = None  # champions: min percentile of its concept's word and pictures
+
+
+def multimodal_strength(
+    profile: Profile | None, concept: str | None, unit: int, sample: np.ndarray | None
+) -> float | None:
+    """How strongly a unit's concept drives it on its own scale: the smaller of the percentiles, in
+    the unit's activation sample, of its mean response to the concept's word (the profile's
+    renderings) and to the concept's pictures (``None`` where either is unknown)."""
+    if profile is None or concept not in profile.concepts or sample is None:
+        return None
+    i = profile.concepts.index(concept)
+    word, pictures = float(profile.word_values[i, unit]), float(profile.image_means[i, unit])
+    if not (np.isfinite(word) and np.isfinite(pictures)):
+        return None
+    word_pct, pictures_pct = percentile_of(sample, word), percentile_of(sample, pictures)
+    return None if word_pct is None or pictures_pct is None else min(word_pct, pictures_pct)
 
 
 def multimodal_ranking(session: Session, layer: Layer) -> list[MultimodalUnit]:
-    """The layer's scored units, best first: the most multimodal unit of each concept (by score),
-    then every other unit by score. One concept cannot fill the top of the list with near
-    copies of the same unit; the top shows one unit per concept that has one."""
+    """The layer's scored units: first the most multimodal unit of each concept (highest score),
+    strongest first (:func:`multimodal_strength`: a unit that prefers its concept to the others
+    but is hardly excited by it comes late), then every other unit by score. One concept cannot
+    fill the top of the list with near copies of the same unit."""
     from app.db.schema import UnitMultimodality
 
     rows = [
@@ -110,4 +130,11 @@ def multimodal_ranking(session: Session, layer: Layer) -> list[MultimodalUnit]:
         if r.concept not in seen:
             seen.add(r.concept)
             r.champion = True
-    return [r for r in rows if r.champion] + [r for r in rows if not r.champion]
+    champions = [r for r in rows if r.champion]
+    profile = concept_profile(session, layer)
+    scales = unit_scales(session, layer, {r.unit: r.neuron_id for r in champions}) if profile else {}
+    for r in champions:
+        scale = scales.get(r.unit)
+        r.strength = multimodal_strength(profile, r.concept, r.unit, scale.sample if scale else None)
+    champions.sort(key=lambda r: (r.strength is None, -(r.strength or 0.0), -r.score, r.unit))
+    return champions + [r for r in rows if not r.champion]

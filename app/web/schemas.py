@@ -321,6 +321,7 @@ SEARCH = obj(
         "explain": obj({"zero_shot": STR, "reading": STR, "confidence": STR}, ["zero_shot", "reading"]),
         "confidence": N_NUM,
         "out_of_vocabulary": array(STR),
+        "null_frame": N_STR,
         "warnings": array(STR),
     },
     ["query", "model", "used_query", "truncated", "note", "zero_shot", "reading", "recipe", "preparing",
@@ -386,8 +387,8 @@ MULTIMODAL = obj(
      "explain": STR,
      "neurons": array(obj({
          "unit": INT, "url": URL, "multimodality": N_NUM, "concept": N_STR, "picture_d": N_NUM,
-         "word_d": N_NUM, "correlation": N_NUM, "champion": BOOL, "label": N_STR, "label_source": N_STR,
-         "photos": array(EVIDENCE_IMAGE),
+         "word_d": N_NUM, "correlation": N_NUM, "champion": BOOL, "strength": N_NUM, "label": N_STR,
+         "label_source": N_STR, "photos": array(EVIDENCE_IMAGE),
          "concept_words": array(obj({"word": STR, "value": NUM, **PLACE, "thumb": N_URL})),
          "concept_word": nullable(obj({"value": NUM, **PLACE})),
          "concept_pictures": nullable(obj({"value": NUM, **PLACE})),

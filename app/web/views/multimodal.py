@@ -38,8 +38,12 @@ EXPLAIN = (
     "score = the smaller of two d′ for the same concept: how far, in the unit's own standard "
     "deviations, it responds more to pictures of the concept than to pictures of other concepts "
     "(d′ pictures), and more to the concept's word printed on a plain background than to the "
-    "other words (d′ words); the most multimodal unit of each concept comes first, dead units are "
-    "left out, and r is the older correlation of the two preferences across concepts"
+    "other words (d′ words). The most multimodal unit of each concept (highest score) comes first, "
+    "strongest first: strength = the smaller of the percentiles, in the unit's own dataset "
+    "distribution, of its responses to the concept's word and to its pictures, so a unit that "
+    "prefers its concept to the others but is hardly excited by it comes late; then the other "
+    "units by score. Dead units are left out, and r is the older correlation of the two "
+    "preferences across concepts"
 )
 
 
@@ -144,6 +148,7 @@ def multimodal_data(
                 "word_d": mmu.word_d,
                 "correlation": mmu.correlation,
                 "champion": mmu.champion,
+                "strength": None if mmu.strength is None else round(mmu.strength, 1),
                 "label": s.label if s else None,
                 "label_source": s.label_source if s else None,
                 "photos": _evidence(urls, photos, scale),
