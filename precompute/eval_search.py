@@ -14,7 +14,9 @@ and, measured in the same run as the baseline, the same figures for the directio
 vocabulary (``nonsense flagged: K of M``), and the page's confidence against the null
 (:mod:`app.neurons.calibration`, phrases against their framed null) for phrases of the demo world
 ("a photo of a red star") and of things it never saw ("a photo of a dog"): ``world phrases
-confident: A of N`` and ``out-of-world phrases flagged: B of M``.
+confident: A of N`` and ``out-of-world phrases flagged: B of M``; and the concept recipes the page
+offers (:func:`app.live.search.recipe_fit`: fit better than the null words' 95th percentile):
+``concept recipes fitted: C of N`` and ``nonsense recipes refused: D of M``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,17 @@ from app.db.schema import Model
 from app.live import search as live
 from app.models import DEMO_WEIGHTS, ModelSpec, load_model
 from app.neurons import zeroshot
-from app.neurons.calibration import CONFIDENT, fit_null, framed, null_frame, null_words, out_of_vocabulary
+from app.neurons.calibration import (
+    CONFIDENT,
+    fit_null,
+    framed,
+    null_frame,
+    null_words,
+    out_of_vocabulary,
+    recipe_null,
+    recipe_refused,
+)
+from app.neurons.recipes import fit_recipe
 
 MODEL_CARD = DEMO_WEIGHTS.parent / "MODEL_CARD.md"
 NONSENSE = ("xqzvbl", "zzqxj", "vbnkqw", "qwfpgj")
@@ -66,6 +78,11 @@ class SearchEval:
     nonsense_flagged: int = 0
     nonsense: int = 0
     confidence: dict[str, float] = field(default_factory=dict)  # phrase -> confidence vs its null
+    recipe_fit: dict[str, float] = field(default_factory=dict)  # concept word or nonsense -> fit
+    recipe_null: dict[str, float] = field(default_factory=dict)  # median, p95, n
+
+    def refused(self, words: tuple[str, ...] | list[str]) -> int:
+        return sum(recipe_refused(self.recipe_fit[w], self.recipe_null) for w in words)
 
     def confident(self, phrases: tuple[str, ...]) -> int:
         return sum(self.confidence[p] >= CONFIDENT for p in phrases)
@@ -129,6 +146,11 @@ def evaluate(url: str, slug: str | None = None, best: dict[str, int] | None = No
             nulls[frame] = fit_null((emb @ directions.directions.T) * directions.scale)
         scores = (directions.directions @ zeroshot.encode_texts(loaded, [phrase])[0]) * directions.scale
         out.confidence[phrase] = nulls[frame].query_confidence(scores)
+    recipe_layer = next(iter(dirs.values())).directions  # the page's recipe layer
+    out.recipe_null = recipe_null([fit_recipe(e, recipe_layer).cosine
+                                   for e in zeroshot.encode_texts(loaded, null_words())])  # fmt: skip
+    for word in (*best, *NONSENSE):
+        out.recipe_fit[word] = fit_recipe(zeroshot.encode_texts(loaded, [word])[0], recipe_layer).cosine
     return out
 
 
@@ -149,6 +171,12 @@ def format_report(r: SearchEval) -> str:
     lines.append(f"world phrases confident: {r.confident(WORLD_PHRASES)} of {len(WORLD_PHRASES)}")
     lines.append(f"out-of-world phrases flagged: {len(OUT_OF_WORLD) - r.confident(OUT_OF_WORLD)} of "
                  f"{len(OUT_OF_WORLD)}")  # fmt: skip
+    lines.append(f"recipe fits (null: median {r.recipe_null['median']:.3f}, 95th percentile "
+                 f"{r.recipe_null['p95']:.3f} over {r.recipe_null['n']} words)")  # fmt: skip
+    lines += [f"  {w:<10} {fit:.3f}{'  refused' if recipe_refused(fit, r.recipe_null) else ''}"
+              for w, fit in r.recipe_fit.items()]  # fmt: skip
+    lines.append(f"concept recipes fitted: {n - r.refused(list(r.ranks))} of {n}")
+    lines.append(f"nonsense recipes refused: {r.refused(NONSENSE)} of {len(NONSENSE)}")
     for top in TOPS:
         lines.append(f"search top-{top} hits: {r.hits(top)} of {n}")
     return "\n".join(lines)

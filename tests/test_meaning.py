@@ -204,20 +204,22 @@ def test_recipe_recovers_a_sparse_nonnegative_mix() -> None:
 
 @pytest.mark.slow
 @needs_weights
-def test_recipes_lead_with_the_concepts_own_neurons(demo_loaded, tmp_path_factory) -> None:
-    """For most of the 14 demo concepts (at least 8), the recipe of the concept's name leads with
-    one of its own neurons (auto label = the concept, or its eval-demo multimodal neuron); by chance
-    about 1 in 14 each. Measured on the shipped weights: 9 of 14 on this index (demo:1000), 10 of 14
-    on the demo build's (demo:2000); red leads with a pink-labelled unit, purple with a square one,
-    pink and heart with circle ones. The test before these weights asked this of "red" alone.
-    Since the labels are chosen within comparison pools (issue 16), labels agree with ground truth
-    where the old ones did not (green, purple, star and heart lead with units whose most selective
-    concept, on held-out renderings, is another one: 7 of 14 by label); a unit selective for the
-    concept on held-out renderings (ground-truth d′ ≥ 1.5 in pictures or as a word, the way
-    eval-labels measures it) is its own neuron too: 9 of 14 measured."""
+def test_recipes_fit_the_concepts_with_their_own_neurons(demo_loaded, tmp_path_factory) -> None:
+    """The page's recipe of each demo concept word (uncentred, as /search fits it): better than
+    the null words' fits for most concepts (at least 10 of 14), refused for nonsense (at least 3 of
+    4), and for most concepts (at least 9 of 14) one of its first three terms is one of the
+    concept's own neurons (auto label = the concept, its eval-demo multimodal neuron, or a unit
+    selective for it on held-out renderings: ground-truth d′ ≥ 1.5 in pictures or as a word, the
+    way eval-labels measures it); by chance about 3 in 14 each. On the demo build's index
+    (`eval-search`): 12 of 14 fitted, 4 of 4 nonsense refused. Without centring, the first term is
+    often a unit every word drives (the text part all words share), so the own neuron is asked of
+    the first three; centred on the vocabulary, it led for 8 of 14, but 7 of 14 concept words then
+    fitted no better than the null and "xqzvbl" did."""
     from app.neurons import zeroshot
+    from app.neurons.calibration import null_words, recipe_null, recipe_refused
     from precompute import demo_world
     from precompute.eval_labels import SELECTIVE, ground_truth_dprimes
+    from precompute.eval_search import NONSENSE
 
     url = trained_db(demo_loaded, tmp_path_factory.mktemp("trained"))
     with _session(url) as s:
@@ -234,21 +236,27 @@ def test_recipes_lead_with_the_concepts_own_neurons(demo_loaded, tmp_path_factor
     concepts = list(demo_world.CONCEPTS)
     candidates, dprimes = ground_truth_dprimes(demo_loaded, [layer.name], n_per_class=20)
     truth = dprimes[layer.name]  # (candidates, units): pictures, then written words
-    queries = zeroshot.encode_texts(demo_loaded, concepts)
-    centre = queries.mean(0)
+    null_emb = zeroshot.encode_texts(demo_loaded, null_words())
+    null = recipe_null([fit_recipe(e, directions).cosine for e in null_emb])
     named = named_multimodal_neurons()
-    leads = {}
-    for concept, query in zip(concepts, queries, strict=True):
-        recipe = fit_recipe(query, directions, centre=centre)
-        assert recipe.cosine > 0.5, (concept, recipe)
-        first = recipe.terms[0].unit
+
+    def own(concept: str, unit: int) -> bool:
         # issue 16: an automatic label names the concept's pictures ("red") or its written word
-        # ("red (text)"); either is the concept's own neuron
-        label = (top_label.get(first) or "").removesuffix(mm.TEXT_SUFFIX)
-        selective = max(truth[candidates.index(concept), first],
-                        truth[candidates.index(concept + mm.TEXT_SUFFIX), first]) >= SELECTIVE  # fmt: skip
-        leads[concept] = label == concept or named.get(concept) == first or bool(selective)
-    assert sum(leads.values()) >= 8, str(leads)
+        label = (top_label.get(unit) or "").removesuffix(mm.TEXT_SUFFIX)
+        selective = max(truth[candidates.index(concept), unit],
+                        truth[candidates.index(concept + mm.TEXT_SUFFIX), unit]) >= SELECTIVE  # fmt: skip
+        return label == concept or named.get(concept) == unit or bool(selective)
+
+    fitted, owned = {}, {}
+    for concept, query in zip(concepts, zeroshot.encode_texts(demo_loaded, concepts), strict=True):
+        recipe = fit_recipe(query, directions)
+        fitted[concept] = not recipe_refused(recipe.cosine, null)
+        owned[concept] = any(own(concept, t.unit) for t in recipe.terms[:3])
+    nonsense = [recipe_refused(fit_recipe(q, directions).cosine, null)
+                for q in zeroshot.encode_texts(demo_loaded, list(NONSENSE))]  # fmt: skip
+    assert sum(fitted.values()) >= 10, (fitted, null)
+    assert sum(nonsense) >= 3, (nonsense, null)
+    assert sum(owned.values()) >= 9, owned
 
 
 def test_search_page_shows_the_recipe(labelled, demo_loaded, tmp_path) -> None:
@@ -262,7 +270,7 @@ def test_search_page_shows_the_recipe(labelled, demo_loaded, tmp_path) -> None:
             data = http.get("/search.json", params={"q": "red"}).json()
             page = http.get("/search", params={"q": "red"}).text
     recipe = data["recipe"]
-    assert 0 < recipe["cosine"] <= 1 and recipe["centred"]
+    assert 0 < recipe["cosine"] <= 1 and not recipe["centred"]
     assert 'id="recipe"' in page and "null fit" in page
     if recipe["refused"]:  # issue 16: no better than ordinary words -> no recipe, said so
         assert recipe["terms"] == [] and recipe["cosine"] <= recipe["null"]["p95"]
@@ -317,12 +325,14 @@ def test_atlas_page_places_every_neuron_with_label_and_link(client) -> None:
 def test_multimodal_view_lists_top_neurons_with_photo_and_text_evidence(client) -> None:
     data = client.get("/models/demo/multimodal.json", params={"n": 5}).json()
     assert data["layer"]["name"] == "layer4.5" and len(data["neurons"]) == 5
-    # the most multimodal unit of each concept first (by score), then the rest by score
+    # the most multimodal unit of each concept first (strongest on its own scale first), then the
+    # rest by score
     champions = [n for n in data["neurons"] if n["champion"]]
     assert data["neurons"][: len(champions)] == champions
-    for part in (champions, data["neurons"][len(champions) :]):
-        scores = [n["multimodality"] for n in part]
-        assert scores == sorted(scores, reverse=True)
+    strengths = [n["strength"] for n in champions]
+    assert None not in strengths and strengths == sorted(strengths, reverse=True)
+    scores = [n["multimodality"] for n in data["neurons"][len(champions) :]]
+    assert scores == sorted(scores, reverse=True)
     assert len({n["concept"] for n in champions}) == len(champions)
     for n in data["neurons"]:
         assert n["url"].endswith(f"/neurons/{n['unit']}")

@@ -21,6 +21,7 @@ from app.db.schema import Direction, Layer, Model, Neuron
 from app.models import DEMO_WEIGHTS
 from app.neurons import activations as core
 from app.neurons import zeroshot
+from app.neurons.calibration import N_NULL
 from app.neurons.render import render_text
 from tests.live_support import copy_db, live_server
 
@@ -178,7 +179,7 @@ def test_search_knows_when_it_does_not_know(http: httpx.Client) -> None:
     )
     assert all(isinstance(n["z"], float) for n in layer["neurons"])
     recipe = red["recipe"]
-    assert recipe["null"]["n"] == 64 and recipe["null"]["median"] <= recipe["null"]["p95"]
+    assert recipe["null"]["n"] == N_NULL and recipe["null"]["median"] <= recipe["null"]["p95"]
     assert recipe["refused"] == (recipe["cosine"] <= recipe["null"]["p95"])
     assert (recipe["terms"] == []) == recipe["refused"]
 

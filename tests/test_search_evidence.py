@@ -131,6 +131,11 @@ def test_eval_search_prints_its_figures(url: str, demo_loaded) -> None:
     assert f"world phrases confident: {result.confident(eval_search.WORLD_PHRASES)} of 6" in report
     flagged = 6 - result.confident(eval_search.OUT_OF_WORLD)
     assert f"out-of-world phrases flagged: {flagged} of 6" in report
+    assert set(result.recipe_fit) == {*CONCEPTS, *eval_search.NONSENSE} and result.recipe_null["n"] == 256
+    fitted = sum(result.recipe_fit[c] > result.recipe_null["p95"] for c in CONCEPTS)
+    assert f"concept recipes fitted: {fitted} of 14" in report
+    refused = sum(result.recipe_fit[w] <= result.recipe_null["p95"] for w in eval_search.NONSENSE)
+    assert f"nonsense recipes refused: {refused} of 4" in report
     out = io.StringIO()
     with redirect_stdout(out):
         assert eval_search.main(["--db", url, "--threads", "1"]) == 0
@@ -144,6 +149,7 @@ def test_a_phrase_is_compared_with_its_framed_null(http: httpx.Client, url: str,
     from app.db import search as search_db
     from app.db.schema import Model
     from app.neurons.calibration import CONFIDENT, fit_null, null_words
+    from app.neurons.recipes import fit_recipe
 
     with session_factory(make_engine(url, create=False))() as s:
         dirs = search_db.layer_directions(s, s.scalar(select(Model.id)))
@@ -159,6 +165,10 @@ def test_a_phrase_is_compared_with_its_framed_null(http: httpx.Client, url: str,
             z = ((d.directions @ emb) * d.scale - null.mean) / null.std
             want = float((null.best_z < z.max()).mean())
             assert layer["confidence"] == pytest.approx(want, abs=2e-3), (query, layer["name"])
+        # the recipe's null is framed the same way (the first layer of directions, uncentred)
+        recipe_layer = dirs[next(iter(dirs))].directions
+        fits = [fit_recipe(e, recipe_layer).cosine for e in null_emb]
+        assert data["recipe"]["null"]["p95"] == pytest.approx(float(np.quantile(fits, 0.95)), abs=2e-4)
         low = data["confidence"] < CONFIDENT
         assert low == any("Low confidence" in w for w in data["warnings"])
         if low and frame:

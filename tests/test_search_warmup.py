@@ -18,6 +18,7 @@ import pytest
 from app.config import Settings
 from app.live import search_prep
 from app.live.runner import LiveRunner
+from app.neurons.calibration import N_NULL
 from app.web.app import create_app
 from tests.csrf_support import csrf_client
 from tests.live_support import copy_db, encode, gradient_rgb, live_server, make_runner, thread_server
@@ -74,7 +75,8 @@ def test_startup_warm_up_prepares_search_before_the_first_request(db_url, demo_l
             first = time.monotonic() - started
         assert response.status_code == 200, response.text
         data = response.json()
-        assert data["preparing"] is None and data["zero_shot"]["layers"] and data["recipe"]["null"]["n"] == 64
+        assert data["preparing"] is None and data["zero_shot"]["layers"]
+        assert data["recipe"]["null"]["n"] == N_NULL
         # the first search did only its own model work (query embedding, rendered query, written
         # responses), none of the preparation's (>= 10 steps of 32 words); no second preparation
         assert runner.stats.jobs - before <= 3, runner.stats.jobs - before

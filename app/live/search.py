@@ -299,24 +299,71 @@ async def zero_shot_units(
     return await run_in_threadpool(rank)
 
 
-async def query_nulls(
-    caches: SearchCaches, runner: LiveRunner, prepared: Prepared, text: str
-) -> dict[str, Any]:
-    """``layer -> NullModel`` for ``text``: the prepared null of bare words for a single word; for a
-    phrase, the null words put in its frame (:func:`app.neurons.calibration.null_frame`), encoded
-    once per frame and cached."""
+@dataclass
+class QueryNull:
+    """The null a query is compared with: the null words alone for a single word, put in the
+    phrase's frame for a phrase (:func:`app.neurons.calibration.null_frame`)."""
+
+    frame: str | None
+    units: dict[str, Any]  # layer -> NullModel of the zero-shot scores
+    recipe: dict[str, float]  # the null words' recipe fits (median, p95, n)
+
+
+async def query_nulls(caches: SearchCaches, runner: LiveRunner, prepared: Prepared, text: str) -> QueryNull:
+    """The :class:`QueryNull` of ``text``: prepared for single words; for a phrase, the null words
+    put in its frame, encoded and fitted once per frame and cached."""
     from app.neurons.calibration import fit_null, framed, null_frame, null_words
 
     frame = null_frame(text)
     if frame is None:
-        return prepared.nulls
+        return QueryNull(None, prepared.nulls, prepared.recipe_null)
     key = ("null", runner.slug, prepared.key, frame)
     cached = caches.lru.get(key)
     if cached is None:
         emb = await runner.encode_texts(framed(frame, null_words()))
-        cached = {name: fit_null((emb @ d.directions.T) * d.scale) for name, d in prepared.directions.items()}
+
+        def fit() -> QueryNull:
+            dirs = prepared.directions
+            units = {name: fit_null((emb @ d.directions.T) * d.scale) for name, d in dirs.items()}
+            return QueryNull(frame, units, recipe_null_of(prepared, emb))
+
+        cached = await run_in_threadpool(fit)
         caches.lru.put(key, cached)
     return cached
+
+
+def recipe_null_of(prepared: Prepared, null_emb: np.ndarray) -> dict[str, float]:
+    """The recipe fits of the null embeddings ``null_emb`` over the recipe's layer (median, p95, n)."""
+    from app.neurons.calibration import recipe_null
+    from app.neurons.recipes import fit_recipe
+
+    if not prepared.directions:
+        return recipe_null([])
+    matrix = next(iter(prepared.directions.values())).directions
+    return recipe_null([fit_recipe(e, matrix).cosine for e in null_emb])
+
+
+@dataclass
+class RecipeFit:
+    """The query's recipe over the recipe's layer, its null and whether it is refused."""
+
+    layer: str
+    recipe: Any  # app.neurons.recipes.Recipe
+    null: dict[str, float]
+    refused: bool
+
+
+def recipe_fit(prepared: Prepared, embedding: np.ndarray, null: dict[str, float]) -> RecipeFit | None:
+    """The query's recipe over the first last-block layer (``None`` without directions); refused
+    when its fit is no better than the null's 95th percentile."""
+    from app.neurons.calibration import recipe_refused
+    from app.neurons.recipes import fit_recipe
+
+    if not prepared.directions:
+        return None
+    layer_name, layer = next(iter(prepared.directions.items()))
+    recipe = fit_recipe(embedding, layer.directions)
+    return RecipeFit(layer_name, recipe, null, recipe_refused(recipe.cosine, null))
 
 
 def calibrate(
@@ -396,6 +443,7 @@ class Results:
     reading: list[dict[str, Any]]
     image: str
     calibration: dict[str, Any]
+    recipe: RecipeFit | None
 
 
 async def search(
@@ -418,8 +466,9 @@ async def search(
         reading_activations(caches, runner, query.text, analysis.scale_selector(ctx, moments, N_READING)),
     )
     zero_layers = await zero_shot_units(runner, prepared, query.text, embedding)
-    nulls = await query_nulls(caches, runner, prepared, query.text)
-    calibration = calibrate(runner, prepared, nulls, embedding, zero_layers, query.text)
+    null = await query_nulls(caches, runner, prepared, query.text)
+    calibration = calibrate(runner, prepared, null.units, embedding, zero_layers, query.text)
+    recipe = await run_in_threadpool(recipe_fit, prepared, embedding, null.recipe)
     return Results(
         query,
         embedding,
@@ -428,4 +477,5 @@ async def search(
         reading_ranking(ctx, acts, moments, sort),
         image_uri,
         calibration,
+        recipe,
     )

@@ -5,7 +5,7 @@ Before ``/search`` can answer for a model it needs, per model and search data ke
 
 * the last-block unit directions and unit stds (read from the index);
 * the null: 256 ordinary words encoded by the live model, fitted per layer
-  (:func:`app.neurons.calibration.fit_null`), and the recipe's null (64 words' recipe fits);
+  (:func:`app.neurons.calibration.fit_null`), and the recipe's null (the same words' recipe fits);
 * the evidence inputs (:mod:`app.neurons.concept_search`): the concept profiles, the label
   vocabulary's text embeddings and the activation sample's image embeddings.
 
@@ -58,7 +58,6 @@ STEP_TIMEOUT_S = 600.0  # how long one step may wait for its turn on a busy runn
 MAX_WAIT_S = 10.0  # a search waits for a preparation expected to finish within this
 UNKNOWN_WAIT_S = 1.0  # ... and this long for one that has no estimate yet (no step done)
 RETRY_FAILED_S = 10.0  # a failed preparation is started again by a search after this
-N_NULL_RECIPES = 64
 
 
 @dataclass
@@ -71,8 +70,7 @@ class Prepared:
     vocab_emb: dict[str, np.ndarray]  # layer -> (concepts, D) text embeddings of its vocabulary
     image_emb: dict[int, np.ndarray]  # sample image id -> (D,) image embedding
     nulls: dict[str, Any]  # layer -> NullModel (app.neurons.calibration)
-    recipe_centre: np.ndarray | None  # mean text embedding of the label vocabulary
-    recipe_null: dict[str, float]  # the recipe fits of N_NULL_RECIPES null words (median, p95, n)
+    recipe_null: dict[str, float]  # the recipe fits of the null words (median, p95, n)
     seconds: float = 0.0
 
 
@@ -325,7 +323,7 @@ class Preparations:
 
     async def _compute(self, job: Preparation, ctx: ModelContext) -> Prepared:
         from app.neurons.calibration import fit_null, null_words, recipe_null
-        from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
+        from app.neurons.recipes import fit_recipe
 
         started = time.monotonic()
 
@@ -338,11 +336,11 @@ class Preparations:
                 )
 
         dirs, layers, vocabulary = await run_in_threadpool(load)
-        nulls_words, recipe_words = null_words(), null_words(N_NULL_RECIPES)
-        texts = list(dict.fromkeys([*nulls_words, *recipe_words, *vocabulary,
+        nulls_words = null_words()
+        texts = list(dict.fromkeys([*nulls_words, *vocabulary,
                                     *(c for layer in layers.values() for c in layer.concepts)]))  # fmt: skip
         ids = sorted({i for layer in layers.values() for i in layer.image_ids})
-        n_fits = len(recipe_words) if dirs else 0  # the recipe null's fits (CPU, counted as steps)
+        n_fits = len(nulls_words) if dirs else 0  # the recipe null's fits (CPU, counted as steps)
         job.total = len(texts) + len(ids) + n_fits
         job.steps_started = time.monotonic()
         job.phase = "encoding words"
@@ -351,23 +349,22 @@ class Preparations:
         image_emb = await self._embed(job, ids)
         job.phase = "fitting the null"
 
-        def fit() -> tuple[dict[str, Any], np.ndarray | None, dict[str, float]]:
+        def fit() -> tuple[dict[str, Any], dict[str, float]]:
             null_emb = np.stack([emb[w] for w in nulls_words])
             nulls = {name: fit_null((null_emb @ d.directions.T) * d.scale) for name, d in dirs.items()}
-            centre = np.stack([emb[w] for w in vocabulary]).mean(0) if len(vocabulary) >= 2 else None
             fits: list[float] = []
             if dirs:
-                matrix = next(iter(dirs.values())).directions  # the recipe's layer (app.web.recipe)
-                for w in recipe_words:
-                    fits.append(fit_recipe(emb[w], matrix, max_terms=DEFAULT_TERMS, centre=centre).cosine)
+                matrix = next(iter(dirs.values())).directions  # the recipe's layer (live.search.recipe_fit)
+                for e in null_emb:
+                    fits.append(fit_recipe(e, matrix).cosine)
                     job.done += 1
-            return nulls, centre, recipe_null(fits)
+            return nulls, recipe_null(fits)
 
-        nulls, centre, recipe_fits = await run_in_threadpool(fit)
+        nulls, recipe_fits = await run_in_threadpool(fit)
         dim = next(iter(emb.values())).shape[0]
         vocab_emb = {
             name: np.stack([emb[c] for c in layer.concepts]) if layer.concepts else np.zeros((0, dim), "f4")
             for name, layer in layers.items()
         }
         seconds = time.monotonic() - started
-        return Prepared(job.key, dirs, layers, vocab_emb, image_emb, nulls, centre, recipe_fits, seconds)
+        return Prepared(job.key, dirs, layers, vocab_emb, image_emb, nulls, recipe_fits, seconds)

@@ -10,7 +10,11 @@ words of frequency ranks 10,000–30,000, every ``k``-th, the demo's concept wor
   share of null words whose own best z is below the query's best z (:data:`CONFIDENT`: 0.99). Units are
   ranked by evidence (:mod:`app.neurons.concept_search`), else by the direction score.
 * **Recipes**: the fit of the query is compared with the fits of the null words; a fit no
-  better than the null's 95th percentile is refused.
+  better than the null's 95th percentile is refused (:func:`recipe_refused`). The query is not
+  centred: centring on the mean of the label vocabulary took from the vocabulary's own words
+  what they share, so on the demo index 7 of 14 concept words were refused while "xqzvbl" fitted
+  (0.91 against red's 0.89); uncentred, 12 of 14 concept words fit better than the null and 7 of
+  8 nonsense strings do not.
 * **Phrases**: the null of a phrase keeps its frame, every word but the last, and puts each
   null word in the last place (:func:`null_frame`): "a photo of a dog" is compared with "a photo of
   a kettle", "a photo of a sprint"…, not with bare words (a frame the model knows, "a photo of a",
@@ -107,6 +111,11 @@ def out_of_vocabulary(tokenizer: Any, text: str) -> list[str]:
         if len(pieces) > 1:
             unknown.append(word)
     return unknown
+
+
+def recipe_refused(cosine: float, null: dict[str, float]) -> bool:
+    """A recipe is refused when its fit is no better than the null's 95th percentile."""
+    return bool(null["n"]) and cosine <= null["p95"]
 
 
 def recipe_null(fits: Sequence[float]) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """Concept recipes on the search page: the query as a sparse non-negative mix of neurons.
 
-:func:`search_recipe` is called by :mod:`app.web.views.search` with the query's text embedding
-and the model's prepared search data; ``templates/_partials/recipe.html`` draws the result
+:func:`search_recipe` is called by :mod:`app.web.views.search` with the recipe the live search
+fitted (:func:`app.live.search.recipe_fit`); ``templates/_partials/recipe.html`` draws the result
 (``data.recipe``). See :mod:`app.neurons.recipes` for the fit.
 """
 
@@ -9,21 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from app.db import search as search_db
-from app.live.search_prep import Prepared
-from app.neurons.recipes import DEFAULT_TERMS, fit_recipe
+from app.live.search import RecipeFit
+from app.neurons.recipes import DEFAULT_TERMS
 from app.web.urls import Urls
 
 EXPLAIN = (
-    "The query's text embedding, with the mean embedding of the label vocabulary subtracted, written as "
-    "a non-negative combination of at most {n} last-block neuron directions (greedy pursuit with a "
-    "non-negative least-squares refit; query and directions at unit length). fit = cosine between the "
-    "query and the combination. null = the same fit for ordinary words nobody asked for; a fit no "
-    "better than the null's 95th percentile is refused."
+    "The query's text embedding written as a non-negative combination of at most {n} last-block "
+    "neuron directions (greedy pursuit with a non-negative least-squares refit; query and directions "
+    "at unit length). fit = cosine between the query and the combination. null = the same fit for "
+    "ordinary words nobody asked for (for a phrase, those words in the phrase's last place); a fit "
+    "no better than the null's 95th percentile is refused."
 )
 
 
@@ -56,26 +55,20 @@ def _present(
     }
 
 
-async def search_recipe(
-    request: Request, slug: str, embedding: np.ndarray, prepared: Prepared
-) -> dict[str, Any] | None:
-    """The recipe of ``embedding`` over the model's last-block directions (``None``: no directions).
-    The vocabulary centre and the null words' fits come prepared (:mod:`app.live.search_prep`)."""
-    if not prepared.directions:
+async def search_recipe(request: Request, slug: str, fit: RecipeFit | None) -> dict[str, Any] | None:
+    """The search's recipe (:func:`app.live.search.recipe_fit`) for the page (``None``: no
+    directions); a refused recipe shows no terms and says why."""
+    if fit is None:
         return None
-    layer_name, layer = next(iter(prepared.directions.items()))
-    n_terms, centre, null = DEFAULT_TERMS, prepared.recipe_centre, prepared.recipe_null
-    recipe = await run_in_threadpool(
-        fit_recipe, embedding, layer.directions, max_terms=n_terms, centre=centre
-    )
-    out = await run_in_threadpool(_present, request, slug, layer_name, recipe, n_terms)
+    out = await run_in_threadpool(_present, request, slug, fit.layer, fit.recipe, DEFAULT_TERMS)
     if out is not None:
+        null = fit.null
         out["null"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in null.items()}
-        out["refused"] = bool(null["n"]) and recipe.cosine <= null["p95"]
-        if out["refused"]:
+        out["refused"] = fit.refused
+        if fit.refused:
             out["terms"] = []
             out["note"] = (
-                f"No recipe: the fit ({recipe.cosine:.2f}) is no better than the fit of ordinary words "
+                f"No recipe: the fit ({fit.recipe.cosine:.2f}) is no better than the fit of ordinary words "
                 f"nobody asked for (95th percentile {null['p95']:.2f} over {null['n']} words)."
             )
     return out

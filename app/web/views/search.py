@@ -113,7 +113,7 @@ async def search_data(
     data["used_query"], data["truncated"], data["note"] = query.text, query.truncated, query.note
     data.update(found.calibration)
     data["explain"]["confidence"] = live.CONFIDENCE_HELP
-    data["recipe"] = await search_recipe(request, ctx.slug, found.embedding, prepared)
+    data["recipe"] = await search_recipe(request, ctx.slug, found.recipe)
     await run_in_threadpool(_enrich, request, ctx, found.zero_shot, found.reading)
     data["zero_shot"] = (
         {"layers": found.zero_shot}
