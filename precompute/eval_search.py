@@ -11,8 +11,10 @@ direction score) and record the rank of that unit. Printed: the rank per concept
 
 and, measured in the same run as the baseline, the same figures for the direction score alone
 (``direction score top-5 hits``), how many nonsense strings the page flags as out of
-vocabulary (``nonsense flagged: K of M``), and the page's confidence against the null
-(:mod:`app.neurons.calibration`, phrases against their framed null) for phrases of the demo world
+vocabulary (``nonsense flagged: K of M``), the same search for the concept in a phrase
+(``phrase “the word …” top-5 hits``, ``phrase “a photo of a …” top-5 hits``), the page's
+confidence against the null (:mod:`app.neurons.calibration`, phrases against their framed null)
+for phrases of the demo world
 ("a photo of a red star") and of things it never saw ("a photo of a dog"): ``world phrases
 confident: A of N`` and ``out-of-world phrases flagged: B of M``; and the concept recipes the page
 offers (:func:`app.live.search.recipe_fit`: fit better than the null words' 95th percentile):
@@ -54,6 +56,7 @@ NONSENSE = ("xqzvbl", "zzqxj", "vbnkqw", "qwfpgj")
 TOPS = (1, 5, 20)
 WORLD_PHRASES = ("a photo of a red star", "the word blue", "a drawing of a heart", "a green square",
                  "a photo of a purple triangle", "the word circle")  # fmt: skip
+PHRASE_FRAMES = ("the word {}", "a photo of a {}")
 OUT_OF_WORLD = ("a photo of a dog", "a photo of a cat", "a photo of a bicycle", "an apple",
                 "the word kettle", "a drawing of a house")  # fmt: skip
 
@@ -78,6 +81,7 @@ class SearchEval:
     nonsense_flagged: int = 0
     nonsense: int = 0
     confidence: dict[str, float] = field(default_factory=dict)  # phrase -> confidence vs its null
+    phrase_ranks: dict[str, dict[str, int]] = field(default_factory=dict)  # frame -> concept -> rank
     recipe_fit: dict[str, float] = field(default_factory=dict)  # concept word or nonsense -> fit
     recipe_null: dict[str, float] = field(default_factory=dict)  # median, p95, n
 
@@ -125,17 +129,33 @@ def evaluate(url: str, slug: str | None = None, best: dict[str, int] | None = No
     images = live.image_matrix(le.image_ids, image_emb, loaded.embed_dim) if le is not None else None
     out = SearchEval(layer=name, best=dict(best))
     n_units = directions.directions.shape[0]
-    for concept, unit in best.items():
-        embedding = zeroshot.encode_texts(loaded, [concept])[0]
+    framed_vocab: dict[str | None, Any] = {None: vocab_emb}
+
+    def shown_for(query: str) -> tuple[np.ndarray, dict[str, Any]]:
+        """The query's embedding and its zero-shot results as /search ranks them (a phrase: the
+        vocabulary in its frame, its last word written alone)."""
+        embedding = zeroshot.encode_texts(loaded, [query])[0]
+        frame = null_frame(query)
+        slot = query.split()[-1] if frame else query
         ev = None
         if le is not None:
-            response = live.written_responses(loaded, [name], concept)[name]
-            ev = live.layer_evidence(concept, le, embedding, vocab_emb, images, response)
-        shown = live.rank_layer(name, directions, embedding, n_units, ev)
+            if frame not in framed_vocab:
+                framed_vocab[frame] = zeroshot.encode_texts(loaded, framed(frame, le.concepts))
+            response = live.written_responses(loaded, [name], slot)[name]
+            ev = live.layer_evidence(slot, le, embedding, framed_vocab[frame], images, response)
+        return embedding, live.rank_layer(name, directions, embedding, n_units, ev)
+
+    for concept, unit in best.items():
+        embedding, shown = shown_for(concept)
         out.ranking[concept] = shown["ranking"]
         out.ranks[concept] = _rank(np.array([n["unit"] for n in shown["neurons"]]), unit)
         plain = live.rank_layer(name, directions, embedding, n_units, None)
         out.direction_ranks[concept] = _rank(np.array([n["unit"] for n in plain["neurons"]]), unit)
+        for frame in PHRASE_FRAMES:
+            _, shown = shown_for(frame.format(concept))
+            out.phrase_ranks.setdefault(frame, {})[concept] = _rank(
+                np.array([n["unit"] for n in shown["neurons"]]), unit
+            )
     out.nonsense = len(NONSENSE)
     out.nonsense_flagged = sum(bool(out_of_vocabulary(loaded.tokenizer, w)) for w in NONSENSE)
     nulls: dict[str | None, Any] = {}
@@ -175,6 +195,8 @@ def format_report(r: SearchEval) -> str:
                  f"{r.recipe_null['p95']:.3f} over {r.recipe_null['n']} words)")  # fmt: skip
     lines += [f"  {w:<10} {fit:.3f}{'  refused' if recipe_refused(fit, r.recipe_null) else ''}"
               for w, fit in r.recipe_fit.items()]  # fmt: skip
+    for frame, ranks in r.phrase_ranks.items():
+        lines.append(f"phrase “{frame.format('…')}” top-5 hits: {sum(k <= 5 for k in ranks.values())} of {n}")
     lines.append(f"concept recipes fitted: {n - r.refused(list(r.ranks))} of {n}")
     lines.append(f"nonsense recipes refused: {r.refused(NONSENSE)} of {len(NONSENSE)}")
     for top in TOPS:

@@ -59,13 +59,16 @@ def expected_evidence(url: str, loaded: Any, query: str) -> dict[str, np.ndarray
         ids, name = [int(i) for i in sample.image_ids], layer.name
     thumbs = [PILImage.open(io.BytesIO(blobs[i])).convert("RGB") for i in ids]
     image_emb = zeroshot.encode_images(loaded, thumbs)
-    keep = [c.lower() != query for c in concepts]
-    other = zeroshot.encode_texts(loaded, [c for c, k in zip(concepts, keep, strict=True) if k])
+    words_of = query.split()  # a phrase: the vocabulary in its frame, its last word written alone
+    frame, slot = " ".join(words_of[:-1]), words_of[-1]
+    keep = [c.lower() != slot for c in concepts]
+    framed = [f"{frame} {c}".strip() for c, k in zip(concepts, keep, strict=True) if k]
+    other = zeroshot.encode_texts(loaded, framed)
     q = zeroshot.encode_texts(loaded, [query])[0]
     called = image_emb @ q > (image_emb @ other.T).max(1)
     a, b = values[called], values[~called]
     picture_d = (a.mean(0) - b.mean(0)) / (np.sqrt(0.5 * (a.var(0) + b.var(0))) + 1e-6)
-    renders = word_renderer(loaded.spec)(query)
+    renders = word_renderer(loaded.spec)(slot)
     x = zeroshot.preprocess_batch(loaded, renders)
     response = layer_maps(loaded, x, [loaded.layer(name)])[name].amax(dim=(2, 3)).float().numpy().mean(0)
     others = words[np.array(keep)]
@@ -106,6 +109,26 @@ def test_zero_shot_search_ranks_by_evidence(http: httpx.Client, url: str, demo_l
     assert "Ranked by evidence" in page and "word z" in page
 
 
+def test_a_phrase_is_ranked_against_its_framed_vocabulary(http: httpx.Client, url: str, demo_loaded) -> None:
+    """"the word red": the pictures it calls are those closer to it than to "the word blue"…, the
+    written side is "red" written alone (like the vocabulary's words); recomputed here."""
+    checked = 0
+    for query in ("the word red", "a photo of a circle", "the word star", "a photo of a blue square"):
+        last = http.get("/search.json", params={"q": query}).json()["zero_shot"]["layers"][-1]
+        if last["ranking"] != "evidence":
+            continue
+        want = expected_evidence(url, demo_loaded, query)
+        assert last["evidence"]["pictures"] == want["pictures"]
+        key = np.where(np.isfinite(want["score"]), want["score"], -np.inf)
+        shown = [n["unit"] for n in last["neurons"]]
+        assert shown == list(np.argsort(-key, kind="stable")[: len(shown)])
+        for n in last["neurons"]:
+            assert n["picture_d"] == pytest.approx(want["picture_d"][n["unit"]], abs=2e-3)
+            assert n["word_z"] == pytest.approx(want["word_z"][n["unit"]], abs=2e-3)
+        checked += 1
+    assert checked >= 2
+
+
 def test_nonsense_is_still_flagged_with_evidence(http: httpx.Client) -> None:
     data = http.get("/search.json", params={"q": "xqzvbl"}).json()
     assert data["out_of_vocabulary"] == ["xqzvbl"] and any("Not a word" in w for w in data["warnings"])
@@ -131,6 +154,11 @@ def test_eval_search_prints_its_figures(url: str, demo_loaded) -> None:
     assert f"world phrases confident: {result.confident(eval_search.WORLD_PHRASES)} of 6" in report
     flagged = 6 - result.confident(eval_search.OUT_OF_WORLD)
     assert f"out-of-world phrases flagged: {flagged} of 6" in report
+    for frame in eval_search.PHRASE_FRAMES:
+        ranks = result.phrase_ranks[frame]
+        assert set(ranks) == set(CONCEPTS) and all(1 <= r <= 513 for r in ranks.values())
+        hits = sum(r <= 5 for r in ranks.values())
+        assert f"phrase “{frame.format('…')}” top-5 hits: {hits} of 14" in report
     assert set(result.recipe_fit) == {*CONCEPTS, *eval_search.NONSENSE} and result.recipe_null["n"] == 256
     fitted = sum(result.recipe_fit[c] > result.recipe_null["p95"] for c in CONCEPTS)
     assert f"concept recipes fitted: {fitted} of 14" in report

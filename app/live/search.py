@@ -278,12 +278,17 @@ async def zero_shot_units(
     prepared: Prepared,
     text: str,
     embedding: np.ndarray,
+    null: QueryNull,
     n: int = N_ZERO_SHOT,
 ) -> list[dict[str, Any]]:
-    """Per last-block layer: the zero-shot results (evidence when the index has it)."""
+    """Per last-block layer: the zero-shot results (evidence when the index has it). For a phrase
+    ("the word blue"), the pictures it calls are those closer to it than to the vocabulary put in
+    the same frame ("the word red"…), and the written side is its last word, written alone like
+    the vocabulary's words."""
     dirs = prepared.directions
     wanted = [name for name in dirs if name in prepared.layers]
-    responses = await runner.submit(written_responses, wanted, text) if wanted else {}
+    slot = null.slot(text)
+    responses = await runner.submit(written_responses, wanted, slot) if wanted else {}
 
     def rank() -> list[dict[str, Any]]:
         layers = []
@@ -292,7 +297,7 @@ async def zero_shot_units(
             if name in prepared.layers:
                 le = prepared.layers[name]
                 images = image_matrix(le.image_ids, prepared.image_emb, embedding.shape[0])
-                ev = layer_evidence(text, le, embedding, prepared.vocab_emb[name], images, responses[name])
+                ev = layer_evidence(slot, le, embedding, null.vocab_emb[name], images, responses[name])
             layers.append(rank_layer(name, layer, embedding, n, ev))
         return layers
 
@@ -307,6 +312,11 @@ class QueryNull:
     frame: str | None
     units: dict[str, Any]  # layer -> NullModel of the zero-shot scores
     recipe: dict[str, float]  # the null words' recipe fits (median, p95, n)
+    vocab_emb: dict[str, np.ndarray]  # layer -> its vocabulary put in the frame, encoded (evidence)
+
+    def slot(self, text: str) -> str:
+        """The word a phrase is about (its last word, the one the null words replace)."""
+        return text.split()[-1] if self.frame else text
 
 
 async def query_nulls(caches: SearchCaches, runner: LiveRunner, prepared: Prepared, text: str) -> QueryNull:
@@ -316,16 +326,22 @@ async def query_nulls(caches: SearchCaches, runner: LiveRunner, prepared: Prepar
 
     frame = null_frame(text)
     if frame is None:
-        return QueryNull(None, prepared.nulls, prepared.recipe_null)
+        return QueryNull(None, prepared.nulls, prepared.recipe_null, prepared.vocab_emb)
     key = ("null", runner.slug, prepared.key, frame)
     cached = caches.lru.get(key)
     if cached is None:
-        emb = await runner.encode_texts(framed(frame, null_words()))
+        words = null_words()
+        concepts = {name: list(layer.concepts) for name, layer in prepared.layers.items()}
+        vocab = list(dict.fromkeys(c for cs_ in concepts.values() for c in cs_))
+        emb = await runner.encode_texts(framed(frame, [*words, *vocab]))
+        null_emb, vocab_at = emb[: len(words)], dict(zip(vocab, emb[len(words) :], strict=True))
 
         def fit() -> QueryNull:
             dirs = prepared.directions
-            units = {name: fit_null((emb @ d.directions.T) * d.scale) for name, d in dirs.items()}
-            return QueryNull(frame, units, recipe_null_of(prepared, emb))
+            units = {name: fit_null((null_emb @ d.directions.T) * d.scale) for name, d in dirs.items()}
+            vocab_emb = {name: np.stack([vocab_at[c] for c in cs_]) if cs_ else prepared.vocab_emb[name]
+                         for name, cs_ in concepts.items()}  # fmt: skip
+            return QueryNull(frame, units, recipe_null_of(prepared, null_emb), vocab_emb)
 
         cached = await run_in_threadpool(fit)
         caches.lru.put(key, cached)
@@ -465,8 +481,8 @@ async def search(
         text_embedding(caches, runner, query.text),
         reading_activations(caches, runner, query.text, analysis.scale_selector(ctx, moments, N_READING)),
     )
-    zero_layers = await zero_shot_units(runner, prepared, query.text, embedding)
     null = await query_nulls(caches, runner, prepared, query.text)
+    zero_layers = await zero_shot_units(runner, prepared, query.text, embedding, null)
     calibration = calibrate(runner, prepared, null.units, embedding, zero_layers, query.text)
     recipe = await run_in_threadpool(recipe_fit, prepared, embedding, null.recipe)
     return Results(
