@@ -1,9 +1,9 @@
 """``/search?q=...&model=...``: the neurons that stand for a piece of text (and ``.json``).
 
 The view parses the request and presents; :mod:`app.live.search` computes (zero-shot neuron
-search by evidence or by direction, calibration against null words, reading neurons) and
-:mod:`app.web.recipe` fits the concept recipe. htmx requests (live results while typing) get
-only the results fragment. An empty query gets a help page with suggestions; an over-long query
+search by evidence or by direction, calibration against null words, reading neurons, the concept
+recipe) and :mod:`app.web.recipe` presents the recipe. htmx requests (live results while typing)
+get only the results fragment. An empty query gets a help page with suggestions; an over-long query
 is truncated to the tokenizer's context, and the page says so.
 """
 
