@@ -15,7 +15,12 @@ sizes), then together, for three sets of units:
 * the ceiling: for each concept, the unit that does best on these very renderings (an oracle
   tuned on the test itself, so no ranking can beat it).
 
-Last lines: ``top units at >=65th on both: A of N`` and ``... >=90th on both: B of N``.
+Each condition also counts the top units that still prefer their own concept: its word (and its
+plain objects) excite the unit more than any of the other 13 concepts' words (objects) rendered the
+same way, a figure free of the base rate that caps a percentile.
+
+Last lines: ``top units at >=65th on both: A of N``, ``... >=90th on both: B of N`` and ``top
+units whose own concept comes first on both: C of N``.
 """
 
 from __future__ import annotations
@@ -78,6 +83,14 @@ def main() -> None:
     def count(pairs: list[tuple[float, float]], at: float) -> int:
         return sum(min(p) >= at for p in pairs)
 
+    def place(pct: dict[str, np.ndarray], concept: str, unit: int) -> int:
+        """Rank (1 = first) of ``concept`` among the 14 rendered the same way, by ``unit``'s
+        response (percentiles are monotonic in the response, so they rank like it)."""
+        return 1 + sum(pct[c][unit] >= pct[concept][unit] for c in world.CONCEPTS if c != concept)
+
+    def first(pct: dict[str, np.ndarray], concept: str, unit: int) -> bool:
+        return place(pct, concept, unit) == 1
+
     def responses(images: list) -> np.ndarray:
         with torch.inference_mode():
             x = preprocess_batch(loaded, images)
@@ -104,8 +117,10 @@ def main() -> None:
         pairs = [(float(pct[c][u]), float(object_pct[c][u])) for u, c in ranked]
         ceiling = sum(bool((np.minimum(pct[c], object_pct[c]) >= 90).any()) for c in world.CONCEPTS)
         n_pairs = len(pairs)
+        own = sum(first(pct, c, u) and first(object_pct, c, u) for u, c in ranked)
         print(f"  {name} ({', '.join(word_faces)} at {sizes} px): top units >=90th {count(pairs, 90)} "
-              f"of {n_pairs}, >=65th {count(pairs, 65)} of {n_pairs}; ceiling {ceiling} of 14")  # fmt: skip
+              f"of {n_pairs}, >=65th {count(pairs, 65)} of {n_pairs}; ceiling {ceiling} of 14; "
+              f"own concept first on both {own} of {n_pairs}")  # fmt: skip
     print("  unseen faces and unseen sizes: below")
 
     per_concept = {c: (word_pct(c, faces, UNSEEN_SIZES), object_pct[c]) for c in world.CONCEPTS}
@@ -118,8 +133,11 @@ def main() -> None:
           f"{N_OBJECTS} fresh objects")  # fmt: skip
     print("percentiles of each unit's own activation sample (word / object)")
     top = [row(r.concept, r.unit) for r in ranking]
+    words_unseen = {c: per_concept[c][0] for c in world.CONCEPTS}
     for r, (pw, po) in zip(ranking, top, strict=True):
-        print(f"  view top  unit {r.unit:4d} {r.concept:9s} word {pw:5.1f}  object {po:5.1f}")
+        print(f"  view top  unit {r.unit:4d} {r.concept:9s} word {pw:5.1f}  object {po:5.1f}   "
+              f"rank of its concept among 14: word {place(words_unseen, r.concept, r.unit)}, "
+              f"object {place(object_pct, r.concept, r.unit)}")  # fmt: skip
     best, oracle = [], []
     for concept, unit in card_best_units().items():
         best.append(row(concept, unit))
@@ -133,6 +151,9 @@ def main() -> None:
           f"ceiling (a unit tuned on these renderings): {count(oracle, 90)} of {k} concepts")  # fmt: skip
     print(f"top units at >=65th on both: {count(top, 65)} of {n}")
     print(f"top units at >=90th on both: {count(top, 90)} of {n}")
+    own = sum(first(words_unseen, r.concept, r.unit) and first(object_pct, r.concept, r.unit)
+              for r in ranking)  # fmt: skip
+    print(f"top units whose own concept comes first on both: {own} of {n}")
 
 
 if __name__ == "__main__":
