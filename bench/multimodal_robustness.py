@@ -85,11 +85,12 @@ def main() -> None:
 
     def place(pct: dict[str, np.ndarray], concept: str, unit: int) -> int:
         """Rank (1 = first) of ``concept`` among the 14 rendered the same way, by ``unit``'s
-        response (percentiles are monotonic in the response, so they rank like it)."""
+        response placed as a percentile (monotonic in it; a tie counts against ``concept``)."""
         return 1 + sum(pct[c][unit] >= pct[concept][unit] for c in world.CONCEPTS if c != concept)
 
-    def first(pct: dict[str, np.ndarray], concept: str, unit: int) -> bool:
-        return place(pct, concept, unit) == 1
+    def own_first(words: dict[str, np.ndarray]) -> int:
+        """Top units whose own concept comes first on both its word and its plain objects."""
+        return sum(place(words, c, u) == 1 and place(object_pct, c, u) == 1 for u, c in ranked)
 
     def responses(images: list) -> np.ndarray:
         with torch.inference_mode():
@@ -117,10 +118,9 @@ def main() -> None:
         pairs = [(float(pct[c][u]), float(object_pct[c][u])) for u, c in ranked]
         ceiling = sum(bool((np.minimum(pct[c], object_pct[c]) >= 90).any()) for c in world.CONCEPTS)
         n_pairs = len(pairs)
-        own = sum(first(pct, c, u) and first(object_pct, c, u) for u, c in ranked)
         print(f"  {name} ({', '.join(word_faces)} at {sizes} px): top units >=90th {count(pairs, 90)} "
               f"of {n_pairs}, >=65th {count(pairs, 65)} of {n_pairs}; ceiling {ceiling} of 14; "
-              f"own concept first on both {own} of {n_pairs}")  # fmt: skip
+              f"own concept first on both {own_first(pct)} of {n_pairs}")  # fmt: skip
     print("  unseen faces and unseen sizes: below")
 
     per_concept = {c: (word_pct(c, faces, UNSEEN_SIZES), object_pct[c]) for c in world.CONCEPTS}
@@ -151,9 +151,7 @@ def main() -> None:
           f"ceiling (a unit tuned on these renderings): {count(oracle, 90)} of {k} concepts")  # fmt: skip
     print(f"top units at >=65th on both: {count(top, 65)} of {n}")
     print(f"top units at >=90th on both: {count(top, 90)} of {n}")
-    own = sum(first(words_unseen, r.concept, r.unit) and first(object_pct, r.concept, r.unit)
-              for r in ranking)  # fmt: skip
-    print(f"top units whose own concept comes first on both: {own} of {n}")
+    print(f"top units whose own concept comes first on both: {own_first(words_unseen)} of {n}")
 
 
 if __name__ == "__main__":
