@@ -420,6 +420,8 @@ from precompute.datasets import DemoDataset
 class SlowDemo(DemoDataset):  # slow storage: the pass takes long enough to be killed mid-way
     def load(self, position):
         time.sleep(0.01)
+        while position >= 88:  # the last batch never comes: the kill lands mid-way on a busy machine too
+            time.sleep(1)
         return super().load(position)
 
 run_activations(ModelSpec.parse("demo"), SlowDemo(96), sys.argv[1], top_k=4, batch_size=8,
@@ -463,7 +465,7 @@ def test_a_killed_process_resumes_to_the_same_database(tmp_path, demo_loaded):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert 0 < _progress(killed) < 96
+    assert 3 * 8 <= _progress(killed) <= 88
 
     from precompute.datasets import DemoDataset
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,65 @@ from tests.precompute_support import ROOT, assert_same_content, subprocess_env, 
 TOP_K, BATCH, SAMPLE = 8, 8, 20
 VOCAB = ["red", "green", "blue", "circle", "square", "star", "cat", "dog", "purple", "the"]
 FV = {"units": {0, 1, 2}, "steps": 2, "size": 32, "batch": 4, "diversity": 2}
+
+GATE = """
+import os, sys, time
+from pathlib import Path
+
+def wait_for_release():  # rank 1 holds here, before the end of its share, until the test lets it go
+    while os.environ["RANK"] == "1" and not Path(sys.argv[2], "release").exists():
+        time.sleep(0.02)
+"""  # the first lines of every killable rank script (its argv[2] is the test's folder)
+
+
+def progress_of(db: Path, stage: str, key: str) -> int:
+    """``progress[key]`` of the run row of ``stage`` in the SQLite file ``db``; -1 while unreadable."""
+    if not db.exists():  # connecting would create it
+        return -1
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        try:
+            row = con.execute(f"SELECT json_extract(progress, '$.{key}') FROM runs WHERE stage = ?",
+                              (stage,)).fetchone()  # fmt: skip
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return -1
+    return int(row[0]) if row and row[0] is not None else -1
+
+
+def kill_rank_one_mid_way(
+    command: list[str], env: dict[str, str], out: Path, ready: Callable[[], bool]
+) -> None:
+    """Run the torchrun job until ``ready()``, then SIGKILL rank 1 and check torchrun stops the job.
+
+    Rank 1's script waits at ``GATE`` before the end of its share until ``out/release`` exists, so
+    the kill always lands mid-way (never after rank 1 finished and rank 0 merged), whatever the
+    machine's load; the moment within that window is random. Creates the release file at the end,
+    so the same command then runs through.
+    """
+    import os
+    import random
+    import signal
+    import time
+
+    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready() and job.poll() is None:
+            assert time.monotonic() < deadline, "rank 1 made no progress"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0, 0.2))
+        assert job.poll() is None, job.stderr.read().decode()[-3000:]  # the job must still run
+        os.kill(int((out / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
+        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.wait()
+        job.stderr.close()
+    (out / "release").touch()
+
 
 RANK_SCRIPT = """
 import sys
@@ -132,9 +193,12 @@ from precompute.datasets import DemoDataset
 
 Path(sys.argv[2]).joinpath(f"rank{os.environ['RANK']}.pid").write_text(str(os.getpid()))
 
+
 class SlowDemo(DemoDataset):  # slow storage: the job takes long enough to be killed mid-way
     def load(self, position):
         time.sleep(0.02)
+        if position >= 88:  # rank 1's last batch
+            wait_for_release()
         return super().load(position)
 
 report = run_activations(ModelSpec.parse("demo"), SlowDemo(96), sys.argv[1], top_k=4, batch_size=8,
@@ -145,49 +209,20 @@ Path(sys.argv[2]).joinpath(f"rank{os.environ['RANK']}.batches").write_text(str(r
 
 @pytest.mark.slow
 def test_a_killed_rank_restarted_resumes_to_the_same_index(tmp_path, demo_loaded):
-    import os
-    import random
-    import signal
-    import time
-
     from precompute.activations import run_activations
     from precompute.datasets import DemoDataset
 
     script, db = tmp_path / "rank.py", tmp_path / "killed.db"
-    script.write_text(KILLABLE_RANK)
+    script.write_text(GATE + KILLABLE_RANK)
     command = [*torchrun(2), str(script), f"sqlite:///{db}", str(tmp_path)]
     env = subprocess_env(threads=1)
 
-    def part_position(rank: int) -> int:
-        try:
-            con = sqlite3.connect(db, timeout=1)
-            try:
-                row = con.execute(
-                    "SELECT json_extract(progress, '$.position') FROM runs WHERE stage = ?",
-                    (f"activations@{rank}/2",),
-                ).fetchone()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return -1
-        return int(row[0]) if row and row[0] is not None else -1
+    def position() -> int:
+        return progress_of(db, "activations@1/2", "position")
 
-    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while part_position(1) < 3 * 8 and job.poll() is None:
-            assert time.monotonic() < deadline, "rank 1 made no progress"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0, 0.2))
-        assert job.poll() is None, "the job finished before a rank could be killed"
-        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
-        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
-    at = part_position(1)
-    assert 0 < at < 96
+    kill_rank_one_mid_way(command, env, tmp_path, lambda: position() >= 3 * 8)
+    at = position()
+    assert 3 * 8 <= at <= 88, at  # rank 1's batches start at 8, 24, ..., 88; it is held before 88
 
     restarted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)  # same command
     assert restarted.returncode == 0, restarted.stderr[-3000:]
@@ -376,6 +411,8 @@ encoded, real = 0, shared._encode
 def slow_encode(spec, images):  # slow enough to be killed mid-way; counts what this rank encodes
     global encoded
     time.sleep(0.25)
+    if encoded >= 16:  # rank 1 has encoded its share of 4 rounds
+        wait_for_release()
     encoded += len(images)
     out.joinpath(f"rank{rank}.encoded").write_text(str(encoded))
     return real(spec, images)
@@ -390,11 +427,7 @@ def test_a_killed_labels_rank_restarted_resumes_to_the_same_labels(tmp_path, dem
     """Labels under torchrun on an image folder (zero-shot tags: every image is embedded, the
     embeddings checkpointed by rank 0 after each round): rank 1 SIGKILLed mid-way, the same command
     run again embeds only what the checkpoint lacks and writes the same rows as one process."""
-    import os
-    import random
     import shutil
-    import signal
-    import time
 
     import precompute.labels as labels
     from precompute.activations import run_activations
@@ -423,38 +456,15 @@ def test_a_killed_labels_rank_restarted_resumes_to_the_same_labels(tmp_path, dem
     n_images = sqlite3.connect(base).execute("SELECT count(*) FROM images").fetchone()[0]
 
     def embedded() -> int:
-        try:
-            con = sqlite3.connect(db, timeout=1)
-            try:
-                row = con.execute(
-                    "SELECT json_extract(progress, '$.embedded') FROM runs WHERE stage = 'labels'"
-                ).fetchone()
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return -1
-        return int(row[0]) if row and row[0] is not None else -1
+        return progress_of(db, "labels", "embedded")
 
     script = tmp_path / "labels_rank.py"
-    script.write_text(KILLABLE_LABELS)
+    script.write_text(GATE + KILLABLE_LABELS)
     command = [*torchrun(2), str(script), f"sqlite:///{db}", str(tmp_path)]
     env = subprocess_env(threads=1)
-    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while embedded() < 16 and job.poll() is None:
-            assert time.monotonic() < deadline, "the labels job made no progress"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0, 0.3))
-        assert job.poll() is None, "the job finished before a rank could be killed"
-        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
-        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
+    kill_rank_one_mid_way(command, env, tmp_path, lambda: embedded() >= 16)
     at = embedded()
-    assert 16 <= at < n_images, (at, n_images)
+    assert 16 <= at <= 32 < n_images, (at, n_images)  # rank 1 is held after 4 rounds of 2 x 4 images
 
     for rank in (0, 1):
         (tmp_path / f"rank{rank}.encoded").unlink(missing_ok=True)
@@ -481,6 +491,8 @@ rendered, real = 0, words.word_values
 def slow_word_values(loaded, chunk):  # slow enough to be killed mid-way; counts what this rank renders
     global rendered
     time.sleep(0.25)
+    if rendered >= 8:  # rank 1 has rendered 4 of its chunks of 2 words
+        wait_for_release()
     rendered += len(chunk)
     out.joinpath(f"rank{rank}.rendered").write_text(str(rendered))
     return real(loaded, chunk)
@@ -497,11 +509,7 @@ KILL_VOCAB = [*VOCAB, "orange", "yellow", "pink", "brown", "triangle", "heart", 
 def test_a_killed_words_rank_restarted_resumes_to_the_same_words(tmp_path, demo_loaded):
     """Words under torchrun: rank 1 SIGKILLed mid-way through its chunks, the same command run
     again renders only the chunks its part row lacked and writes the same top words as one process."""
-    import os
-    import random
     import shutil
-    import signal
-    import time
 
     from precompute.activations import run_activations
     from precompute.datasets import DemoDataset
@@ -515,44 +523,23 @@ def test_a_killed_words_rank_restarted_resumes_to_the_same_words(tmp_path, demo_
                         sample_size=32, progress=False)  # fmt: skip
         shutil.copy(base, db)
         shutil.copy(base, straight)
-        run_words(f"sqlite:///{straight}", loaded=demo_loaded, vocab=KILL_VOCAB, top=3, batch=2,
-                  progress=False)
+        run_words(
+            f"sqlite:///{straight}", loaded=demo_loaded, vocab=KILL_VOCAB, top=3, batch=2, progress=False
+        )
     finally:
         torch.set_num_threads(threads)
 
-    def position(rank: int) -> int:
-        try:
-            con = sqlite3.connect(db, timeout=1)
-            try:
-                row = con.execute("SELECT json_extract(progress, '$.position') FROM runs WHERE stage = ?",
-                                  (f"words@{rank}/2",)).fetchone()  # fmt: skip
-            finally:
-                con.close()
-        except sqlite3.Error:
-            return -1
-        return int(row[0]) if row and row[0] is not None else -1
+    def position() -> int:
+        return progress_of(db, "words@1/2", "position")
 
     script = tmp_path / "words_rank.py"
-    script.write_text(KILLABLE_WORDS)
+    script.write_text(GATE + KILLABLE_WORDS)
     command = [*torchrun(2), str(script), f"sqlite:///{db}", str(tmp_path), ",".join(KILL_VOCAB)]
     env = subprocess_env(threads=1)
-    job = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 300
-        while position(1) < 8 and job.poll() is None:
-            assert time.monotonic() < deadline, "rank 1 made no progress"
-            time.sleep(0.05)
-        time.sleep(random.uniform(0, 0.2))
-        assert job.poll() is None, "the job finished before a rank could be killed"
-        os.kill(int((tmp_path / "rank1.pid").read_text()), signal.SIGKILL)  # one rank dies ...
-        assert job.wait(timeout=120) != 0  # ... and torchrun stops the job
-    finally:
-        if job.poll() is None:
-            job.kill()
-            job.wait()
-    at = position(1)
+    kill_rank_one_mid_way(command, env, tmp_path, lambda: position() >= 8)
+    at = position()
     starts = list(range(0, len(KILL_VOCAB), 2))[1::2]  # rank 1's chunks: every 2nd one
-    assert 0 < at < starts[-1], at
+    assert 8 <= at <= starts[4] < starts[-1], at  # rank 1 is held after 4 chunks
 
     (tmp_path / "rank1.rendered").unlink()
     restarted = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)  # same command
