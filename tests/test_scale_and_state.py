@@ -11,7 +11,7 @@ import pytest
 from app.db.previews import PreviewCache, _cached
 from app.live.analysis import UnitMoments, rank_key, z_score
 from app.neurons.activations import Percentiles
-from app.neurons.scale import percentile_of, z_of
+from app.neurons.scale import layer_scales, percentile_of, z_of
 from app.web.state import app_cache, versioned_cache
 
 
@@ -28,6 +28,25 @@ def test_z_needs_a_mean_and_a_usable_std() -> None:
     assert z_of(3.0, None, 2.0) is None and z_of(3.0, 1.0, None) is None
     assert z_of(3.0, 1.0, 0.0) is None and z_of(3.0, 1.0, 1e-13) is None
     assert z_of(float("nan"), 1.0, 2.0) is None and z_of(1.0, 1.0, float("inf")) is None
+
+
+def test_layer_scales_equal_the_one_unit_figures() -> None:
+    """The vectorised scale of a whole layer (analyses, benches) is the one-unit definition, unit by
+    unit: percent strictly below the value in float16 precision, z rounded to 3 decimals."""
+    rng = np.random.default_rng(3)
+    sample = rng.normal(size=(200, 6)).astype(np.float16)
+    sample[:, 4] = 0.25  # a constant unit: no z
+    means, stds = sample.astype(np.float64).mean(0), sample.astype(np.float64).std(0)
+    values = np.array([0.1234567, -10.0, np.inf, np.nan, 0.25, 70000.0], np.float32)
+    pct, zs = layer_scales(sample, means, stds, values)
+    for unit, v in enumerate(values.tolist()):
+        with np.errstate(over="ignore"):  # 70000 is beyond float16: inf
+            v16 = float(np.float32(np.float16(v)))
+        expected = None if np.isnan(v) else percentile_of(sample[:, unit], v16)
+        assert pct[unit] == expected, unit
+        z = z_of(v, means[unit], stds[unit])
+        assert zs[unit] == (None if z is None else round(z, 3)), unit
+    assert pct[2] == pct[5] == 100.0 and pct[1] == 0.0 and zs[4] is None and zs[3] is None
 
 
 def test_percentiles_and_analysis_z_use_the_one_definition() -> None:

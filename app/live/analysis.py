@@ -31,7 +31,7 @@ from app.live.context import ModelContext, live_http_error
 from app.live.runner import LiveError, LiveRunner
 from app.neurons import activations as core
 from app.neurons import zeroshot
-from app.neurons.scale import MIN_STD, z_of
+from app.neurons.scale import layer_scales, z_of
 
 RESULT_VERSION = 1
 STORED_SIDE = 448  # longest side of the stored copy (the model's centre-square view)
@@ -108,23 +108,10 @@ def scale_of(
     v = np.asarray(values, dtype=np.float32)
     if sample.shape[1] != v.shape[0]:
         return None  # a sample of another shape of layer: no scale for these values
-    finite = np.isfinite(v)
-    with np.errstate(over="ignore"):  # beyond float16: inf, as np.float16(value) in Percentiles.of
-        v16 = np.where(finite, v.astype(np.float16).astype(np.float32), v)
-    below = np.count_nonzero(sample < v16[None, :], axis=0)
-    pct = below.astype(np.float64) / sample.shape[0] * 100.0
-    percentiles: list[float | None] = pct.tolist()
-    for unit in np.flatnonzero(~finite):  # NaN: the one-unit definition (a binary search)
-        percentiles[unit] = ctx.percentiles.of(layer, int(unit), float(v[unit]))
     means, stds = found
-    v64 = v.astype(np.float64)
-    with np.errstate(all="ignore"):
-        z = (v64 - means) / stds
-    usable = (stds > MIN_STD) & np.isfinite(stds) & np.isfinite(means) & np.isfinite(v64)
-    # Python's round (as z_score), not np.round, which can differ in the last digit
-    zs: list[float | None] = [
-        round(x, 3) if ok else None for x, ok in zip(z.tolist(), usable.tolist(), strict=True)
-    ]
+    percentiles, zs = layer_scales(sample, means, stds, v)
+    for unit in np.flatnonzero(~np.isfinite(v)):  # NaN, inf: the one-unit definition (a binary search)
+        percentiles[unit] = ctx.percentiles.of(layer, int(unit), float(v[unit]))
     return percentiles, zs
 
 

@@ -38,3 +38,32 @@ def z_of(v: float, mean: float | None, std: float | None) -> float | None:
     if not std > MIN_STD or not math.isfinite(std) or not math.isfinite(v) or not math.isfinite(mean):
         return None
     return (v - mean) / std
+
+
+def layer_scales(
+    sample: np.ndarray, means: np.ndarray, stds: np.ndarray, values: np.ndarray
+) -> tuple[list[float | None], list[float | None]]:
+    """Percentile and z-score of every unit of a layer for one image's ``values`` (vectorised).
+
+    ``sample``: the layer's dataset sample (images × units, float16 or exactly convertible);
+    ``means``/``stds``: per unit. The figures equal those of :func:`percentile_of` on the value in
+    float16 precision and of :func:`z_of` rounded to 3 decimals, unit by unit (NaN: percentile
+    ``None``; a constant unit: z ``None``).
+    """
+    v = np.asarray(values, dtype=np.float32)
+    finite = np.isfinite(v)
+    with np.errstate(over="ignore"):  # beyond float16: inf, as np.float16(value)
+        v16 = np.where(finite, v.astype(np.float16).astype(np.float32), v)
+    below = np.count_nonzero(sample < v16[None, :], axis=0)
+    pct = (below.astype(np.float64) / sample.shape[0] * 100.0).tolist()
+    nan = np.isnan(v).tolist()
+    percentiles: list[float | None] = [None if n else p for p, n in zip(pct, nan, strict=True)]
+    v64 = v.astype(np.float64)
+    with np.errstate(all="ignore"):
+        z = (v64 - means) / stds
+    usable = (stds > MIN_STD) & np.isfinite(stds) & np.isfinite(means) & np.isfinite(v64)
+    # Python's round (as the one-unit figure), not np.round, which can differ in the last digit
+    zs: list[float | None] = [
+        round(x, 3) if ok else None for x, ok in zip(z.tolist(), usable.tolist(), strict=True)
+    ]
+    return percentiles, zs
