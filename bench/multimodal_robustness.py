@@ -19,8 +19,14 @@ Each condition also counts the top units that still prefer their own concept: it
 plain objects) excite the unit more than any of the other 13 concepts' words (objects) rendered the
 same way, a figure free of the base rate that caps a percentile.
 
-Last lines: ``top units at >=65th on both: A of N``, ``... >=90th on both: B of N`` and ``top
-units whose own concept comes first on both: C of N``.
+It also asks what a reader of an analysis sees (the issue's "do not reach the analysis's top 64"):
+for each top unit, on how many of its concept's word images in the unseen faces (training sizes)
+and of its plain objects an analysis would show it among the layer's top 64 by percentile or by
+z-score (``layer_scales`` and ``shown_by_any_sort``: the live analysis's figures and selection).
+
+Last lines: ``top units at >=65th on both: A of N``, ``... >=90th on both: B of N``, ``top
+units whose own concept comes first on both: C of N`` and ``top units an analysis shows (top 64)
+on most word images and most objects: D of N``.
 """
 
 from __future__ import annotations
@@ -42,8 +48,10 @@ from sqlalchemy import select  # noqa: E402
 from app.db import from_bytes, make_engine, session_factory  # noqa: E402
 from app.db.meaning import multimodal_ranking  # noqa: E402
 from app.db.schema import ActivationSample, Layer  # noqa: E402
+from app.live.analysis import shown_by_any_sort  # noqa: E402
 from app.models import DEMO_WEIGHTS, ModelSpec, load_model  # noqa: E402
 from app.neurons.capture import layer_maps  # noqa: E402
+from app.neurons.scale import layer_scales  # noqa: E402
 from app.neurons.zeroshot import preprocess_batch  # noqa: E402
 from precompute import demo_world as world  # noqa: E402
 
@@ -52,6 +60,7 @@ UNSEEN_SIZES = (18, 64)
 TRAINING_SIZES = (30, 44)  # inside the training range of word sizes (22-54 px)
 TRAINED_FACES = ("DejaVuSans-Bold.ttf", "DejaVuSans.ttf")
 N_OBJECTS = 8
+ANALYSIS_TOP = 64  # the issue's "top 64" of an analysis
 
 
 def card_best_units() -> dict[str, int]:
@@ -97,11 +106,20 @@ def main() -> None:
             x = preprocess_batch(loaded, images)
             return layer_maps(loaded, x, [info])[layer.name].amax(dim=(2, 3)).float().numpy()
 
+    means, stds = values.astype(np.float64).mean(0), values.astype(np.float64).std(0)
+
+    def shown(images: list, unit: int) -> int:
+        """Of ``images``, how many an analysis would show ``unit`` for (top 64 by either scale)."""
+        scales = (layer_scales(values, means, stds, v) for v in responses(images))
+        return sum(unit in shown_by_any_sort(pct, zs, ANALYSIS_TOP) for pct, zs in scales)
+
     object_pct: dict[str, np.ndarray] = {}
+    object_images: dict[str, list] = {}
     for concept in world.CONCEPTS:
         kind = "colour" if concept in world.COLOURS else "shape"
         objects = [world.render(world.HELDOUT_SEED, 7_000_000 + i, "object", **{kind: concept}).image
                    for i in range(N_OBJECTS)]  # fmt: skip
+        object_images[concept] = objects
         object_pct[concept] = 100 * (values < np.median(responses(objects), 0)).mean(0)
 
     def word_pct(concept: str, word_faces: Sequence[str], sizes: Sequence[int]) -> np.ndarray:
@@ -152,6 +170,17 @@ def main() -> None:
     print(f"top units at >=65th on both: {count(top, 65)} of {n}")
     print(f"top units at >=90th on both: {count(top, 90)} of {n}")
     print(f"top units whose own concept comes first on both: {own_first(words_unseen)} of {n}")
+
+    print(f"an analysis of each image: is the unit among the layer's top {ANALYSIS_TOP} (percentile or z)?")
+    held = 0
+    for r in ranking:
+        words = [world.render_word(r.concept, font=f, size=sz) for f in faces for sz in TRAINING_SIZES]
+        on_words, on_objects = shown(words, r.unit), shown(object_images[r.concept], r.unit)
+        held += 2 * on_words > len(words) and 2 * on_objects > N_OBJECTS
+        print(f"  view top  unit {r.unit:4d} {r.concept:9s} word (unseen faces) {on_words} of {len(words)}, "
+              f"plain objects {on_objects} of {N_OBJECTS}")  # fmt: skip
+    print(f"top units an analysis shows (top {ANALYSIS_TOP}) on most word images and most objects: "
+          f"{held} of {n}")  # fmt: skip
 
 
 if __name__ == "__main__":
