@@ -108,19 +108,20 @@ def main() -> None:
 
     means, stds = values.astype(np.float64).mean(0), values.astype(np.float64).std(0)
 
-    def shown(images: list, unit: int) -> int:
-        """Of ``images``, how many an analysis would show ``unit`` for (top 64 by either scale)."""
-        scales = (layer_scales(values, means, stds, v) for v in responses(images))
+    def shown(rows: np.ndarray, unit: int) -> int:
+        """Of the images whose ``rows`` of responses these are, how many an analysis would show
+        ``unit`` for (the layer's top 64 by either scale)."""
+        scales = (layer_scales(values, means, stds, v) for v in rows)
         return sum(unit in shown_by_any_sort(pct, zs, ANALYSIS_TOP) for pct, zs in scales)
 
     object_pct: dict[str, np.ndarray] = {}
-    object_images: dict[str, list] = {}
+    object_rows: dict[str, np.ndarray] = {}
     for concept in world.CONCEPTS:
         kind = "colour" if concept in world.COLOURS else "shape"
         objects = [world.render(world.HELDOUT_SEED, 7_000_000 + i, "object", **{kind: concept}).image
                    for i in range(N_OBJECTS)]  # fmt: skip
-        object_images[concept] = objects
-        object_pct[concept] = 100 * (values < np.median(responses(objects), 0)).mean(0)
+        object_rows[concept] = responses(objects)
+        object_pct[concept] = 100 * (values < np.median(object_rows[concept], 0)).mean(0)
 
     def word_pct(concept: str, word_faces: Sequence[str], sizes: Sequence[int]) -> np.ndarray:
         words = [world.render_word(concept, font=f, size=sz) for f in word_faces for sz in sizes]
@@ -175,7 +176,7 @@ def main() -> None:
     held = 0
     for r in ranking:
         words = [world.render_word(r.concept, font=f, size=sz) for f in faces for sz in TRAINING_SIZES]
-        on_words, on_objects = shown(words, r.unit), shown(object_images[r.concept], r.unit)
+        on_words, on_objects = shown(responses(words), r.unit), shown(object_rows[r.concept], r.unit)
         held += 2 * on_words > len(words) and 2 * on_objects > N_OBJECTS
         print(f"  view top  unit {r.unit:4d} {r.concept:9s} word (unseen faces) {on_words} of {len(words)}, "
               f"plain objects {on_objects} of {N_OBJECTS}")  # fmt: skip
